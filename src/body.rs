@@ -1,0 +1,161 @@
+//! [`ResponseBody`]: the response body handed back to the caller, either the inner service's
+//! body untouched or, when the classifier peeked at it, the bytes read so far followed by
+//! whatever was left.
+
+use std::fmt;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+use pin_project_lite::pin_project;
+
+pin_project! {
+    /// The body of a response from [`Failover`](crate::Failover).
+    ///
+    /// Nothing is lost by peeking: the bytes the classifier read, then the trailers, the error
+    /// or the unread rest, come out exactly as the inner service produced them.
+    pub struct ResponseBody<B: Body> {
+        #[pin]
+        inner: Inner<B>,
+    }
+}
+
+pin_project! {
+    #[project = InnerProj]
+    enum Inner<B: Body> {
+        Streaming { #[pin] body: B },
+        // Only 5xx responses with a small declared length get here, so boxing the rest (to
+        // move it out of the future that peeked) costs nothing on the success path.
+        Peeked {
+            prefix: Option<Bytes>,
+            trailers: Option<HeaderMap>,
+            error: Option<B::Error>,
+            rest: Option<Pin<Box<B>>>,
+        },
+    }
+}
+
+impl<B: Body> ResponseBody<B> {
+    pub(crate) fn streaming(body: B) -> Self {
+        ResponseBody {
+            inner: Inner::Streaming { body },
+        }
+    }
+
+    pub(crate) fn peeked(peek: Peeked<B>) -> Self {
+        ResponseBody {
+            inner: Inner::Peeked {
+                prefix: if peek.data.is_empty() { None } else { Some(peek.data) },
+                trailers: peek.trailers,
+                error: peek.error,
+                rest: if peek.ended { None } else { Some(peek.rest) },
+            },
+        }
+    }
+}
+
+/// What a peek read from a response body.
+pub(crate) struct Peeked<B: Body> {
+    pub(crate) data: Bytes,
+    pub(crate) trailers: Option<HeaderMap>,
+    pub(crate) error: Option<B::Error>,
+    pub(crate) ended: bool,
+    pub(crate) rest: Pin<Box<B>>,
+}
+
+impl<B: Body> Peeked<B> {
+    /// The whole body, when the peek read all of it without error.
+    pub(crate) fn complete_body(&self) -> Option<&Bytes> {
+        (self.ended && self.error.is_none()).then_some(&self.data)
+    }
+}
+
+fn into_bytes<D: Buf>(mut data: D) -> Bytes {
+    data.copy_to_bytes(data.remaining())
+}
+
+impl<B: Body> Body for ResponseBody<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        match self.project().inner.project() {
+            InnerProj::Streaming { body } => body
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map(|frame| frame.map_data(into_bytes)))),
+            InnerProj::Peeked {
+                prefix,
+                trailers,
+                error,
+                rest,
+            } => {
+                if let Some(data) = prefix.take() {
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                if let Some(error) = error.take() {
+                    return Poll::Ready(Some(Err(error)));
+                }
+                if let Some(trailers) = trailers.take() {
+                    return Poll::Ready(Some(Ok(Frame::trailers(trailers))));
+                }
+                match rest {
+                    Some(body) => body
+                        .as_mut()
+                        .poll_frame(cx)
+                        .map(|frame| frame.map(|result| result.map(|frame| frame.map_data(into_bytes)))),
+                    None => Poll::Ready(None),
+                }
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.inner {
+            Inner::Streaming { body } => body.is_end_stream(),
+            Inner::Peeked {
+                prefix,
+                trailers,
+                error,
+                rest,
+            } => {
+                prefix.is_none()
+                    && trailers.is_none()
+                    && error.is_none()
+                    && rest.as_ref().is_none_or(|b| b.is_end_stream())
+            }
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.inner {
+            Inner::Streaming { body } => body.size_hint(),
+            Inner::Peeked { prefix, rest, .. } => {
+                let kept = prefix.as_ref().map_or(0, |p| p.len() as u64);
+                match rest {
+                    None => SizeHint::with_exact(kept),
+                    Some(body) => {
+                        let hint = body.size_hint();
+                        let mut out = SizeHint::new();
+                        out.set_lower(kept.saturating_add(hint.lower()));
+                        if let Some(upper) = hint.upper() {
+                            out.set_upper(kept.saturating_add(upper));
+                        }
+                        out
+                    }
+                }
+            }
+        }
+    }
+}
+
+impl<B: Body> fmt::Debug for ResponseBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match &self.inner {
+            Inner::Streaming { .. } => "streaming",
+            Inner::Peeked { .. } => "peeked",
+        };
+        f.debug_struct("ResponseBody").field("kind", &kind).finish()
+    }
+}

@@ -1,0 +1,380 @@
+//! Deciding whether an attempt means "the endpoint is down": the [`Classifier`] trait, its
+//! [`Verdict`], and the [`DefaultClassifier`] that knows the Dynamics 365 failover signals.
+
+use std::error::Error as StdError;
+use std::fmt;
+use std::io;
+
+use bytes::Bytes;
+use http::header::CONTENT_LENGTH;
+use http::{HeaderMap, StatusCode};
+
+/// The Dynamics 365 fault code that means "the organization is failing over":
+/// `0x8004B065`, `-2147176347` as a signed 32-bit value.
+pub const FAILOVER_FAULT_CODE: i64 = -2147176347;
+
+/// How an endpoint was found to be down.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DownKind {
+    /// The endpoint could not be reached: connect refused, DNS failure, no route. The request
+    /// never left the client.
+    NotFound,
+    /// The connection broke after the request may have been sent (reset, closed before the
+    /// response).
+    ConnectionLost,
+    /// The attempt timed out.
+    Timeout,
+    /// The service answered with a failover fault code.
+    ServiceFault {
+        /// The code as a signed 32-bit value.
+        code: i64,
+    },
+    /// The service or a gateway answered 502, 503 or 504.
+    Unavailable {
+        /// The status.
+        status: StatusCode,
+    },
+}
+
+impl DownKind {
+    /// False only when the failure proves the request never left the client, so it cannot
+    /// have been applied and may be sent again whatever its method.
+    pub fn request_may_have_been_sent(&self) -> bool {
+        !matches!(self, DownKind::NotFound)
+    }
+}
+
+impl fmt::Display for DownKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            DownKind::NotFound => f.write_str("endpoint not found"),
+            DownKind::ConnectionLost => f.write_str("connection lost"),
+            DownKind::Timeout => f.write_str("timeout"),
+            DownKind::ServiceFault { code } => write!(f, "service fault {code}"),
+            DownKind::Unavailable { status } => write!(f, "unavailable {}", status.as_u16()),
+        }
+    }
+}
+
+/// A classifier's judgement of one attempt.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Hand the response (or error) to the caller as it is.
+    Success,
+    /// The endpoint is down: switch to the other one and re-send if allowed.
+    EndpointDown(DownKind),
+    /// A failure, but not an outage: hand it back as it is, no switch.
+    Fail,
+}
+
+/// What a classifier looks at: a response head (with its body when the classifier asked to
+/// peek at it), or the inner service's error.
+#[derive(Clone, Copy)]
+pub enum Outcome<'a> {
+    /// The inner service answered.
+    Response {
+        /// The status.
+        status: StatusCode,
+        /// The headers.
+        headers: &'a HeaderMap,
+        /// The whole body, when [`Classifier::peek_limit`] asked for it and the body fitted.
+        body: Option<&'a Bytes>,
+    },
+    /// The inner service failed. Walk `source()` for the whole chain.
+    Error(&'a (dyn StdError + 'static)),
+}
+
+impl fmt::Debug for Outcome<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Outcome::Response { status, body, .. } => f
+                .debug_struct("Response")
+                .field("status", status)
+                .field("body_len", &body.map(|b| b.len()))
+                .finish(),
+            Outcome::Error(e) => f.debug_tuple("Error").field(&e.to_string()).finish(),
+        }
+    }
+}
+
+/// Judges attempts. Implement it, or pass a closure `Fn(Outcome<'_>) -> Verdict`.
+///
+/// ```
+/// use tower_failover::{Classifier, DefaultClassifier, DownKind, Outcome, Verdict};
+///
+/// // Treat 500 as an outage too, and defer to the default for the rest.
+/// let classifier = |outcome: Outcome<'_>| match outcome {
+///     Outcome::Response { status, .. } if status == 500 => Verdict::EndpointDown(DownKind::Unavailable { status }),
+///     other => DefaultClassifier::new().classify(other),
+/// };
+/// let headers = http::HeaderMap::new();
+/// let verdict = classifier.classify(Outcome::Response { status: http::StatusCode::INTERNAL_SERVER_ERROR, headers: &headers, body: None });
+/// assert!(matches!(verdict, Verdict::EndpointDown(_)));
+/// ```
+pub trait Classifier {
+    /// Judges one attempt.
+    fn classify(&self, outcome: Outcome<'_>) -> Verdict;
+
+    /// How many bytes of this response's body to read before judging it; `0` (the default)
+    /// judges on the head alone. The body is read only when its declared length is at most
+    /// this, and is handed back to the caller intact.
+    fn peek_limit(&self, status: StatusCode, headers: &HeaderMap) -> usize {
+        let _ = (status, headers);
+        0
+    }
+}
+
+impl<F> Classifier for F
+where
+    F: Fn(Outcome<'_>) -> Verdict,
+{
+    fn classify(&self, outcome: Outcome<'_>) -> Verdict {
+        self(outcome)
+    }
+}
+
+/// The default classifier: the Dynamics 365 SDK's failover triggers, for any HTTP API.
+///
+/// * connect and DNS failures (hyper-util's `is_connect`, `ConnectionRefused` and friends):
+///   [`DownKind::NotFound`];
+/// * `tower::timeout::error::Elapsed`, `io::ErrorKind::TimedOut`, hyper timeouts:
+///   [`DownKind::Timeout`];
+/// * resets and connections closed before the response: [`DownKind::ConnectionLost`];
+/// * 502, 503, 504: [`DownKind::Unavailable`];
+/// * a 5xx whose small JSON body is `{"error":{"code":"0x8004B065"}}` (hex or decimal
+///   `-2147176347`): [`DownKind::ServiceFault`];
+/// * 429 and every other 4xx: never a switch.
+///
+/// ```
+/// use tower_failover::{Classifier, DefaultClassifier, DownKind, Outcome, Verdict};
+///
+/// let headers = http::HeaderMap::new();
+/// let body = bytes::Bytes::from_static(br#"{"error":{"code":"0x8004B065","message":"failing over"}}"#);
+/// let verdict = DefaultClassifier::new().classify(Outcome::Response {
+///     status: http::StatusCode::INTERNAL_SERVER_ERROR,
+///     headers: &headers,
+///     body: Some(&body),
+/// });
+/// assert_eq!(verdict, Verdict::EndpointDown(DownKind::ServiceFault { code: -2147176347 }));
+/// ```
+// `Copy`, and so free to hand to every call: a classifier with a list behind an `Arc` would
+// put a shared reference count on every call's path.
+#[derive(Debug, Clone, Copy)]
+pub struct DefaultClassifier {
+    peek_limit: usize,
+}
+
+impl Default for DefaultClassifier {
+    fn default() -> Self {
+        DefaultClassifier { peek_limit: 16 * 1024 }
+    }
+}
+
+impl DefaultClassifier {
+    /// The default classifier, peeking at error bodies of up to 16 KiB.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The largest declared error body to read for a fault code; `0` turns peeking off.
+    pub fn peek_limit(mut self, bytes: usize) -> Self {
+        self.peek_limit = bytes;
+        self
+    }
+
+    fn classify_status(&self, status: StatusCode, body: Option<&Bytes>) -> Verdict {
+        match status.as_u16() {
+            502..=504 => Verdict::EndpointDown(DownKind::Unavailable { status }),
+            500..=599 => match body.and_then(|b| fault_code(b)) {
+                Some(code) if code == FAILOVER_FAULT_CODE => {
+                    Verdict::EndpointDown(DownKind::ServiceFault { code })
+                }
+                _ => Verdict::Fail,
+            },
+            // 429 is throttling, the other 4xx are the caller's mistakes: the endpoint is up.
+            400..=499 => Verdict::Fail,
+            _ => Verdict::Success,
+        }
+    }
+}
+
+impl Classifier for DefaultClassifier {
+    fn classify(&self, outcome: Outcome<'_>) -> Verdict {
+        match outcome {
+            Outcome::Response { status, body, .. } => self.classify_status(status, body),
+            Outcome::Error(error) => match classify_error(error) {
+                Some(kind) => Verdict::EndpointDown(kind),
+                None => Verdict::Fail,
+            },
+        }
+    }
+
+    fn peek_limit(&self, status: StatusCode, headers: &HeaderMap) -> usize {
+        // Only a 5xx that is not already an outage by its status can carry the fault code.
+        if !status.is_server_error() || matches!(status.as_u16(), 502..=504) {
+            return 0;
+        }
+        match declared_length(headers) {
+            Some(len) if len <= self.peek_limit as u64 => self.peek_limit,
+            _ => 0,
+        }
+    }
+}
+
+fn declared_length(headers: &HeaderMap) -> Option<u64> {
+    headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
+}
+
+/// Reads `{"error":{"code":...}}` and returns the code as a signed 32-bit value. Codes come
+/// as `"0x8004B065"`, `"-2147176347"`, or a JSON number.
+pub fn fault_code(body: &[u8]) -> Option<i64> {
+    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let code = value.get("error")?.get("code")?;
+    match code {
+        serde_json::Value::String(s) => parse_code(s),
+        serde_json::Value::Number(n) => n.as_i64().map(to_signed32),
+        _ => None,
+    }
+}
+
+/// Parses a Dynamics error code in hex (`0x8004B065`) or decimal (`-2147176347`,
+/// `2147790949`) and returns it as a signed 32-bit value.
+pub fn parse_code(text: &str) -> Option<i64> {
+    let text = text.trim();
+    let value = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
+        Some(hex) => i64::from_str_radix(hex, 16).ok()?,
+        None => text.parse::<i64>().ok()?,
+    };
+    if value < i32::MIN as i64 || value > u32::MAX as i64 {
+        return None;
+    }
+    Some(to_signed32(value))
+}
+
+fn to_signed32(value: i64) -> i64 {
+    if (i32::MIN as i64..=u32::MAX as i64).contains(&value) {
+        value as u32 as i32 as i64
+    } else {
+        value
+    }
+}
+
+/// Walks an error's `source()` chain and says which outage it shows, if any.
+///
+/// Connect-phase failures win over the others, since they are the only proof that the
+/// request never left the client.
+pub fn classify_error(error: &(dyn StdError + 'static)) -> Option<DownKind> {
+    let mut found: Option<DownKind> = None;
+    let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    while let Some(err) = current {
+        if let Some(kind) = classify_one(err) {
+            if kind == DownKind::NotFound {
+                return Some(kind);
+            }
+            found.get_or_insert(kind);
+        }
+        current = err.source();
+    }
+    found
+}
+
+fn classify_one(err: &(dyn StdError + 'static)) -> Option<DownKind> {
+    #[cfg(feature = "hyper-util")]
+    if let Some(e) = err.downcast_ref::<hyper_util::client::legacy::Error>() {
+        if e.is_connect() {
+            return Some(DownKind::NotFound);
+        }
+    }
+    if err.is::<tower::timeout::error::Elapsed>() {
+        return Some(DownKind::Timeout);
+    }
+    if let Some(e) = err.downcast_ref::<hyper::Error>() {
+        if e.is_timeout() {
+            return Some(DownKind::Timeout);
+        }
+        if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+            return Some(DownKind::ConnectionLost);
+        }
+    }
+    if let Some(e) = err.downcast_ref::<io::Error>() {
+        return classify_io(e.kind());
+    }
+    None
+}
+
+fn classify_io(kind: io::ErrorKind) -> Option<DownKind> {
+    use io::ErrorKind::*;
+    match kind {
+        ConnectionRefused | AddrNotAvailable | NotFound | HostUnreachable | NetworkUnreachable => {
+            Some(DownKind::NotFound)
+        }
+        TimedOut => Some(DownKind::Timeout),
+        ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
+            Some(DownKind::ConnectionLost)
+        }
+        _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn codes_in_hex_and_decimal() {
+        assert_eq!(parse_code("0x8004B065"), Some(FAILOVER_FAULT_CODE));
+        assert_eq!(parse_code("0x8004b065"), Some(FAILOVER_FAULT_CODE));
+        assert_eq!(parse_code("-2147176347"), Some(FAILOVER_FAULT_CODE));
+        assert_eq!(parse_code("2147790949"), Some(FAILOVER_FAULT_CODE));
+        assert_eq!(parse_code("banana"), None);
+        assert_eq!(parse_code("0x1_0000_0000"), None);
+        assert_eq!(fault_code(br#"{"error":{"code":-2147176347}}"#), Some(FAILOVER_FAULT_CODE));
+        assert_eq!(fault_code(br#"{"error":{"code":"0x8004B065"}}"#), Some(FAILOVER_FAULT_CODE));
+        assert_eq!(fault_code(b"not json"), None);
+        assert_eq!(fault_code(br#"{"error":"x"}"#), None);
+    }
+
+    #[test]
+    fn statuses() {
+        let c = DefaultClassifier::new();
+        let h = HeaderMap::new();
+        let judge = |s: u16| {
+            c.classify(Outcome::Response {
+                status: StatusCode::from_u16(s).unwrap(),
+                headers: &h,
+                body: None,
+            })
+        };
+        assert_eq!(judge(200), Verdict::Success);
+        assert_eq!(judge(404), Verdict::Fail);
+        assert_eq!(judge(429), Verdict::Fail);
+        assert_eq!(judge(500), Verdict::Fail);
+        assert!(matches!(judge(503), Verdict::EndpointDown(DownKind::Unavailable { .. })));
+    }
+
+    #[test]
+    fn error_chains() {
+        #[derive(Debug)]
+        struct Wrap(io::Error);
+        impl fmt::Display for Wrap {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("wrapped")
+            }
+        }
+        impl StdError for Wrap {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+        let refused = Wrap(io::Error::from(io::ErrorKind::ConnectionRefused));
+        assert_eq!(classify_error(&refused), Some(DownKind::NotFound));
+        let reset = Wrap(io::Error::from(io::ErrorKind::ConnectionReset));
+        assert_eq!(classify_error(&reset), Some(DownKind::ConnectionLost));
+        let elapsed = tower::timeout::error::Elapsed::new();
+        assert_eq!(classify_error(&elapsed), Some(DownKind::Timeout));
+        let other = io::Error::other("nope");
+        assert_eq!(classify_error(&other), None);
+    }
+}

@@ -1,0 +1,445 @@
+//! The two endpoints of a failover pair, the Dynamics `--s` rule, and the rewriting of a
+//! request's URI and `Host` header onto the active endpoint.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use http::header::HOST;
+use http::uri::{Authority, Scheme, Uri};
+use http::{HeaderMap, HeaderValue};
+
+use crate::error::ConfigError;
+
+/// One side of a failover pair: a scheme and an authority (`https://host[:port]`).
+///
+/// Hosts are kept in lower case, since DNS names compare without regard to case.
+///
+/// ```
+/// use tower_failover::Endpoint;
+///
+/// let endpoint = Endpoint::parse("https://Contoso.API.crm.dynamics.com").unwrap();
+/// assert_eq!(endpoint.to_string(), "https://contoso.api.crm.dynamics.com");
+/// assert_eq!(endpoint.host(), "contoso.api.crm.dynamics.com");
+/// assert_eq!(endpoint.port(), 443);
+/// ```
+#[derive(Clone, PartialEq, Eq, Hash)]
+pub struct Endpoint {
+    scheme: Scheme,
+    authority: Authority,
+    // The host without a trailing dot, lower case; the port with the scheme's default filled
+    // in. These are what "the same endpoint" means when a request names it.
+    host: String,
+    port: u16,
+    host_header: HeaderValue,
+}
+
+impl Endpoint {
+    /// Parses an absolute `http` or `https` URI naming a host, with an optional port.
+    ///
+    /// A path other than `/`, a query, user information, or any other scheme is refused with
+    /// an error that says what to change.
+    pub fn parse(uri: &str) -> Result<Self, ConfigError> {
+        let parsed: Uri = uri
+            .parse()
+            .map_err(|e| ConfigError::new(format!("`{uri}` is not a valid URI ({e}); give it as `https://host[:port]`")))?;
+        Self::from_uri(&parsed)
+    }
+
+    /// Builds an endpoint from an already parsed URI; see [`Endpoint::parse`].
+    pub fn from_uri(uri: &Uri) -> Result<Self, ConfigError> {
+        let scheme = match uri.scheme() {
+            Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
+            Some(s) => {
+                return Err(ConfigError::new(format!(
+                    "`{uri}` uses the scheme `{s}`; an endpoint must be `http://` or `https://`"
+                )))
+            }
+            None => {
+                return Err(ConfigError::new(format!(
+                    "`{uri}` has no scheme or host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
+                )))
+            }
+        };
+        let authority = uri.authority().ok_or_else(|| {
+            ConfigError::new(format!(
+                "`{uri}` has no host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
+            ))
+        })?;
+        if authority.as_str().contains('@') {
+            return Err(ConfigError::new(format!(
+                "`{uri}` carries user information; put credentials in headers, not in the endpoint"
+            )));
+        }
+        if let Some(pq) = uri.path_and_query() {
+            if pq.as_str() != "/" && !pq.as_str().is_empty() {
+                return Err(ConfigError::new(format!(
+                    "`{uri}` has the path `{pq}`; an endpoint is a scheme and a host only (`{scheme}://{authority}`), requests keep their own paths"
+                )));
+            }
+        }
+        let host = normalize_host(authority.host());
+        if host.is_empty() {
+            return Err(ConfigError::new(format!("`{uri}` has an empty host")));
+        }
+        let port = authority.port_u16().unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
+        // Lower-casing keeps the authority valid: it only changes ASCII letters.
+        let authority: Authority = authority
+            .as_str()
+            .to_ascii_lowercase()
+            .parse()
+            .map_err(|e| ConfigError::new(format!("`{uri}`: bad authority ({e})")))?;
+        let host_header = HeaderValue::from_str(authority.as_str())
+            .map_err(|e| ConfigError::new(format!("`{uri}`: the host cannot be a header value ({e})")))?;
+        Ok(Endpoint {
+            scheme,
+            authority,
+            host,
+            port,
+            host_header,
+        })
+    }
+
+    /// The scheme, `http` or `https`.
+    pub fn scheme(&self) -> &Scheme {
+        &self.scheme
+    }
+
+    /// The authority as configured (lower case), e.g. `contoso.api.crm.dynamics.com:8443`.
+    pub fn authority(&self) -> &Authority {
+        &self.authority
+    }
+
+    /// The host, lower case, without a trailing dot.
+    pub fn host(&self) -> &str {
+        &self.host
+    }
+
+    /// The port, with the scheme's default filled in.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// True when `uri` names this endpoint's host and port (any case, trailing dot allowed,
+    /// default port implied by the URI's scheme).
+    pub fn matches(&self, uri: &Uri) -> bool {
+        match uri.authority() {
+            Some(authority) => self.matches_authority(authority, uri.scheme()),
+            None => false,
+        }
+    }
+
+    fn matches_authority(&self, authority: &Authority, scheme: Option<&Scheme>) -> bool {
+        let port = authority.port_u16().unwrap_or(match scheme {
+            Some(s) if *s == Scheme::HTTP => 80,
+            Some(s) if *s == Scheme::HTTPS => 443,
+            _ => self.port,
+        });
+        port == self.port && host_eq(authority.host(), &self.host)
+    }
+
+    fn matches_host_header(&self, value: &HeaderValue) -> bool {
+        let Ok(text) = value.to_str() else { return false };
+        match text.parse::<Authority>() {
+            Ok(authority) => self.matches_authority(&authority, Some(&self.scheme)),
+            Err(_) => false,
+        }
+    }
+
+    /// The `--s` rule of Dynamics 365 online: the alternate organization's host is the
+    /// primary's with `--s` appended to its first DNS label. Scheme and port are kept.
+    fn dynamics_alternate(&self) -> Result<Endpoint, ConfigError> {
+        if self.host.parse::<IpAddr>().is_ok() || self.host.starts_with('[') {
+            return Err(ConfigError::new(format!(
+                "`{self}` is an IP address; the `--s` rule needs an organization host name such as `contoso.api.crm.dynamics.com` (use `Endpoints::new` to name both endpoints yourself)"
+            )));
+        }
+        let (first, rest) = match self.host.split_once('.') {
+            Some((first, rest)) => (first, Some(rest)),
+            None => (self.host.as_str(), None),
+        };
+        if first.is_empty() {
+            return Err(ConfigError::new(format!("`{self}` has an empty first DNS label")));
+        }
+        if first.ends_with("--s") {
+            return Err(ConfigError::new(format!(
+                "`{self}` is already an alternate (`--s`) host; give the primary organization URL, e.g. `{}://{}{}`",
+                self.scheme,
+                first.trim_end_matches("--s"),
+                rest.map(|r| format!(".{r}")).unwrap_or_default()
+            )));
+        }
+        if first.len() + 3 > 63 {
+            return Err(ConfigError::new(format!(
+                "`{self}`: appending `--s` to `{first}` would make a DNS label longer than 63 characters"
+            )));
+        }
+        let mut authority = format!("{first}--s");
+        if let Some(rest) = rest {
+            authority.push('.');
+            authority.push_str(rest);
+        }
+        if let Some(port) = self.authority.port_u16() {
+            authority.push_str(&format!(":{port}"));
+        }
+        Endpoint::parse(&format!("{}://{}", self.scheme, authority))
+    }
+}
+
+fn normalize_host(host: &str) -> String {
+    host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
+}
+
+fn host_eq(given: &str, normalized: &str) -> bool {
+    let given = given.strip_suffix('.').unwrap_or(given);
+    given.eq_ignore_ascii_case(normalized)
+}
+
+impl fmt::Display for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}://{}", self.scheme, self.authority)
+    }
+}
+
+impl fmt::Debug for Endpoint {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Endpoint({self})")
+    }
+}
+
+/// Which side of the pair a request goes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Side {
+    /// The primary endpoint, where calls go while it is healthy.
+    Primary,
+    /// The alternate (disaster-recovery) endpoint.
+    Alternate,
+}
+
+impl Side {
+    /// The other side.
+    pub fn other(self) -> Side {
+        match self {
+            Side::Primary => Side::Alternate,
+            Side::Alternate => Side::Primary,
+        }
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            Side::Primary => 0,
+            Side::Alternate => 1,
+        }
+    }
+}
+
+impl fmt::Display for Side {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Side::Primary => "primary",
+            Side::Alternate => "alternate",
+        })
+    }
+}
+
+/// A primary endpoint and, optionally, its alternate.
+///
+/// ```
+/// use tower_failover::Endpoints;
+///
+/// // Dynamics 365 online: the alternate is derived by the `--s` rule.
+/// let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+/// assert_eq!(pair.alternate().unwrap().to_string(), "https://contoso--s.api.crm.dynamics.com");
+///
+/// // Any other API: name both.
+/// let pair = Endpoints::new("https://api.example.com", "https://dr.example.net:8443").unwrap();
+/// assert_eq!(pair.primary().port(), 443);
+///
+/// // Mistakes are refused with a message that says what to fix.
+/// let err = Endpoints::dynamics("https://contoso--s.api.crm.dynamics.com").unwrap_err();
+/// assert!(err.to_string().contains("already an alternate"));
+/// ```
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Endpoints {
+    primary: Endpoint,
+    alternate: Option<Endpoint>,
+}
+
+impl Endpoints {
+    /// A primary and an alternate, each an absolute `http(s)://host[:port]` URI.
+    pub fn new(primary: &str, alternate: &str) -> Result<Self, ConfigError> {
+        let primary = Endpoint::parse(primary).map_err(|e| e.context("primary endpoint"))?;
+        let alternate = Endpoint::parse(alternate).map_err(|e| e.context("alternate endpoint"))?;
+        Self::from_parts(primary, Some(alternate))
+    }
+
+    /// A primary with the alternate derived by the Dynamics 365 `--s` rule:
+    /// `https://contoso.api.crm.dynamics.com` has the alternate
+    /// `https://contoso--s.api.crm.dynamics.com`.
+    pub fn dynamics(primary: &str) -> Result<Self, ConfigError> {
+        let primary = Endpoint::parse(primary).map_err(|e| e.context("primary endpoint"))?;
+        let alternate = primary.dynamics_alternate()?;
+        Self::from_parts(primary, Some(alternate))
+    }
+
+    /// A primary alone: calls are classified and failures typed, but nothing can switch
+    /// (the seed's "organization not enabled for failover").
+    pub fn primary_only(primary: &str) -> Result<Self, ConfigError> {
+        let primary = Endpoint::parse(primary).map_err(|e| e.context("primary endpoint"))?;
+        Self::from_parts(primary, None)
+    }
+
+    /// Pairs two parsed endpoints.
+    pub fn from_parts(primary: Endpoint, alternate: Option<Endpoint>) -> Result<Self, ConfigError> {
+        if let Some(alt) = &alternate {
+            if alt.host == primary.host && alt.port == primary.port {
+                return Err(ConfigError::new(format!(
+                    "the primary and the alternate are the same endpoint (`{primary}`); the alternate must be a different host or port"
+                )));
+            }
+        }
+        Ok(Endpoints { primary, alternate })
+    }
+
+    /// The primary endpoint.
+    pub fn primary(&self) -> &Endpoint {
+        &self.primary
+    }
+
+    /// The alternate endpoint, if one is configured.
+    pub fn alternate(&self) -> Option<&Endpoint> {
+        self.alternate.as_ref()
+    }
+
+    /// The endpoint for one side; `None` for the alternate when there is none.
+    pub fn get(&self, side: Side) -> Option<&Endpoint> {
+        match side {
+            Side::Primary => Some(&self.primary),
+            Side::Alternate => self.alternate.as_ref(),
+        }
+    }
+
+    /// Which side `uri` names, if either.
+    pub fn side_of(&self, uri: &Uri) -> Option<Side> {
+        if self.primary.matches(uri) {
+            Some(Side::Primary)
+        } else if self.alternate.as_ref().is_some_and(|a| a.matches(uri)) {
+            Some(Side::Alternate)
+        } else {
+            None
+        }
+    }
+
+    fn names_either(&self, value: &HeaderValue) -> bool {
+        self.primary.matches_host_header(value)
+            || self.alternate.as_ref().is_some_and(|a| a.matches_host_header(value))
+    }
+}
+
+/// Points `uri` at `target`, keeping its path and query. Only called for URIs that name one
+/// of the pair, so the result always names a configured endpoint.
+pub(crate) fn rewrite_uri(uri: Uri, target: &Endpoint) -> Uri {
+    let mut parts = uri.into_parts();
+    parts.scheme = Some(target.scheme.clone());
+    parts.authority = Some(target.authority.clone());
+    if parts.path_and_query.is_none() {
+        parts.path_and_query = Some(http::uri::PathAndQuery::from_static("/"));
+    }
+    // Scheme, authority and path are all present and valid, so this cannot fail; fall back
+    // to the bare endpoint rather than panic if `http` ever tightens its rules.
+    Uri::from_parts(parts).unwrap_or_else(|_| {
+        Uri::builder()
+            .scheme(target.scheme.clone())
+            .authority(target.authority.clone())
+            .path_and_query("/")
+            .build()
+            .expect("scheme, authority and `/` always form a URI")
+    })
+}
+
+/// hyper-util adds `Host` only when it is missing, so a `Host` that names either endpoint
+/// of the pair must follow the swap or the alternate would see the primary's name.
+/// A `Host` naming some third party is left alone: the caller set it on purpose.
+pub(crate) fn rewrite_host_header(headers: &mut HeaderMap, endpoints: &Endpoints, target: &Endpoint) {
+    if let Some(value) = headers.get(HOST) {
+        if value != target.host_header && endpoints.names_either(value) {
+            headers.insert(HOST, target.host_header.clone());
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn dynamics_rule_appends_to_first_label_only() {
+        let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+        assert_eq!(pair.alternate().unwrap().to_string(), "https://contoso--s.api.crm.dynamics.com");
+        let pair = Endpoints::dynamics("https://CONTOSO.crm4.dynamics.com:8443").unwrap();
+        assert_eq!(pair.alternate().unwrap().to_string(), "https://contoso--s.crm4.dynamics.com:8443");
+        let pair = Endpoints::dynamics("http://contoso.api.crm.dynamics.com/").unwrap();
+        assert_eq!(pair.alternate().unwrap().scheme(), &Scheme::HTTP);
+    }
+
+    #[test]
+    fn configuration_errors_say_what_to_fix() {
+        let cases = [
+            ("https://contoso--S.api.crm.dynamics.com", "already an alternate"),
+            ("https://10.0.0.1", "IP address"),
+            ("https://[::1]:8443", "IP address"),
+            ("ftp://contoso.api.crm.dynamics.com", "`http://` or `https://`"),
+            ("contoso.api.crm.dynamics.com", "absolute URI"),
+            ("/api/data", "absolute URI"),
+            ("https://contoso.api.crm.dynamics.com/api/data/v9.2", "scheme and a host only"),
+            ("https://user:pw@contoso.api.crm.dynamics.com", "user information"),
+            ("https://", "not a valid URI"),
+        ];
+        for (input, expected) in cases {
+            let err = Endpoints::dynamics(input).unwrap_err().to_string();
+            assert!(err.contains(expected), "{input}: {err}");
+        }
+        let err = Endpoints::new("https://a.example.com", "https://A.example.com:443").unwrap_err();
+        assert!(err.to_string().contains("same endpoint"), "{err}");
+    }
+
+    #[test]
+    fn matching_ignores_case_trailing_dot_and_default_port() {
+        let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+        for uri in [
+            "https://contoso.api.crm.dynamics.com/x",
+            "https://CONTOSO.api.crm.dynamics.com./x",
+            "https://contoso.api.crm.dynamics.com:443/x",
+        ] {
+            assert_eq!(pair.side_of(&uri.parse().unwrap()), Some(Side::Primary), "{uri}");
+        }
+        assert_eq!(
+            pair.side_of(&"https://contoso--s.api.crm.dynamics.com/".parse().unwrap()),
+            Some(Side::Alternate)
+        );
+        for uri in [
+            "https://contoso.api.crm.dynamics.com:8443/x",
+            "http://contoso.api.crm.dynamics.com/x",
+            "https://other.api.crm.dynamics.com/x",
+            "/relative",
+        ] {
+            assert_eq!(pair.side_of(&uri.parse().unwrap()), None, "{uri}");
+        }
+    }
+
+    #[test]
+    fn rewriting_keeps_path_and_query_and_fixes_host() {
+        let pair = Endpoints::dynamics("http://contoso.api.crm.dynamics.com").unwrap();
+        let alt = pair.alternate().unwrap();
+        let uri = rewrite_uri("http://contoso.api.crm.dynamics.com/api/data/v9.2/accounts?$top=1".parse().unwrap(), alt);
+        assert_eq!(uri.to_string(), "http://contoso--s.api.crm.dynamics.com/api/data/v9.2/accounts?$top=1");
+
+        let mut headers = HeaderMap::new();
+        headers.insert(HOST, HeaderValue::from_static("Contoso.api.crm.dynamics.com"));
+        rewrite_host_header(&mut headers, &pair, alt);
+        assert_eq!(headers[HOST], "contoso--s.api.crm.dynamics.com");
+
+        headers.insert(HOST, HeaderValue::from_static("elsewhere.example.com"));
+        rewrite_host_header(&mut headers, &pair, alt);
+        assert_eq!(headers[HOST], "elsewhere.example.com");
+    }
+}

@@ -1,0 +1,343 @@
+//! The errors of the crate: [`ConfigError`] at build time, [`FailoverError`] per call.
+
+use std::error::Error as StdError;
+use std::fmt;
+
+use http::StatusCode;
+
+use crate::classify::DownKind;
+use crate::endpoint::Endpoint;
+
+/// A boxed error, as tower services use.
+pub type BoxError = Box<dyn StdError + Send + Sync>;
+
+/// A configuration mistake, found when the layer is built. The message says what to fix.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    message: String,
+}
+
+impl ConfigError {
+    pub(crate) fn new(message: impl Into<String>) -> Self {
+        ConfigError {
+            message: message.into(),
+        }
+    }
+
+    pub(crate) fn context(self, what: &str) -> Self {
+        ConfigError {
+            message: format!("{what}: {}", self.message),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl StdError for ConfigError {}
+
+/// Why a call that failed on an endpoint was not re-sent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum NotResent {
+    /// The request may have reached the server and is not idempotent (no idempotent method,
+    /// no `Idempotency-Key` header): sending it again could apply it twice.
+    NotIdempotent,
+    /// Automatic switching is off (`auto_switch(false)`) or no alternate is configured.
+    AutoSwitchOff,
+    /// The body grew past the replay cap, so the part already sent is gone.
+    BodyOverCap {
+        /// The cap in bytes.
+        cap: usize,
+    },
+    /// The first attempt still holds the body (the server answered before reading it all),
+    /// so it cannot be replayed.
+    BodyInUse,
+    /// Reading the body failed during the first attempt.
+    BodyFailed,
+    /// The request was not routed through failover (its authority is not one of the pair).
+    NotRouted,
+}
+
+impl NotResent {
+    /// True for the reasons that are about the body rather than the request's semantics.
+    pub fn is_body(&self) -> bool {
+        matches!(
+            self,
+            NotResent::BodyOverCap { .. } | NotResent::BodyInUse | NotResent::BodyFailed
+        )
+    }
+}
+
+impl fmt::Display for NotResent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NotResent::NotIdempotent => f.write_str(
+                "the request is not idempotent (method is not GET/HEAD/OPTIONS/TRACE/PUT/DELETE and there is no Idempotency-Key header)",
+            ),
+            NotResent::AutoSwitchOff => f.write_str("automatic switching is off"),
+            NotResent::BodyOverCap { cap } => {
+                write!(f, "the request body is larger than the replay cap of {cap} bytes")
+            }
+            NotResent::BodyInUse => f.write_str(
+                "the first attempt still holds the request body (the server answered before reading it)",
+            ),
+            NotResent::BodyFailed => f.write_str("reading the request body failed"),
+            NotResent::NotRouted => f.write_str("the request does not name a failover endpoint"),
+        }
+    }
+}
+
+/// What went wrong with a call, in the terms of the seed's three exceptions plus the cases a
+/// replaying client adds.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailoverErrorKind {
+    /// The endpoint could not be reached (connect refused, DNS failure): the seed's
+    /// `EndpointNotFoundException`.
+    EndpointNotFound,
+    /// The connection was lost after the request may have been sent (reset, closed early).
+    ConnectionLost,
+    /// The attempt timed out: the seed's `TimeoutException`.
+    Timeout,
+    /// The service answered with the failover fault code (`0x8004B065` / `-2147176347`):
+    /// the seed's `FaultException<OrganizationServiceFault>`.
+    ServiceFault {
+        /// The fault code as a signed 32-bit value (`-2147176347`).
+        code: i64,
+    },
+    /// The service (or a gateway before it) answered 502, 503 or 504.
+    Unavailable {
+        /// The status it answered with.
+        status: StatusCode,
+    },
+    /// The call failed on the primary and could have gone to the alternate, but its body
+    /// could not be replayed.
+    NotReplayable {
+        /// Why not.
+        reason: NotResent,
+    },
+    /// The inner service failed in a way that is not an endpoint outage; see `source()`.
+    Inner,
+}
+
+impl FailoverErrorKind {
+    pub(crate) fn from_down(kind: &DownKind) -> Self {
+        match kind {
+            DownKind::NotFound => FailoverErrorKind::EndpointNotFound,
+            DownKind::ConnectionLost => FailoverErrorKind::ConnectionLost,
+            DownKind::Timeout => FailoverErrorKind::Timeout,
+            DownKind::ServiceFault { code } => FailoverErrorKind::ServiceFault { code: *code },
+            DownKind::Unavailable { status } => FailoverErrorKind::Unavailable { status: *status },
+        }
+    }
+}
+
+impl fmt::Display for FailoverErrorKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            FailoverErrorKind::EndpointNotFound => f.write_str("endpoint not found"),
+            FailoverErrorKind::ConnectionLost => f.write_str("connection lost"),
+            FailoverErrorKind::Timeout => f.write_str("timed out"),
+            FailoverErrorKind::ServiceFault { code } => {
+                write!(f, "service fault {code} (0x{:08X})", *code as u32)
+            }
+            FailoverErrorKind::Unavailable { status } => write!(f, "unavailable ({status})"),
+            FailoverErrorKind::NotReplayable { .. } => f.write_str("not replayable"),
+            FailoverErrorKind::Inner => f.write_str("request failed"),
+        }
+    }
+}
+
+/// How one attempt failed: the endpoint it went to and either the error or the response
+/// status the classifier judged a failure. Reached through [`FailoverError`]'s `source()`.
+#[derive(Debug)]
+pub struct AttemptError {
+    endpoint: Option<Endpoint>,
+    cause: AttemptCause,
+}
+
+#[derive(Debug)]
+enum AttemptCause {
+    Error(BoxError),
+    Response {
+        status: StatusCode,
+        kind: Option<DownKind>,
+    },
+}
+
+impl AttemptError {
+    pub(crate) fn from_error(endpoint: Option<Endpoint>, error: BoxError) -> Self {
+        AttemptError {
+            endpoint,
+            cause: AttemptCause::Error(error),
+        }
+    }
+
+    pub(crate) fn from_response(endpoint: Option<Endpoint>, status: StatusCode, kind: Option<DownKind>) -> Self {
+        AttemptError {
+            endpoint,
+            cause: AttemptCause::Response { status, kind },
+        }
+    }
+
+    /// The endpoint the attempt went to (`None` for requests that were not routed).
+    pub fn endpoint(&self) -> Option<&Endpoint> {
+        self.endpoint.as_ref()
+    }
+
+    /// The response status, when the attempt failed with a response rather than an error.
+    pub fn status(&self) -> Option<StatusCode> {
+        match &self.cause {
+            AttemptCause::Response { status, .. } => Some(*status),
+            AttemptCause::Error(_) => None,
+        }
+    }
+
+    /// The inner service's error, when the attempt failed with one.
+    pub fn error(&self) -> Option<&(dyn StdError + Send + Sync + 'static)> {
+        match &self.cause {
+            AttemptCause::Error(e) => Some(&**e),
+            AttemptCause::Response { .. } => None,
+        }
+    }
+}
+
+impl fmt::Display for AttemptError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if let Some(endpoint) = &self.endpoint {
+            write!(f, "{endpoint}: ")?;
+        }
+        match &self.cause {
+            AttemptCause::Error(e) => write!(f, "{e}"),
+            AttemptCause::Response { status, kind: Some(kind) } => write!(f, "answered {status} ({kind})"),
+            AttemptCause::Response { status, kind: None } => write!(f, "answered {status}"),
+        }
+    }
+}
+
+impl StdError for AttemptError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        match &self.cause {
+            AttemptCause::Error(e) => Some(&**e as &(dyn StdError + 'static)),
+            AttemptCause::Response { .. } => None,
+        }
+    }
+}
+
+/// The error of a call through [`Failover`](crate::Failover).
+///
+/// `kind()` says what failed, `possibly_applied()` whether the server may have applied the
+/// request anyway, `not_resent()` why it was not tried again, and `source()` leads to the
+/// last attempt's cause; `first_attempt()` keeps the first attempt's cause when there were two.
+///
+/// ```
+/// use tower_failover::{FailoverError, FailoverErrorKind};
+///
+/// fn explain(err: &FailoverError) -> String {
+///     match err.kind() {
+///         FailoverErrorKind::EndpointNotFound => "both endpoints unreachable".into(),
+///         _ if err.possibly_applied() => format!("check before retrying: {err}"),
+///         _ => err.to_string(),
+///     }
+/// }
+/// # let _ = explain;
+/// ```
+#[derive(Debug)]
+pub struct FailoverError {
+    kind: FailoverErrorKind,
+    possibly_applied: bool,
+    not_resent: Option<NotResent>,
+    last: AttemptError,
+    first: Option<AttemptError>,
+}
+
+impl FailoverError {
+    pub(crate) fn new(kind: FailoverErrorKind, possibly_applied: bool, last: AttemptError) -> Self {
+        FailoverError {
+            kind,
+            possibly_applied,
+            not_resent: None,
+            last,
+            first: None,
+        }
+    }
+
+    pub(crate) fn not_resent(mut self, reason: NotResent) -> Self {
+        self.not_resent = Some(reason);
+        self
+    }
+
+    pub(crate) fn with_first(mut self, first: AttemptError) -> Self {
+        self.first = Some(first);
+        self
+    }
+
+    /// What failed.
+    pub fn kind(&self) -> &FailoverErrorKind {
+        &self.kind
+    }
+
+    /// True when the request may have been applied by a server even though the call failed:
+    /// it was sent (or partly sent) and the outcome is unknown. Only a failure before the
+    /// request left the client (connect refused, DNS) proves it was not applied.
+    ///
+    /// The caller should check (read back by key) before sending a write again.
+    pub fn possibly_applied(&self) -> bool {
+        self.possibly_applied
+    }
+
+    /// Why the call was not re-sent on the other endpoint, when it could have been.
+    pub fn not_resent_because(&self) -> Option<NotResent> {
+        self.not_resent
+    }
+
+    /// The last attempt's failure.
+    pub fn last_attempt(&self) -> &AttemptError {
+        &self.last
+    }
+
+    /// The first attempt's failure, when the call was re-sent and failed again.
+    pub fn first_attempt(&self) -> Option<&AttemptError> {
+        self.first.as_ref()
+    }
+
+    /// True when the call was tried on both endpoints.
+    pub fn was_resent(&self) -> bool {
+        self.first.is_some()
+    }
+}
+
+impl fmt::Display for FailoverError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (&self.kind, &self.first) {
+            (FailoverErrorKind::NotReplayable { reason }, _) => {
+                write!(f, "not re-sent on the alternate endpoint: {reason}; first attempt: {}", self.last)?
+            }
+            (kind, Some(first)) => write!(
+                f,
+                "{kind} on both endpoints: first attempt {first}; re-sent attempt {}",
+                self.last
+            )?,
+            (kind, None) => {
+                write!(f, "{kind}: {}", self.last)?;
+                if let Some(reason) = &self.not_resent {
+                    write!(f, "; not re-sent because {reason}")?;
+                }
+            }
+        }
+        if self.possibly_applied {
+            f.write_str("; the request may have been applied, check before sending it again")?;
+        }
+        Ok(())
+    }
+}
+
+impl StdError for FailoverError {
+    fn source(&self) -> Option<&(dyn StdError + 'static)> {
+        Some(&self.last)
+    }
+}

@@ -1,0 +1,91 @@
+//! Disaster-recovery failover for any tower HTTP client.
+//!
+//! `tower-failover` gives any `Service<http::Request<B>>` (hyper-util's client, a tower
+//! stack, reqwest through its middleware) the failover of the Dynamics 365 online SDK, for
+//! any API with a primary and an alternate endpoint: when a call finds the primary down it
+//! switches every later call to the alternate, re-sends the failed call there through a
+//! replayable body when that is safe, and tells the application with `SwitchRequired` and
+//! `Switched` events.
+//!
+//! # Flow of one call
+//!
+//! ```text
+//! request ──> does its authority name the primary or the alternate? ── no ──> inner service, untouched
+//!               │ yes
+//!               v
+//!          rewrite URI authority (and Host) to the active endpoint
+//!          decide whether a re-send is possible; only then keep the body for replay
+//!               │
+//!               v
+//!          attempt 1 ──> classify (response, or error with its source chain)
+//!               │ success / other failure ─────────────────────> returned as is
+//!               │ endpoint down
+//!               v
+//!          compare-and-switch on the shared state (SwitchRequired, Switched)
+//!          may it be re-sent? never left the client: yes; else only if idempotent
+//!               │ no ──> FailoverError (kind, possibly_applied, cause)
+//!               v
+//!          attempt 2 on the new active endpoint (after poll_ready) ──> classify ──> returned
+//! ```
+//!
+//! # Example
+//!
+//! ```
+//! use std::convert::Infallible;
+//! use bytes::Bytes;
+//! use http_body_util::Full;
+//! use tower::{Service, ServiceBuilder, ServiceExt};
+//! use tower_failover::{Endpoints, FailoverLayer, ReplayBody, Side};
+//!
+//! # #[tokio::main(flavor = "current_thread")]
+//! # async fn main() {
+//! let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+//!     .on_switched(|event| println!("{event}"))
+//!     .build()
+//!     .unwrap();
+//! let handle = layer.handle();
+//!
+//! // Stands in for hyper-util's client: the primary answers 503, the alternate 200.
+//! let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+//!     let status = if request.uri().host() == Some("contoso.api.crm.dynamics.com") { 503 } else { 200 };
+//!     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+//! });
+//! let mut service = ServiceBuilder::new().layer(layer).service(client);
+//!
+//! let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+//!     .body(Full::new(Bytes::new()))
+//!     .unwrap();
+//! let response = service.ready().await.unwrap().call(request).await.unwrap();
+//! assert_eq!(response.status(), 200);
+//! assert_eq!(handle.active(), Side::Alternate);
+//! # }
+//! ```
+//!
+//! See the README for the events, what "possibly applied" means, and how to run the demo.
+#![deny(missing_docs, unsafe_code)]
+#![warn(rust_2018_idioms)]
+
+mod body;
+mod classify;
+mod endpoint;
+mod engine;
+mod error;
+mod future;
+mod layer;
+pub mod policy;
+mod replay;
+mod service;
+mod state;
+
+pub use body::ResponseBody;
+pub use classify::{
+    classify_error, fault_code, parse_code, Classifier, DefaultClassifier, DownKind, Outcome, Verdict,
+    FAILOVER_FAULT_CODE,
+};
+pub use endpoint::{Endpoint, Endpoints, Side};
+pub use error::{AttemptError, BoxError, ConfigError, FailoverError, FailoverErrorKind, NotResent};
+pub use future::ResponseFuture;
+pub use layer::{FailoverLayer, FailoverLayerBuilder, MAX_REPLAY_CAP};
+pub use replay::{ReplayBody, ReplayHandle, DEFAULT_REPLAY_CAP};
+pub use service::Failover;
+pub use state::{EndpointState, FailoverHandle, SwitchCause, SwitchEvent};

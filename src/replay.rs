@@ -1,0 +1,437 @@
+//! [`ReplayBody`]: a request body that can be sent a second time.
+//!
+//! The first attempt streams the caller's body and keeps a `Bytes` clone of each chunk (a
+//! reference count, never a copy of the data) until the replay cap is reached. A re-send
+//! takes the recording over: it yields the kept chunks, then reads on from the caller's body
+//! where the first attempt stopped, then the trailers.
+//!
+//! Exactly one attempt owns the recording at a time. The owner keeps it in its own field, so
+//! polling takes no lock; the shared slot is touched only when an attempt ends (its body is
+//! dropped and hands the recording back) and when a re-send asks for it. A re-send that finds
+//! the slot empty means the first attempt's body is still alive, typically because the server
+//! answered before reading all of it: that is a refusal ([`NotResent::BodyInUse`]), not a panic.
+
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+
+use bytes::{Buf, Bytes};
+use http::HeaderMap;
+use http_body::{Body, Frame, SizeHint};
+
+use crate::error::NotResent;
+
+/// The replay cap used when none is configured: 64 KiB.
+pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
+
+/// A request body as the inner service sees it: the caller's body passed through as it is,
+/// an empty body, or a body recorded for replay.
+///
+/// The layer creates these; you only name the type, e.g. `Client<_, ReplayBody<Full<Bytes>>>`.
+/// To use one by hand:
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body::Body;
+/// use http_body_util::{BodyExt, Full};
+/// use tower_failover::ReplayBody;
+///
+/// # tokio_test_block_on(async {
+/// let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from_static(b"hello")), 1024);
+/// let sent = first.collect().await.unwrap().to_bytes();
+///
+/// let second = handle.replay().expect("the first attempt has ended and the body fitted");
+/// assert_eq!(second.size_hint().exact(), Some(5));
+/// assert_eq!(second.collect().await.unwrap().to_bytes(), sent);
+/// # });
+/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
+/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
+/// # }
+/// ```
+pub struct ReplayBody<B> {
+    kind: Kind<B>,
+}
+
+enum Kind<B> {
+    // Not wrapped: no re-send is possible, so nothing is kept.
+    Plain(B),
+    // A re-send of a request whose body was empty: nothing to keep either.
+    Empty,
+    Recorded(Attempt<B>),
+}
+
+/// One attempt's hold on the shared recording.
+struct Attempt<B> {
+    slot: Arc<Slot<B>>,
+    // `Some` from creation until drop, when it goes back into the slot.
+    recording: Option<Recording<B>>,
+}
+
+struct Slot<B> {
+    recording: Mutex<Option<Recording<B>>>,
+}
+
+struct Recording<B> {
+    // What is left of the caller's body.
+    rest: B,
+    // Clones of every chunk read so far, while their total stays within `cap`.
+    chunks: Vec<Bytes>,
+    recorded_len: usize,
+    cap: usize,
+    over_cap: bool,
+    // The caller's body has ended: `rest` yields nothing more.
+    finished: bool,
+    failed: bool,
+    trailers: Option<HeaderMap>,
+    // Per attempt: how many of `chunks` (and bytes) this attempt has yielded, and whether it
+    // has yielded the trailers.
+    cursor: usize,
+    yielded_len: usize,
+    trailers_yielded: bool,
+}
+
+impl<B> Recording<B> {
+    fn rewind(&mut self) {
+        self.cursor = 0;
+        self.yielded_len = 0;
+        self.trailers_yielded = false;
+    }
+
+    fn record(&mut self, chunk: &Bytes) {
+        if self.over_cap {
+            return;
+        }
+        if self.recorded_len + chunk.len() > self.cap {
+            // From here a re-send is impossible; free what was kept at once.
+            self.over_cap = true;
+            self.chunks = Vec::new();
+            self.recorded_len = 0;
+            self.cursor = 0;
+            self.yielded_len = 0;
+            return;
+        }
+        self.recorded_len += chunk.len();
+        self.yielded_len += chunk.len();
+        self.chunks.push(chunk.clone());
+        // This attempt yields the chunk itself, so it must not replay it later.
+        self.cursor = self.chunks.len();
+    }
+}
+
+impl<B> Drop for Attempt<B> {
+    fn drop(&mut self) {
+        if let Some(recording) = self.recording.take() {
+            *self.slot.recording.lock().unwrap_or_else(PoisonError::into_inner) = Some(recording);
+        }
+    }
+}
+
+/// The right to re-send a recorded body, kept by the layer while the first attempt runs.
+pub struct ReplayHandle<B> {
+    slot: Arc<Slot<B>>,
+}
+
+impl<B> ReplayHandle<B> {
+    /// A body that yields what the last attempt sent, then the rest of the caller's body.
+    ///
+    /// Refused when the last attempt still holds the body ([`NotResent::BodyInUse`]), when the
+    /// body grew past the cap ([`NotResent::BodyOverCap`]), or when reading it failed
+    /// ([`NotResent::BodyFailed`]).
+    pub fn replay(&self) -> Result<ReplayBody<B>, NotResent> {
+        let mut slot = self.slot.recording.lock().unwrap_or_else(PoisonError::into_inner);
+        let Some(recording) = slot.as_ref() else {
+            return Err(NotResent::BodyInUse);
+        };
+        if recording.over_cap {
+            return Err(NotResent::BodyOverCap { cap: recording.cap });
+        }
+        if recording.failed {
+            return Err(NotResent::BodyFailed);
+        }
+        let mut recording = slot.take().expect("checked above");
+        recording.rewind();
+        Ok(ReplayBody {
+            kind: Kind::Recorded(Attempt {
+                slot: self.slot.clone(),
+                recording: Some(recording),
+            }),
+        })
+    }
+
+    /// Why a replay would be refused now, without taking the body.
+    pub fn check(&self) -> Result<(), NotResent> {
+        let slot = self.slot.recording.lock().unwrap_or_else(PoisonError::into_inner);
+        match slot.as_ref() {
+            None => Err(NotResent::BodyInUse),
+            Some(r) if r.over_cap => Err(NotResent::BodyOverCap { cap: r.cap }),
+            Some(r) if r.failed => Err(NotResent::BodyFailed),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl<B> fmt::Debug for ReplayHandle<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ReplayHandle").finish_non_exhaustive()
+    }
+}
+
+impl<B> ReplayBody<B> {
+    /// The caller's body, passed through with nothing kept.
+    pub fn plain(body: B) -> Self {
+        ReplayBody { kind: Kind::Plain(body) }
+    }
+
+    /// An empty body.
+    pub fn empty() -> Self {
+        ReplayBody { kind: Kind::Empty }
+    }
+
+    /// Wraps `body` for the first attempt, keeping up to `cap` bytes for a replay, and
+    /// returns the handle that makes the replay.
+    pub fn recorded(body: B, cap: usize) -> (Self, ReplayHandle<B>) {
+        let slot = Arc::new(Slot {
+            recording: Mutex::new(None),
+        });
+        let recording = Recording {
+            rest: body,
+            chunks: Vec::new(),
+            recorded_len: 0,
+            cap,
+            over_cap: false,
+            finished: false,
+            failed: false,
+            trailers: None,
+            cursor: 0,
+            yielded_len: 0,
+            trailers_yielded: false,
+        };
+        let handle = ReplayHandle { slot: slot.clone() };
+        let body = ReplayBody {
+            kind: Kind::Recorded(Attempt {
+                slot,
+                recording: Some(recording),
+            }),
+        };
+        (body, handle)
+    }
+
+    /// True when this body keeps a recording for a replay.
+    pub fn is_recorded(&self) -> bool {
+        matches!(self.kind, Kind::Recorded(_))
+    }
+}
+
+impl<B> Default for ReplayBody<B> {
+    fn default() -> Self {
+        Self::empty()
+    }
+}
+
+impl<B> fmt::Debug for ReplayBody<B> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let kind = match self.kind {
+            Kind::Plain(_) => "plain",
+            Kind::Empty => "empty",
+            Kind::Recorded(_) => "recorded",
+        };
+        f.debug_struct("ReplayBody").field("kind", &kind).finish()
+    }
+}
+
+impl<B> Body for ReplayBody<B>
+where
+    B: Body + Unpin,
+{
+    type Data = Bytes;
+    type Error = B::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
+        match &mut self.get_mut().kind {
+            Kind::Plain(body) => Pin::new(body)
+                .poll_frame(cx)
+                .map(|frame| frame.map(|result| result.map(|frame| frame.map_data(into_bytes)))),
+            Kind::Empty => Poll::Ready(None),
+            Kind::Recorded(attempt) => {
+                let recording = attempt
+                    .recording
+                    .as_mut()
+                    .expect("an attempt owns its recording until it is dropped");
+                poll_recorded(recording, cx)
+            }
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match &self.kind {
+            Kind::Plain(body) => body.is_end_stream(),
+            Kind::Empty => true,
+            Kind::Recorded(attempt) => match &attempt.recording {
+                Some(r) => {
+                    r.cursor >= r.chunks.len()
+                        && if r.finished {
+                            r.trailers.is_none() || r.trailers_yielded
+                        } else {
+                            r.rest.is_end_stream()
+                        }
+                }
+                None => true,
+            },
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Plain(body) => body.size_hint(),
+            Kind::Empty => SizeHint::with_exact(0),
+            Kind::Recorded(attempt) => match &attempt.recording {
+                Some(r) => {
+                    let kept = (r.recorded_len - r.yielded_len.min(r.recorded_len)) as u64;
+                    if r.finished {
+                        SizeHint::with_exact(kept)
+                    } else {
+                        let rest = r.rest.size_hint();
+                        let mut hint = SizeHint::new();
+                        hint.set_lower(kept.saturating_add(rest.lower()));
+                        if let Some(upper) = rest.upper() {
+                            hint.set_upper(kept.saturating_add(upper));
+                        }
+                        hint
+                    }
+                }
+                None => SizeHint::with_exact(0),
+            },
+        }
+    }
+}
+
+fn into_bytes<D: Buf>(mut data: D) -> Bytes {
+    // Zero-copy when `D` is `Bytes` (its `copy_to_bytes` is a split); other buffers are
+    // copied once, as they must be to be kept.
+    data.copy_to_bytes(data.remaining())
+}
+
+fn poll_recorded<B>(
+    r: &mut Recording<B>,
+    cx: &mut Context<'_>,
+) -> Poll<Option<Result<Frame<Bytes>, B::Error>>>
+where
+    B: Body + Unpin,
+{
+    // First what an earlier attempt already read.
+    if r.cursor < r.chunks.len() {
+        let chunk = r.chunks[r.cursor].clone();
+        r.cursor += 1;
+        r.yielded_len += chunk.len();
+        return Poll::Ready(Some(Ok(Frame::data(chunk))));
+    }
+    if r.finished {
+        if !r.trailers_yielded {
+            r.trailers_yielded = true;
+            if let Some(trailers) = &r.trailers {
+                return Poll::Ready(Some(Ok(Frame::trailers(trailers.clone()))));
+            }
+        }
+        return Poll::Ready(None);
+    }
+    // Then read on from the caller's body, recording as we go.
+    match Pin::new(&mut r.rest).poll_frame(cx) {
+        Poll::Pending => Poll::Pending,
+        Poll::Ready(None) => {
+            r.finished = true;
+            r.trailers_yielded = true;
+            Poll::Ready(None)
+        }
+        Poll::Ready(Some(Err(error))) => {
+            r.failed = true;
+            Poll::Ready(Some(Err(error)))
+        }
+        Poll::Ready(Some(Ok(frame))) => match frame.into_data() {
+            Ok(data) => {
+                let chunk = into_bytes(data);
+                r.record(&chunk);
+                if r.over_cap {
+                    r.yielded_len = 0;
+                }
+                if r.rest.is_end_stream() {
+                    r.finished = true;
+                    r.trailers_yielded = true;
+                }
+                Poll::Ready(Some(Ok(Frame::data(chunk))))
+            }
+            Err(frame) => match frame.into_trailers() {
+                Ok(trailers) => {
+                    r.trailers = Some(trailers.clone());
+                    r.finished = true;
+                    r.trailers_yielded = true;
+                    Poll::Ready(Some(Ok(Frame::trailers(trailers))))
+                }
+                // A frame kind this crate does not know: pass it on without keeping it.
+                Err(frame) => Poll::Ready(Some(Ok(frame.map_data(into_bytes)))),
+            },
+        },
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::{BodyExt, Full, StreamBody};
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn replays_what_was_sent_and_the_unread_rest() {
+        block_on(async {
+            let chunks: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"ab"))),
+                Ok(Frame::data(Bytes::from_static(b"cd"))),
+                Ok(Frame::data(Bytes::from_static(b"ef"))),
+            ];
+            let body = StreamBody::new(futures_util::stream::iter(chunks));
+            let (mut first, handle) = ReplayBody::recorded(body, 1024);
+            // The first attempt reads only one chunk, then is dropped (connection lost).
+            let frame = first.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), "ab");
+            drop(first);
+            let second = handle.replay().unwrap();
+            assert_eq!(second.collect().await.unwrap().to_bytes(), "abcdef");
+            // And again, from a third attempt.
+            let third = handle.replay().unwrap();
+            assert_eq!(third.collect().await.unwrap().to_bytes(), "abcdef");
+        });
+    }
+
+    #[test]
+    fn a_replay_from_an_empty_recording_does_not_repeat_the_first_chunk() {
+        block_on(async {
+            let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from_static(b"xyz")), 1024);
+            drop(first); // never polled: refused at connect
+            let second = handle.replay().unwrap();
+            assert_eq!(second.collect().await.unwrap().to_bytes(), "xyz");
+        });
+    }
+
+    #[test]
+    fn refusals() {
+        block_on(async {
+            let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from_static(b"xyz")), 1024);
+            assert_eq!(handle.replay().unwrap_err(), NotResent::BodyInUse);
+            drop(first);
+
+            let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from(vec![0u8; 100])), 10);
+            let all = first.collect().await.unwrap().to_bytes();
+            assert_eq!(all.len(), 100, "the first attempt streams on past the cap");
+            assert_eq!(handle.replay().unwrap_err(), NotResent::BodyOverCap { cap: 10 });
+        });
+    }
+}

@@ -1,0 +1,118 @@
+//! [`Failover`]: the service that routes each call to the active endpoint and prepares it for
+//! a re-send.
+
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use http::{Request, Response};
+use http_body::Body;
+use tower_service::Service;
+
+use crate::body::ResponseBody;
+use crate::classify::Classifier;
+use crate::engine::{inner_error, BodyPlan};
+use crate::error::{AttemptError, BoxError, FailoverError};
+use crate::future::{ResendBody, ResendRequest, ResponseFuture};
+use crate::replay::ReplayBody;
+use crate::state::{FailoverHandle, Shared};
+
+/// An HTTP service with failover; made by [`FailoverLayer`](crate::FailoverLayer).
+///
+/// Requests whose URI names the primary or the alternate go to the active endpoint; all
+/// others pass through untouched. The inner service receives [`ReplayBody`]s.
+#[derive(Clone)]
+pub struct Failover<S, C> {
+    inner: S,
+    shared: Arc<Shared>,
+    classifier: C,
+}
+
+impl<S, C> Failover<S, C> {
+    pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
+        Failover {
+            inner,
+            shared,
+            classifier,
+        }
+    }
+
+    /// The application's handle on the switch state this service shares.
+    pub fn handle(&self) -> FailoverHandle {
+        FailoverHandle::new(self.shared.clone())
+    }
+
+    /// The inner service.
+    pub fn get_ref(&self) -> &S {
+        &self.inner
+    }
+
+    /// The inner service, mutably.
+    pub fn get_mut(&mut self) -> &mut S {
+        &mut self.inner
+    }
+}
+
+impl<S, C> std::fmt::Debug for Failover<S, C>
+where
+    S: std::fmt::Debug,
+{
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Failover")
+            .field("inner", &self.inner)
+            .field("endpoints", &self.shared.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+impl<S, C, B, ResB> Service<Request<B>> for Failover<S, C>
+where
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone,
+    S::Error: Into<BoxError>,
+    B: Body + Unpin,
+    ResB: Body,
+    C: Classifier + Clone,
+{
+    type Response = Response<ResponseBody<ResB>>;
+    type Error = FailoverError;
+    type Future = ResponseFuture<S, B, C>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner
+            .poll_ready(cx)
+            .map_err(|e| inner_error(AttemptError::from_error(None, e.into())))
+    }
+
+    fn call(&mut self, request: Request<B>) -> Self::Future {
+        let (mut parts, body) = request.into_parts();
+        let Some(plan) = self.shared.plan(&parts.method, &mut parts.uri, &mut parts.headers) else {
+            let future = self.inner.call(Request::from_parts(parts, ReplayBody::plain(body)));
+            return ResponseFuture::passthrough(future);
+        };
+        let (body, resend_body) = match self.shared.body_plan(&plan, &body.size_hint(), body.is_end_stream()) {
+            BodyPlan::Record => {
+                let (body, handle) = ReplayBody::recorded(body, self.shared.replay_cap);
+                (body, Ok(ResendBody::Recorded(handle)))
+            }
+            BodyPlan::Empty => (ReplayBody::plain(body), Ok(ResendBody::Empty)),
+            BodyPlan::Unkept(reason) => (ReplayBody::plain(body), Err(reason)),
+        };
+        // Everything a re-send needs, kept only when a re-send can happen at all.
+        let resend = resend_body.map(|body| ResendRequest {
+            service: self.inner.clone(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+            body,
+        });
+        tracing::debug!(
+            server.address = %self.shared.endpoint(plan.active.side),
+            http.request.method = %parts.method,
+            attempt = 1,
+            "failover: sending"
+        );
+        let future = self.inner.call(Request::from_parts(parts, body));
+        ResponseFuture::routed(future, self.shared.clone(), self.classifier.clone(), plan, resend)
+    }
+}

@@ -1,0 +1,390 @@
+//! The switch state shared by every clone of a failover service: which endpoint is active,
+//! the compare-and-switch that moves it, and the ways the application hears about it
+//! ([`FailoverHandle::subscribe`], [`FailoverHandle::events`], callbacks).
+
+use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::SystemTime;
+
+use tokio::sync::{broadcast, watch};
+
+use crate::classify::DownKind;
+use crate::endpoint::{Endpoint, Endpoints, Side};
+
+/// Why a switch was asked for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SwitchCause {
+    /// A call found the active endpoint down.
+    EndpointDown(DownKind),
+    /// The application asked, through [`FailoverHandle`].
+    Manual,
+}
+
+impl fmt::Display for SwitchCause {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwitchCause::EndpointDown(kind) => write!(f, "{kind}"),
+            SwitchCause::Manual => f.write_str("manual"),
+        }
+    }
+}
+
+/// The two notifications of the seed's SDK, in the order they are raised.
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum SwitchEvent {
+    /// The active endpoint is down (or a switch was asked for). Raised before the switch; with
+    /// automatic switching off it is raised alone and the application decides.
+    SwitchRequired {
+        /// The endpoint that failed.
+        previous: Endpoint,
+        /// The endpoint a switch goes to.
+        new: Endpoint,
+        /// Why.
+        cause: SwitchCause,
+    },
+    /// The switch is made: calls now go to `new`.
+    Switched {
+        /// The endpoint calls went to before.
+        previous: Endpoint,
+        /// The endpoint calls go to now.
+        new: Endpoint,
+    },
+}
+
+impl SwitchEvent {
+    /// `"SwitchRequired"` or `"Switched"`.
+    pub fn name(&self) -> &'static str {
+        match self {
+            SwitchEvent::SwitchRequired { .. } => "SwitchRequired",
+            SwitchEvent::Switched { .. } => "Switched",
+        }
+    }
+
+    /// The endpoint before.
+    pub fn previous(&self) -> &Endpoint {
+        match self {
+            SwitchEvent::SwitchRequired { previous, .. } | SwitchEvent::Switched { previous, .. } => previous,
+        }
+    }
+
+    /// The endpoint after.
+    pub fn new_endpoint(&self) -> &Endpoint {
+        match self {
+            SwitchEvent::SwitchRequired { new, .. } | SwitchEvent::Switched { new, .. } => new,
+        }
+    }
+}
+
+impl fmt::Display for SwitchEvent {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            SwitchEvent::SwitchRequired { previous, new, cause } => {
+                write!(f, "SwitchRequired {previous} -> {new} ({cause})")
+            }
+            SwitchEvent::Switched { previous, new } => write!(f, "Switched {previous} -> {new}"),
+        }
+    }
+}
+
+/// A snapshot of the switch state, as published on [`FailoverHandle::subscribe`].
+///
+/// `watch` keeps only the latest value; `generation` tells a slow reader how many switches
+/// it missed, and [`FailoverHandle::events`] or the callbacks give every event.
+#[derive(Debug, Clone)]
+pub struct EndpointState {
+    /// The side calls go to now.
+    pub active: Side,
+    /// The endpoint calls go to now.
+    pub endpoint: Endpoint,
+    /// How many switches have been made; bumps by one on each.
+    pub generation: u64,
+    /// The most recent event, if any.
+    pub last_event: Option<SwitchEvent>,
+    /// When the active endpoint became active.
+    pub since: SystemTime,
+}
+
+type Callback = Arc<dyn Fn(&SwitchEvent) + Send + Sync>;
+
+/// The callbacks registered on the builder.
+#[derive(Clone, Default)]
+pub(crate) struct Callbacks {
+    pub(crate) on_switch_required: Vec<Callback>,
+    pub(crate) on_switched: Vec<Callback>,
+}
+
+/// The result of asking for a switch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum SwitchOutcome {
+    /// This call made the switch.
+    Switched { to: Side },
+    /// Another call (or the application) switched since the failed attempt began; calls go
+    /// to `to` now.
+    AlreadySwitched { to: Side },
+    /// Automatic switching is off or there is no alternate: `SwitchRequired` was raised (once
+    /// per generation) and nothing moved.
+    Refused,
+}
+
+pub(crate) struct Shared {
+    pub(crate) endpoints: Endpoints,
+    auto_switch: bool,
+    pub(crate) replay_cap: usize,
+    // generation << 1 | side. One atomic load routes a call; a switch is one store made under
+    // `switching`, so readers never lock.
+    active: AtomicU64,
+    // Serializes switches so their events come out in order and one failure wave makes one
+    // switch. Holds the generation for which `SwitchRequired` was raised without a switch.
+    switching: Mutex<Option<u64>>,
+    state: watch::Sender<EndpointState>,
+    events: broadcast::Sender<SwitchEvent>,
+    callbacks: Callbacks,
+}
+
+/// Events kept for a lagging [`FailoverHandle::events`] receiver.
+const EVENT_BUFFER: usize = 64;
+
+fn pack(generation: u64, side: Side) -> u64 {
+    (generation << 1) | side.index() as u64
+}
+
+fn unpack(word: u64) -> (u64, Side) {
+    let side = if word & 1 == 0 { Side::Primary } else { Side::Alternate };
+    (word >> 1, side)
+}
+
+/// Where one call goes: the generation it saw and the endpoint of that generation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Active {
+    pub(crate) generation: u64,
+    pub(crate) side: Side,
+}
+
+impl Shared {
+    pub(crate) fn new(endpoints: Endpoints, auto_switch: bool, replay_cap: usize, callbacks: Callbacks) -> Self {
+        let initial = EndpointState {
+            active: Side::Primary,
+            endpoint: endpoints.primary().clone(),
+            generation: 0,
+            last_event: None,
+            since: SystemTime::now(),
+        };
+        let (state, _) = watch::channel(initial);
+        let (events, _) = broadcast::channel(EVENT_BUFFER);
+        Shared {
+            endpoints,
+            auto_switch,
+            replay_cap,
+            active: AtomicU64::new(pack(0, Side::Primary)),
+            switching: Mutex::new(None),
+            state,
+            events,
+            callbacks,
+        }
+    }
+
+    #[inline]
+    pub(crate) fn active(&self) -> Active {
+        let (generation, side) = unpack(self.active.load(Ordering::Acquire));
+        Active { generation, side }
+    }
+
+    pub(crate) fn endpoint(&self, side: Side) -> &Endpoint {
+        // The alternate side is only ever active when an alternate exists.
+        self.endpoints.get(side).unwrap_or(self.endpoints.primary())
+    }
+
+    pub(crate) fn auto_switch_enabled(&self) -> bool {
+        self.auto_switch && self.endpoints.alternate().is_some()
+    }
+
+    /// Compare-and-switch: moves calls off `failed` only if it is still the active generation.
+    /// `automatic` is false for a switch the application asked for, which ignores
+    /// `auto_switch(false)`.
+    pub(crate) fn switch_from(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
+        // Fast path for a failure wave: most callers see the switch already made without
+        // taking the lock.
+        let now = self.active();
+        if now.generation != failed.generation {
+            return SwitchOutcome::AlreadySwitched { to: now.side };
+        }
+        if self.endpoints.alternate().is_none() || (automatic && !self.auto_switch) {
+            return self.raise_required_once(failed, cause);
+        }
+
+        let mut required_for = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
+        let now = self.active();
+        if now.generation != failed.generation {
+            return SwitchOutcome::AlreadySwitched { to: now.side };
+        }
+        let to = failed.side.other();
+        let previous = self.endpoint(failed.side).clone();
+        let new = self.endpoint(to).clone();
+        tracing::warn!(
+            previous = %previous,
+            new = %new,
+            cause = %cause,
+            generation = failed.generation + 1,
+            "failover: switching endpoint"
+        );
+        self.publish(
+            SwitchEvent::SwitchRequired {
+                previous: previous.clone(),
+                new: new.clone(),
+                cause,
+            },
+            |_| {},
+        );
+        let generation = failed.generation + 1;
+        self.active.store(pack(generation, to), Ordering::Release);
+        *required_for = None;
+        self.publish(SwitchEvent::Switched { previous, new: new.clone() }, |state| {
+            state.active = to;
+            state.endpoint = new;
+            state.generation = generation;
+            state.since = SystemTime::now();
+        });
+        SwitchOutcome::Switched { to }
+    }
+
+    fn raise_required_once(&self, failed: Active, cause: SwitchCause) -> SwitchOutcome {
+        let mut required_for = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
+        if self.active().generation == failed.generation && *required_for != Some(failed.generation) {
+            *required_for = Some(failed.generation);
+            let previous = self.endpoint(failed.side).clone();
+            let new = self
+                .endpoints
+                .get(failed.side.other())
+                .unwrap_or(&previous)
+                .clone();
+            tracing::warn!(
+                previous = %previous,
+                cause = %cause,
+                "failover: endpoint down, switch required but automatic switching is off"
+            );
+            self.publish(SwitchEvent::SwitchRequired { previous, new, cause }, |_| {});
+        }
+        SwitchOutcome::Refused
+    }
+
+    /// Raises one event everywhere: callbacks first (they see every event, synchronously),
+    /// then the `watch` state, then the broadcast stream. Called only under `switching`, so
+    /// every listener sees the events in the same order.
+    fn publish(&self, event: SwitchEvent, update: impl FnOnce(&mut EndpointState)) {
+        self.run_callbacks(&event);
+        // `send_modify` stores the value even with no receiver, so a late subscriber still
+        // sees the latest state.
+        self.state.send_modify(|state| {
+            update(state);
+            state.last_event = Some(event.clone());
+        });
+        let _ = self.events.send(event);
+    }
+
+    fn run_callbacks(&self, event: &SwitchEvent) {
+        let list = match event {
+            SwitchEvent::SwitchRequired { .. } => &self.callbacks.on_switch_required,
+            SwitchEvent::Switched { .. } => &self.callbacks.on_switched,
+        };
+        for callback in list {
+            callback(event);
+        }
+    }
+}
+
+/// The application's view of a failover pair: the state, the events, and manual control.
+///
+/// Get it from [`FailoverLayer::handle`](crate::FailoverLayer::handle). Clones share the
+/// same state as every service the layer made.
+///
+/// ```
+/// use tower_failover::{Endpoints, FailoverLayer, Side};
+///
+/// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+///     .build()
+///     .unwrap();
+/// let handle = layer.handle();
+/// assert!(handle.auto_switch_enabled());
+/// let mut state = handle.subscribe();
+///
+/// handle.switch_endpoint();
+/// assert_eq!(handle.active(), Side::Alternate);
+/// assert!(state.has_changed().unwrap());
+/// assert_eq!(state.borrow_and_update().generation, 1);
+/// ```
+#[derive(Clone)]
+pub struct FailoverHandle {
+    pub(crate) shared: Arc<Shared>,
+}
+
+impl FailoverHandle {
+    pub(crate) fn new(shared: Arc<Shared>) -> Self {
+        FailoverHandle { shared }
+    }
+
+    /// The seed's `EndpointAutoSwitchEnabled`: true when an alternate is configured and
+    /// automatic switching is on.
+    pub fn auto_switch_enabled(&self) -> bool {
+        self.shared.auto_switch_enabled()
+    }
+
+    /// The configured pair.
+    pub fn endpoints(&self) -> &Endpoints {
+        &self.shared.endpoints
+    }
+
+    /// The side calls go to now.
+    pub fn active(&self) -> Side {
+        self.shared.active().side
+    }
+
+    /// The endpoint calls go to now.
+    pub fn active_endpoint(&self) -> &Endpoint {
+        self.shared.endpoint(self.shared.active().side)
+    }
+
+    /// The number of switches made so far.
+    pub fn generation(&self) -> u64 {
+        self.shared.active().generation
+    }
+
+    /// A copy of the current state.
+    pub fn state(&self) -> EndpointState {
+        self.shared.state.borrow().clone()
+    }
+
+    /// A `watch` receiver of the state: wakes on every change, keeps only the latest.
+    pub fn subscribe(&self) -> watch::Receiver<EndpointState> {
+        self.shared.state.subscribe()
+    }
+
+    /// Every event from now on, in order (`SwitchRequired` then `Switched`). A receiver that
+    /// falls more than 64 events behind gets `RecvError::Lagged` and the latest ones.
+    pub fn events(&self) -> broadcast::Receiver<SwitchEvent> {
+        self.shared.events.subscribe()
+    }
+
+    /// Switches to the other endpoint by hand, raising both events with cause
+    /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
+    /// active; with no alternate configured nothing moves.
+    pub fn switch_endpoint(&self) -> Side {
+        let current = self.shared.active();
+        match self.shared.switch_from(current, SwitchCause::Manual, false) {
+            SwitchOutcome::Switched { to } | SwitchOutcome::AlreadySwitched { to } => to,
+            SwitchOutcome::Refused => current.side,
+        }
+    }
+}
+
+impl fmt::Debug for FailoverHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FailoverHandle")
+            .field("endpoints", &self.shared.endpoints)
+            .field("active", &self.active())
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
