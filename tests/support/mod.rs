@@ -1,0 +1,307 @@
+//! Real hyper servers on loopback for the tests, the demo and the benches: a primary and an
+//! alternate behind the Dynamics names, a resolver that maps the names to their ports, and a
+//! way to kill a server (listener and open connections) to make a real outage.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::future::Future;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::{Request, Response, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::connect::dns::Name;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::{Digest, Sha256};
+use tokio::net::TcpListener;
+use tokio::task::AbortHandle;
+
+pub const PRIMARY_HOST: &str = "contoso.api.crm.dynamics.com";
+pub const ALTERNATE_HOST: &str = "contoso--s.api.crm.dynamics.com";
+pub const PRIMARY_URL: &str = "http://contoso.api.crm.dynamics.com";
+pub const ALTERNATE_URL: &str = "http://contoso--s.api.crm.dynamics.com";
+
+/// What a server saw of one request, after reading its whole body.
+#[derive(Clone, Debug)]
+pub struct Seen {
+    pub method: http::Method,
+    pub path: String,
+    pub host: Option<String>,
+    pub body_len: usize,
+    pub body_sha256: [u8; 32],
+    pub idempotency_key: Option<String>,
+}
+
+/// A request as handed to a [`Handler`]: the head, and the whole body.
+pub struct Received {
+    pub head: http::request::Parts,
+    pub body: Bytes,
+}
+
+pub type Reply = Pin<Box<dyn Future<Output = Response<Full<Bytes>>> + Send>>;
+pub type Handler = Arc<dyn Fn(Received) -> Reply + Send + Sync>;
+
+/// How a server answers, settable while it runs.
+#[derive(Clone)]
+pub enum Behavior {
+    /// 200 with a small JSON body naming the server.
+    Ok,
+    /// The given status with the given body.
+    Status(u16, &'static str),
+    /// Sleep, then 200.
+    Delay(Duration),
+    /// Answer 200 at once, without reading the request body.
+    EarlyAnswer,
+    /// A custom handler.
+    Custom(Handler),
+}
+
+pub struct Server {
+    pub name: &'static str,
+    pub addr: SocketAddr,
+    behavior: Arc<Mutex<Behavior>>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    tasks: Arc<Mutex<Vec<AbortHandle>>>,
+}
+
+pub fn digest(bytes: &[u8]) -> [u8; 32] {
+    Sha256::digest(bytes).into()
+}
+
+impl Server {
+    /// Starts a server for `name` on a fresh loopback port.
+    pub async fn start(name: &'static str) -> Server {
+        Self::start_on(name, SocketAddr::from(([127, 0, 0, 1], 0))).await
+    }
+
+    /// Starts a server on a given address (to bring a killed server back on its port).
+    pub async fn start_on(name: &'static str, addr: SocketAddr) -> Server {
+        let listener = bind_with_retry(addr).await;
+        let addr = listener.local_addr().unwrap();
+        let server = Server {
+            name,
+            addr,
+            behavior: Arc::new(Mutex::new(Behavior::Ok)),
+            seen: Arc::new(Mutex::new(Vec::new())),
+            tasks: Arc::new(Mutex::new(Vec::new())),
+        };
+        let behavior = server.behavior.clone();
+        let seen = server.seen.clone();
+        let tasks = server.tasks.clone();
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { continue };
+                let behavior = behavior.clone();
+                let seen = seen.clone();
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let behavior = behavior.lock().unwrap().clone();
+                    let seen = seen.clone();
+                    async move { Ok::<_, Infallible>(answer(name, behavior, seen, request).await) }
+                });
+                let connection = tokio::spawn(async move {
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+                tasks.lock().unwrap().push(connection.abort_handle());
+            }
+        });
+        server.tasks.lock().unwrap().push(accept.abort_handle());
+        server
+    }
+
+    pub fn set(&self, behavior: Behavior) {
+        *self.behavior.lock().unwrap() = behavior;
+    }
+
+    /// Everything this server has received so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+
+    pub fn count(&self) -> usize {
+        self.seen.lock().unwrap().len()
+    }
+
+    /// Makes a real outage: closes the listener (new connections are refused) and drops every
+    /// open connection (requests in flight are cut off).
+    pub async fn kill(&self) {
+        let tasks: Vec<AbortHandle> = std::mem::take(&mut *self.tasks.lock().unwrap());
+        for task in &tasks {
+            task.abort();
+        }
+        // Let the aborted tasks run their drops so the sockets are really closed.
+        for _ in 0..50 {
+            if tasks.iter().all(|t| t.is_finished()) {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        for task in self.tasks.lock().unwrap().drain(..) {
+            task.abort();
+        }
+    }
+}
+
+async fn bind_with_retry(addr: SocketAddr) -> TcpListener {
+    let mut last = None;
+    for _ in 0..100 {
+        match TcpListener::bind(addr).await {
+            Ok(listener) => return listener,
+            Err(e) => last = Some(e),
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("could not bind {addr}: {last:?}");
+}
+
+async fn answer(
+    name: &'static str,
+    behavior: Behavior,
+    seen: Arc<Mutex<Vec<Seen>>>,
+    request: Request<Incoming>,
+) -> Response<Full<Bytes>> {
+    let (head, body) = request.into_parts();
+    if let Behavior::EarlyAnswer = behavior {
+        // Answer without reading the body; the body is dropped with the request.
+        return json(StatusCode::OK, format!(r#"{{"server":"{name}","early":true}}"#));
+    }
+    let body = match body.collect().await {
+        Ok(collected) => collected.to_bytes(),
+        Err(_) => Bytes::new(),
+    };
+    seen.lock().unwrap().push(Seen {
+        method: head.method.clone(),
+        path: head.uri.path().to_string(),
+        host: head
+            .headers
+            .get(http::header::HOST)
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string),
+        body_len: body.len(),
+        body_sha256: digest(&body),
+        idempotency_key: head
+            .headers
+            .get("idempotency-key")
+            .and_then(|h| h.to_str().ok())
+            .map(str::to_string),
+    });
+    match behavior {
+        Behavior::Ok | Behavior::EarlyAnswer => json(StatusCode::OK, format!(r#"{{"server":"{name}"}}"#)),
+        Behavior::Status(status, body) => json(StatusCode::from_u16(status).unwrap(), body.to_string()),
+        Behavior::Delay(delay) => {
+            tokio::time::sleep(delay).await;
+            json(StatusCode::OK, format!(r#"{{"server":"{name}"}}"#))
+        }
+        Behavior::Custom(handler) => handler(Received { head, body }).await,
+    }
+}
+
+pub fn json(status: StatusCode, body: String) -> Response<Full<Bytes>> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json")
+        .body(Full::new(Bytes::from(body)))
+        .unwrap()
+}
+
+/// Maps host names to loopback addresses, as DNS would.
+#[derive(Clone, Default)]
+pub struct Resolver {
+    names: Arc<Mutex<HashMap<String, SocketAddr>>>,
+}
+
+impl Resolver {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    pub fn map(&self, name: &str, addr: SocketAddr) {
+        self.names.lock().unwrap().insert(name.to_string(), addr);
+    }
+
+    pub fn connector(&self) -> HttpConnector<Resolver> {
+        let mut connector = HttpConnector::new_with_resolver(self.clone());
+        connector.set_connect_timeout(Some(Duration::from_secs(2)));
+        connector
+    }
+}
+
+impl tower::Service<Name> for Resolver {
+    type Response = std::vec::IntoIter<SocketAddr>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let found = self.names.lock().unwrap().get(name.as_str()).copied();
+        std::future::ready(match found {
+            Some(addr) => Ok(vec![addr].into_iter()),
+            None => Err(std::io::Error::new(
+                std::io::ErrorKind::NotFound,
+                format!("no such host: {}", name.as_str()),
+            )),
+        })
+    }
+}
+
+/// A primary and an alternate server behind the Dynamics names, and a resolver for both.
+pub struct Pair {
+    pub primary: Server,
+    pub alternate: Server,
+    pub resolver: Resolver,
+}
+
+impl Pair {
+    pub async fn start() -> Pair {
+        let primary = Server::start(PRIMARY_HOST).await;
+        let alternate = Server::start(ALTERNATE_HOST).await;
+        let resolver = Resolver::new();
+        resolver.map(PRIMARY_HOST, primary.addr);
+        resolver.map(ALTERNATE_HOST, alternate.addr);
+        Pair {
+            primary,
+            alternate,
+            resolver,
+        }
+    }
+
+    /// A hyper-util client (HTTP/1.1, keep-alive) that reaches both servers by name.
+    pub fn client<B>(&self) -> Client<HttpConnector<Resolver>, B>
+    where
+        B: http_body::Body + Send + 'static + Unpin,
+        B::Data: Send,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        Client::builder(TokioExecutor::new()).build(self.resolver.connector())
+    }
+
+    /// Brings a killed primary back on its port.
+    pub async fn restart_primary(&mut self) {
+        let addr = self.primary.addr;
+        self.primary = Server::start_on(PRIMARY_HOST, addr).await;
+    }
+}
+
+/// Runs a test body with a deadline, so a hang fails instead of stalling CI.
+pub async fn within<F: Future>(seconds: u64, future: F) -> F::Output {
+    match tokio::time::timeout(Duration::from_secs(seconds), future).await {
+        Ok(output) => output,
+        Err(_) => panic!("test did not finish within {seconds} s"),
+    }
+}
