@@ -180,7 +180,9 @@ impl<B> fmt::Debug for ReplayHandle<B> {
 impl<B> ReplayBody<B> {
     /// The caller's body, passed through with nothing kept.
     pub fn plain(body: B) -> Self {
-        ReplayBody { kind: Kind::Plain(body) }
+        ReplayBody {
+            kind: Kind::Plain(body),
+        }
     }
 
     /// An empty body.

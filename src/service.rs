@@ -12,7 +12,7 @@ use crate::body::ResponseBody;
 use crate::classify::Classifier;
 use crate::engine::{inner_error, BodyPlan};
 use crate::error::{AttemptError, BoxError, FailoverError};
-use crate::future::{ResendBody, ResendRequest, ResponseFuture};
+use crate::future::{ResendBody, ResendTemplate, ResponseFuture};
 use crate::replay::ReplayBody;
 use crate::state::{FailoverHandle, Shared};
 
@@ -84,20 +84,25 @@ where
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
         let (mut parts, body) = request.into_parts();
-        let Some(plan) = self.shared.plan(&parts.method, &mut parts.uri, &mut parts.headers) else {
-            let future = self.inner.call(Request::from_parts(parts, ReplayBody::plain(body)));
+        let Some(plan) = self.shared.plan(&mut parts) else {
+            let future = self
+                .inner
+                .call(Request::from_parts(parts, ReplayBody::plain(body)));
             return ResponseFuture::passthrough(future);
         };
-        let (body, resend_body) = match self.shared.body_plan(&plan, &body.size_hint(), body.is_end_stream()) {
-            BodyPlan::Record => {
-                let (body, handle) = ReplayBody::recorded(body, self.shared.replay_cap);
+        let (body, resend_body) = match self
+            .shared
+            .body_plan(&plan, &body.size_hint(), body.is_end_stream())
+        {
+            BodyPlan::Record(cap) => {
+                let (body, handle) = ReplayBody::recorded(body, cap);
                 (body, Ok(ResendBody::Recorded(handle)))
             }
             BodyPlan::Empty => (ReplayBody::plain(body), Ok(ResendBody::Empty)),
             BodyPlan::Unkept(reason) => (ReplayBody::plain(body), Err(reason)),
         };
         // Everything a re-send needs, kept only when a re-send can happen at all.
-        let resend = resend_body.map(|body| ResendRequest {
+        let resend = resend_body.map(|body| ResendTemplate {
             service: self.inner.clone(),
             method: parts.method.clone(),
             uri: parts.uri.clone(),

@@ -9,8 +9,12 @@ use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
+use crate::budget::{Bucket, CallCounter};
 use crate::classify::DownKind;
+use crate::counters::{Counter, Counters};
 use crate::endpoint::{Endpoint, Endpoints, Side};
+use crate::ledger::{DataLossReport, Ledger};
+use crate::policy::{RetryPolicy, RouteTable};
 
 /// Why a switch was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -51,6 +55,8 @@ pub enum SwitchEvent {
         previous: Endpoint,
         /// The endpoint calls go to now.
         new: Endpoint,
+        /// The writes at risk from this switch (`None` when the data-loss report is off).
+        report: Option<Arc<DataLossReport>>,
     },
 }
 
@@ -84,7 +90,17 @@ impl fmt::Display for SwitchEvent {
             SwitchEvent::SwitchRequired { previous, new, cause } => {
                 write!(f, "SwitchRequired {previous} -> {new} ({cause})")
             }
-            SwitchEvent::Switched { previous, new } => write!(f, "Switched {previous} -> {new}"),
+            SwitchEvent::Switched {
+                previous,
+                new,
+                report,
+            } => {
+                write!(f, "Switched {previous} -> {new}")?;
+                if let Some(report) = report {
+                    write!(f, "; at risk: {report}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -105,6 +121,8 @@ pub struct EndpointState {
     pub last_event: Option<SwitchEvent>,
     /// When the active endpoint became active.
     pub since: SystemTime,
+    /// The data-loss report of the latest switch.
+    pub last_report: Option<Arc<DataLossReport>>,
 }
 
 type Callback = Arc<dyn Fn(&SwitchEvent) + Send + Sync>;
@@ -129,10 +147,30 @@ pub(crate) enum SwitchOutcome {
     Refused,
 }
 
+/// Everything the builder configured, fixed once the layer is built.
+pub(crate) struct Config {
+    pub(crate) endpoints: Endpoints,
+    pub(crate) auto_switch: bool,
+    pub(crate) replay_cap: usize,
+    pub(crate) callbacks: Callbacks,
+    pub(crate) routes: RouteTable,
+    pub(crate) default_policy: RetryPolicy,
+    pub(crate) ledger: Option<Ledger>,
+    pub(crate) failover_budget: Bucket,
+    pub(crate) throttle_budget: Bucket,
+}
+
 pub(crate) struct Shared {
     pub(crate) endpoints: Endpoints,
     auto_switch: bool,
     pub(crate) replay_cap: usize,
+    pub(crate) routes: RouteTable,
+    pub(crate) default_policy: RetryPolicy,
+    pub(crate) ledger: Option<Ledger>,
+    pub(crate) failover_budget: Bucket,
+    pub(crate) throttle_budget: Bucket,
+    pub(crate) calls: CallCounter,
+    pub(crate) counters: Counters,
     // generation << 1 | side. One atomic load routes a call; a switch is one store made under
     // `switching`, so readers never lock.
     active: AtomicU64,
@@ -152,7 +190,11 @@ fn pack(generation: u64, side: Side) -> u64 {
 }
 
 fn unpack(word: u64) -> (u64, Side) {
-    let side = if word & 1 == 0 { Side::Primary } else { Side::Alternate };
+    let side = if word & 1 == 0 {
+        Side::Primary
+    } else {
+        Side::Alternate
+    };
     (word >> 1, side)
 }
 
@@ -164,13 +206,25 @@ pub(crate) struct Active {
 }
 
 impl Shared {
-    pub(crate) fn new(endpoints: Endpoints, auto_switch: bool, replay_cap: usize, callbacks: Callbacks) -> Self {
+    pub(crate) fn new(config: Config) -> Self {
+        let Config {
+            endpoints,
+            auto_switch,
+            replay_cap,
+            callbacks,
+            routes,
+            default_policy,
+            ledger,
+            failover_budget,
+            throttle_budget,
+        } = config;
         let initial = EndpointState {
             active: Side::Primary,
             endpoint: endpoints.primary().clone(),
             generation: 0,
             last_event: None,
             since: SystemTime::now(),
+            last_report: None,
         };
         let (state, _) = watch::channel(initial);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
@@ -178,6 +232,13 @@ impl Shared {
             endpoints,
             auto_switch,
             replay_cap,
+            routes,
+            default_policy,
+            ledger,
+            failover_budget,
+            throttle_budget,
+            calls: CallCounter::default(),
+            counters: Counters::default(),
             active: AtomicU64::new(pack(0, Side::Primary)),
             switching: Mutex::new(None),
             state,
@@ -241,12 +302,35 @@ impl Shared {
         let generation = failed.generation + 1;
         self.active.store(pack(generation, to), Ordering::Release);
         *required_for = None;
-        self.publish(SwitchEvent::Switched { previous, new: new.clone() }, |state| {
-            state.active = to;
-            state.endpoint = new;
-            state.generation = generation;
-            state.since = SystemTime::now();
-        });
+        self.counters.add(Counter::Switches);
+        let report = self
+            .ledger
+            .as_ref()
+            .map(|ledger| Arc::new(ledger.report(failed.side, previous.clone(), new.clone())));
+        if let Some(report) = &report {
+            if !report.is_empty() {
+                tracing::warn!(
+                    acknowledged = report.acknowledged.len(),
+                    unknown = report.unknown.len(),
+                    dropped = report.dropped,
+                    "failover: writes at risk after the switch"
+                );
+            }
+        }
+        self.publish(
+            SwitchEvent::Switched {
+                previous,
+                new: new.clone(),
+                report: report.clone(),
+            },
+            |state| {
+                state.active = to;
+                state.endpoint = new;
+                state.generation = generation;
+                state.since = SystemTime::now();
+                state.last_report = report;
+            },
+        );
         SwitchOutcome::Switched { to }
     }
 
@@ -365,6 +449,16 @@ impl FailoverHandle {
     /// falls more than 64 events behind gets `RecvError::Lagged` and the latest ones.
     pub fn events(&self) -> broadcast::Receiver<SwitchEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// The data-loss report of the latest switch, if any (and if the report is on).
+    pub fn last_report(&self) -> Option<Arc<DataLossReport>> {
+        self.shared.state.borrow().last_report.clone()
+    }
+
+    /// The layer's counters: calls, re-sends, switches, throttling, budget refusals.
+    pub fn counters(&self) -> crate::counters::CountersSnapshot {
+        self.shared.counters.snapshot(self.shared.calls.get())
     }
 
     /// Switches to the other endpoint by hand, raising both events with cause

@@ -97,7 +97,9 @@ impl Server {
         let tasks = server.tasks.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let behavior = behavior.clone();
                 let seen = seen.clone();
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
