@@ -10,6 +10,7 @@ use http::Method;
 use tower_layer::Layer;
 
 use crate::budget::{Bucket, RetryBudget};
+use crate::failback::Failback;
 use crate::classify::DefaultClassifier;
 use crate::endpoint::Endpoints;
 use crate::error::ConfigError;
@@ -65,6 +66,7 @@ impl FailoverLayer {
             ledger: Some(LedgerConfig::default()),
             failover_budget: RetryBudget::new(1.0),
             throttle_budget: RetryBudget::new(0.2),
+            failback: None,
         }
     }
 
@@ -115,6 +117,7 @@ pub struct FailoverLayerBuilder<C = DefaultClassifier> {
     ledger: Option<LedgerConfig>,
     failover_budget: RetryBudget,
     throttle_budget: RetryBudget,
+    failback: Option<Failback>,
 }
 
 impl<C> FailoverLayerBuilder<C> {
@@ -133,6 +136,7 @@ impl<C> FailoverLayerBuilder<C> {
             ledger: self.ledger,
             failover_budget: self.failover_budget,
             throttle_budget: self.throttle_budget,
+            failback: self.failback,
         }
     }
 
@@ -246,8 +250,18 @@ impl<C> FailoverLayerBuilder<C> {
         self
     }
 
+    /// Come back to the primary automatically once probes find it healthy (default: off; the
+    /// application fails back with [`FailoverHandle::fail_back`]).
+    pub fn failback(mut self, failback: Failback) -> Self {
+        self.failback = Some(failback);
+        self
+    }
+
     /// Checks the configuration and makes the layer.
     pub fn build(self) -> Result<FailoverLayer<C>, ConfigError> {
+        if let Some(failback) = &self.failback {
+            failback.validate()?;
+        }
         if let Some(error) = self.route_errors.into_iter().next() {
             return Err(error);
         }
@@ -271,7 +285,7 @@ impl<C> FailoverLayerBuilder<C> {
             )));
         }
         Ok(FailoverLayer {
-            shared: Arc::new(Shared::new(Config {
+            shared: Shared::new(Config {
                 endpoints: self.endpoints,
                 auto_switch: self.auto_switch,
                 replay_cap: self.replay_cap,
@@ -281,7 +295,8 @@ impl<C> FailoverLayerBuilder<C> {
                 ledger: self.ledger.map(Ledger::new),
                 failover_budget: Bucket::new(self.failover_budget),
                 throttle_budget: Bucket::new(self.throttle_budget),
-            })),
+                failback: self.failback,
+            }),
             classifier: self.classifier,
         })
     }

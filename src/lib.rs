@@ -72,6 +72,7 @@ mod counters;
 mod endpoint;
 mod engine;
 mod error;
+mod failback;
 mod future;
 mod layer;
 mod ledger;
@@ -88,6 +89,7 @@ pub use classify::{
     FAILOVER_FAULT_CODE,
 };
 pub use counters::CountersSnapshot;
+pub use failback::Failback;
 pub use endpoint::{Endpoint, Endpoints, Side};
 pub use error::{
     AttemptError, BoxError, ConfigError, DeadlineElapsed, FailoverError, FailoverErrorKind, NotResent,
