@@ -304,6 +304,13 @@ fn to_signed32(value: i64) -> i64 {
 pub fn classify_error(error: &(dyn StdError + 'static)) -> Option<DownKind> {
     let mut found: Option<DownKind> = None;
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut chain = Some(error);
+    while let Some(err) = chain {
+        if err.downcast_ref::<io::Error>().is_some_and(is_local_exhaustion) {
+            return None;
+        }
+        chain = err.source();
+    }
     while let Some(err) = current {
         if let Some(kind) = classify_one(err) {
             if kind == DownKind::NotFound {
@@ -335,17 +342,26 @@ fn classify_one(err: &(dyn StdError + 'static)) -> Option<DownKind> {
         }
     }
     if let Some(e) = err.downcast_ref::<io::Error>() {
-        return classify_io(e.kind());
+        return classify_io(e);
     }
     None
 }
 
-fn classify_io(kind: io::ErrorKind) -> Option<DownKind> {
+/// Failures of this machine, not of the endpoint: out of file descriptors, memory, or local
+/// ports. Switching would not help (the alternate needs them too), and a call already on the
+/// alternate would switch the pair back to a primary that is down.
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE (Linux and the BSDs), ENOBUFS (Linux 105, BSDs 55), ENOMEM.
+    const LOCAL: [i32; 5] = [24, 23, 105, 55, 12];
+    e.kind() == io::ErrorKind::AddrNotAvailable
+        || e.kind() == io::ErrorKind::OutOfMemory
+        || (cfg!(unix) && e.raw_os_error().is_some_and(|code| LOCAL.contains(&code)))
+}
+
+fn classify_io(error: &io::Error) -> Option<DownKind> {
     use io::ErrorKind::*;
-    match kind {
-        ConnectionRefused | AddrNotAvailable | NotFound | HostUnreachable | NetworkUnreachable => {
-            Some(DownKind::NotFound)
-        }
+    match error.kind() {
+        ConnectionRefused | NotFound | HostUnreachable | NetworkUnreachable => Some(DownKind::NotFound),
         TimedOut => Some(DownKind::Timeout),
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
             Some(DownKind::ConnectionLost)
@@ -421,5 +437,11 @@ mod tests {
         assert_eq!(classify_error(&elapsed), Some(DownKind::Timeout));
         let other = io::Error::other("nope");
         assert_eq!(classify_error(&other), None);
+        let emfile = Wrap(io::Error::from_raw_os_error(24));
+        assert_eq!(
+            classify_error(&emfile),
+            None,
+            "out of descriptors is not an outage"
+        );
     }
 }

@@ -8,7 +8,6 @@ use std::time::{Duration, Instant};
 
 use http::request::Parts;
 use http::StatusCode;
-use http_body::SizeHint;
 
 use crate::classify::DownKind;
 use crate::counters::Counter;
@@ -107,8 +106,10 @@ impl Shared {
     }
 
     /// Decides up front whether to record the body: only when some re-send is possible (a
-    /// failover, or a throttling retry) and the declared size does not already exceed the cap.
-    pub(crate) fn body_plan(&self, plan: &CallPlan, hint: &SizeHint, is_end_stream: bool) -> BodyPlan {
+    /// failover, or a throttling retry). A body declared larger than the cap is still wrapped,
+    /// keeping nothing: if the connection is refused before any of it is read, it can be
+    /// re-sent whole.
+    pub(crate) fn body_plan(&self, plan: &CallPlan, is_end_stream: bool) -> BodyPlan {
         let cap = plan.policy.replay_cap_or(self.replay_cap);
         let failover = plan.resend_possible && plan.refusal_if_unsent.is_none();
         let throttling = plan.policy.throttle_limits().0 > 0;
@@ -116,8 +117,6 @@ impl Shared {
             BodyPlan::Unkept(plan.refusal_if_unsent.unwrap_or(NotResent::AutoSwitchOff))
         } else if is_end_stream {
             BodyPlan::Empty
-        } else if hint.lower() > cap as u64 {
-            BodyPlan::Unkept(NotResent::BodyOverCap { cap })
         } else {
             BodyPlan::Record(cap)
         }

@@ -125,7 +125,9 @@ impl Failback {
 
     pub(crate) fn validate(&self) -> Result<PathAndQuery, ConfigError> {
         if self.healthy_probes == 0 {
-            return Err(ConfigError::new("failback: healthy_probes(0) would fail back blind; use 1 or more"));
+            return Err(ConfigError::new(
+                "failback: healthy_probes(0) would fail back blind; use 1 or more",
+            ));
         }
         if self.interval.is_zero() {
             return Err(ConfigError::new("failback: interval must be above zero"));
@@ -142,9 +144,12 @@ impl Failback {
                 self.path
             )));
         }
-        self.path
-            .parse()
-            .map_err(|e| ConfigError::new(format!("failback: probe path `{}` is not a valid path ({e})", self.path)))
+        self.path.parse().map_err(|e| {
+            ConfigError::new(format!(
+                "failback: probe path `{}` is not a valid path ({e})",
+                self.path
+            ))
+        })
     }
 
     fn next_interval(&self) -> Duration {
@@ -165,7 +170,10 @@ pub(crate) type Prober = Arc<dyn Fn(Request<()>) -> Pin<Box<dyn Future<Output = 
 /// Makes a prober over a clone of the inner service and the classifier.
 pub(crate) fn prober<S, B, C, ResB>(service: S, classifier: C) -> Prober
 where
-    S: tower_service::Service<Request<ReplayBody<B>>, Response = http::Response<ResB>> + Clone + Send + 'static,
+    S: tower_service::Service<Request<ReplayBody<B>>, Response = http::Response<ResB>>
+        + Clone
+        + Send
+        + 'static,
     S::Future: Send + 'static,
     S::Error: Into<BoxError>,
     B: Send + 'static,
@@ -176,7 +184,10 @@ where
     // just long enough to clone the service.
     let service = std::sync::Mutex::new(service);
     Arc::new(move |request: Request<()>| {
-        let mut service = service.lock().unwrap_or_else(std::sync::PoisonError::into_inner).clone();
+        let mut service = service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
         let classifier = classifier.clone();
         Box::pin(async move {
             let request = request.map(|()| ReplayBody::<B>::empty());
@@ -237,7 +248,9 @@ impl Shared {
 
     /// Probes one side once.
     pub(crate) async fn probe(&self, side: Side) -> bool {
-        let Some(prober) = self.prober.get().cloned() else { return false };
+        let Some(prober) = self.prober.get().cloned() else {
+            return false;
+        };
         let endpoint = self.endpoint(side);
         let (method, path, timeout) = match &self.failback {
             Some(f) => (f.method.clone(), f.path.as_str(), f.probe_timeout),
@@ -252,7 +265,9 @@ impl Shared {
         let mut request = Request::new(());
         *request.method_mut() = method;
         *request.uri_mut() = uri;
-        let healthy = tokio::time::timeout(timeout, prober(request)).await.unwrap_or(false);
+        let healthy = tokio::time::timeout(timeout, prober(request))
+            .await
+            .unwrap_or(false);
         tracing::debug!(server.address = %endpoint, healthy, "failover: probe");
         healthy
     }
@@ -281,27 +296,44 @@ impl Shared {
         if from != Side::Primary {
             return;
         }
-        let mut damping = self.damping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut damping = self
+            .damping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(at) = damping.last_failback {
             if at.elapsed() < damping.hold {
                 damping.hold = (damping.hold * 2).min(config.max_hold);
-                tracing::warn!(hold_ms = damping.hold.as_millis() as u64, "failover: failback failed, holding longer");
+                tracing::warn!(
+                    hold_ms = damping.hold.as_millis() as u64,
+                    "failover: failback failed, holding longer"
+                );
             }
         }
     }
 
     fn failback_allowed(&self) -> bool {
-        let damping = self.damping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        damping.last_failback.is_none_or(|at| at.elapsed() >= damping.hold)
+        let damping = self
+            .damping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        damping
+            .last_failback
+            .is_none_or(|at| at.elapsed() >= damping.hold)
     }
 
     fn note_failback(&self) {
-        let mut damping = self.damping.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut damping = self
+            .damping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         damping.last_failback = Some(Instant::now());
     }
 
     fn in_maintenance(&self) -> bool {
-        let until = *self.maintenance_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let until = *self
+            .maintenance_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
         until.is_some_and(|end| SystemTime::now() < end)
     }
 
@@ -357,7 +389,9 @@ async fn probe_loop(weak: Weak<Shared>) {
         };
         tokio::time::sleep(interval).await;
         let Some(shared) = weak.upgrade() else { return };
-        let Some(config) = shared.failback.clone() else { return };
+        let Some(config) = shared.failback.clone() else {
+            return;
+        };
         if shared.active().side != Side::Alternate {
             return;
         }
@@ -386,12 +420,19 @@ async fn probe_loop(weak: Weak<Shared>) {
 impl Shared {
     /// Starts a maintenance window: switch to the alternate `lead` before `start`, come back
     /// after `end` once the primary probes healthy.
-    pub(crate) fn schedule_maintenance(&self, start: SystemTime, end: SystemTime, lead: Duration) -> Result<(), ConfigError> {
+    pub(crate) fn schedule_maintenance(
+        &self,
+        start: SystemTime,
+        end: SystemTime,
+        lead: Duration,
+    ) -> Result<(), ConfigError> {
         if end <= start {
             return Err(ConfigError::new("maintenance: the end must be after the start"));
         }
         if self.endpoints.alternate().is_none() {
-            return Err(ConfigError::new("maintenance: there is no alternate endpoint to move to"));
+            return Err(ConfigError::new(
+                "maintenance: there is no alternate endpoint to move to",
+            ));
         }
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             ConfigError::new("maintenance: schedule it from inside a tokio runtime (it runs as a task)")
@@ -406,7 +447,10 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
     tokio::time::sleep(switch_at.duration_since(SystemTime::now()).unwrap_or_default()).await;
     {
         let Some(shared) = weak.upgrade() else { return };
-        *shared.maintenance_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = Some(end);
+        *shared
+            .maintenance_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(end);
         // Calls in flight on the primary carry on: a switch only moves later calls.
         shared.switch_to(Side::Alternate, SwitchCause::Planned);
     }
@@ -434,6 +478,9 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
         tokio::time::sleep(interval).await;
     }
     if let Some(shared) = weak.upgrade() {
-        *shared.maintenance_until.lock().unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        *shared
+            .maintenance_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
     }
 }

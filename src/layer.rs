@@ -10,10 +10,10 @@ use http::Method;
 use tower_layer::Layer;
 
 use crate::budget::{Bucket, RetryBudget};
-use crate::failback::Failback;
 use crate::classify::DefaultClassifier;
 use crate::endpoint::Endpoints;
 use crate::error::ConfigError;
+use crate::failback::Failback;
 use crate::ledger::{Ledger, LedgerConfig};
 use crate::policy::{RetryPolicy, RouteTable};
 use crate::replay::DEFAULT_REPLAY_CAP;
@@ -141,8 +141,9 @@ impl<C> FailoverLayerBuilder<C> {
     }
 
     /// The most request-body bytes kept per call for a re-send (default 64 KiB). A body
-    /// declared larger is not kept at all; one that grows past it streams on, and a re-send
-    /// is refused with [`NotResent::BodyOverCap`](crate::NotResent::BodyOverCap).
+    /// declared larger keeps nothing (it can still be re-sent after a refused connection,
+    /// since none of it was read); one that grows past the cap streams on, and a re-send after
+    /// it was read is refused with [`NotResent::BodyOverCap`](crate::NotResent::BodyOverCap).
     pub fn replay_cap(mut self, bytes: usize) -> Self {
         self.replay_cap = bytes;
         self

@@ -89,11 +89,11 @@ pub use classify::{
     FAILOVER_FAULT_CODE,
 };
 pub use counters::CountersSnapshot;
-pub use failback::Failback;
 pub use endpoint::{Endpoint, Endpoints, Side};
 pub use error::{
     AttemptError, BoxError, ConfigError, DeadlineElapsed, FailoverError, FailoverErrorKind, NotResent,
 };
+pub use failback::Failback;
 pub use future::ResponseFuture;
 pub use layer::{FailoverLayer, FailoverLayerBuilder, MAX_REPLAY_CAP};
 pub use ledger::{

@@ -12,8 +12,8 @@ use crate::body::ResponseBody;
 use crate::classify::Classifier;
 use crate::endpoint::Side;
 use crate::engine::{inner_error, BodyPlan};
-use crate::failback::prober;
 use crate::error::{AttemptError, BoxError, FailoverError};
+use crate::failback::prober;
 use crate::future::{ResendBody, ResendTemplate, ResponseFuture};
 use crate::replay::ReplayBody;
 use crate::state::{FailoverHandle, Shared};
@@ -119,10 +119,7 @@ where
                 .call(Request::from_parts(parts, ReplayBody::plain(body)));
             return ResponseFuture::passthrough(future);
         };
-        let (body, resend_body) = match self
-            .shared
-            .body_plan(&plan, &body.size_hint(), body.is_end_stream())
-        {
+        let (body, resend_body) = match self.shared.body_plan(&plan, body.is_end_stream()) {
             BodyPlan::Record(cap) => {
                 let (body, handle) = ReplayBody::recorded(body, cap);
                 (body, Ok(ResendBody::Recorded(handle)))

@@ -531,7 +531,8 @@ impl FailoverHandle {
     /// cause [`SwitchCause::Planned`], and come back after `end` once the primary probes
     /// healthy. Must be called inside a tokio runtime.
     pub fn schedule_maintenance(&self, start: SystemTime, end: SystemTime) -> Result<(), ConfigError> {
-        self.shared.schedule_maintenance(start, end, std::time::Duration::from_secs(1))
+        self.shared
+            .schedule_maintenance(start, end, std::time::Duration::from_secs(1))
     }
 
     /// Like [`schedule_maintenance`](Self::schedule_maintenance), moving `lead` before `start`.
