@@ -120,8 +120,11 @@ impl Bucket {
             return true;
         }
         let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        // `calls_total` is read before the lock is taken, so a caller may bring an older count
+        // than one already seen: it earns nothing, and must not move the mark back (the calls
+        // in between would be earned twice).
         let new_calls = calls_total.saturating_sub(state.calls_seen);
-        state.calls_seen = calls_total;
+        state.calls_seen = state.calls_seen.max(calls_total);
         let now = Instant::now();
         let elapsed_ms = now.duration_since(state.refilled_at).as_millis() as u64;
         state.refilled_at = now;
@@ -171,5 +174,21 @@ mod tests {
         let allowed = (0..100).filter(|_| bucket.withdraw(0)).count();
         assert_eq!(allowed, 3, "only the floor's burst");
         assert!(Bucket::new(RetryBudget::unlimited()).withdraw(0));
+    }
+
+    #[test]
+    fn a_stale_call_count_earns_nothing_twice() {
+        // Callers read the call counter before taking the bucket's lock, so under concurrency
+        // an older count can arrive after a newer one. 100 calls earn 20 re-sends, however
+        // the counts interleave.
+        let bucket = Bucket::new(RetryBudget::new(0.2).floor_per_second(0));
+        let mut allowed = 0;
+        for calls in [100, 50, 100, 60, 100, 70, 100, 80, 100] {
+            if bucket.withdraw(calls) {
+                allowed += 1;
+            }
+        }
+        allowed += (0..100).filter(|_| bucket.withdraw(100)).count();
+        assert_eq!(allowed, 20);
     }
 }

@@ -130,6 +130,12 @@ impl Shared {
             // Settle before switching, so the switch's report counts this write as unknown.
             if received {
                 ledger.settle(id, WriteOutcome::Unknown);
+            } else {
+                // It provably never reached this side: take it off this side before the switch
+                // makes its report, or the report would list it as in flight here. Where it
+                // goes next is set below; if it is not re-sent, the call fails as not applied
+                // and the write is forgotten.
+                ledger.moved(id, plan.active.side.other());
             }
         }
         let outcome = self.switch_from(plan.active, SwitchCause::EndpointDown(kind.clone()), true);
