@@ -301,3 +301,135 @@ pub(crate) fn deadline_error(cause: AttemptError, first: Option<AttemptError>) -
         None => error,
     }
 }
+
+/// One routed call's progress: its plan, the side its attempt in flight went to, and what
+/// its attempts have shown so far. Every driver (the tower future, the reqwest middleware)
+/// holds one and asks it what to do after each attempt.
+pub(crate) struct CallState {
+    pub(crate) plan: CallPlan,
+    pub(crate) side: Side,
+    throttle_retries: u32,
+    // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
+    first: Option<(DownKind, AttemptError)>,
+}
+
+impl CallState {
+    pub(crate) fn new(plan: CallPlan) -> Self {
+        CallState {
+            side: plan.active.side,
+            plan,
+            throttle_retries: 0,
+            first: None,
+        }
+    }
+
+    fn attempt(&self) -> u8 {
+        if self.first.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// An attempt's failure with an error.
+    pub(crate) fn error_cause(&self, shared: &Shared, error: crate::error::BoxError) -> AttemptError {
+        AttemptError::from_error(Some(shared.endpoint(self.side).clone()), error)
+    }
+
+    /// An attempt's failure with a status.
+    pub(crate) fn status_cause(&self, shared: &Shared, status: StatusCode, kind: &DownKind) -> AttemptError {
+        AttemptError::from_response(Some(shared.endpoint(self.side).clone()), status, Some(kind.clone()))
+    }
+
+    /// The attempt in flight found its endpoint down. Either `build` makes the re-send for the
+    /// side the call moves to, or the caller gets the error (the call is then settled).
+    pub(crate) fn on_down<R>(
+        &mut self,
+        shared: &Shared,
+        kind: DownKind,
+        cause: AttemptError,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Result<R, FailoverError> {
+        tracing::debug!(
+            server.address = %shared.endpoint(self.side),
+            attempt = self.attempt(),
+            error.type = %kind,
+            "failover: endpoint down"
+        );
+        if let Some((first_kind, first)) = self.first.take() {
+            return Err(self.fail(shared, second_failure_error(&first_kind, first, Some(&kind), cause)));
+        }
+        let resend = shared
+            .after_down(&mut self.plan, &kind)
+            .and_then(|side| build(side).map(|resend| (side, resend)));
+        match resend {
+            Ok((side, resend)) => {
+                tracing::debug!(server.address = %shared.endpoint(side), attempt = 2, "failover: re-sending on the other endpoint");
+                self.side = side;
+                self.first = Some((kind, cause));
+                Ok(resend)
+            }
+            Err(reason) => Err(self.fail(shared, not_resent_error(&kind, reason, cause))),
+        }
+    }
+
+    /// The attempt was throttled: the wait and the retry `build` makes for the same side, or
+    /// `None` to hand the throttling answer back as it is.
+    pub(crate) fn on_throttled<R>(
+        &mut self,
+        shared: &Shared,
+        retry_after: Option<Duration>,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Option<(Duration, R)> {
+        let retry = shared
+            .after_throttle(&self.plan, self.throttle_retries, retry_after)
+            .and_then(|wait| build(self.side).map(|r| (wait, r)));
+        match retry {
+            Ok((wait, retry)) => {
+                tracing::debug!(
+                    server.address = %shared.endpoint(self.side),
+                    wait_ms = wait.as_millis() as u64,
+                    retry = self.throttle_retries + 1,
+                    "failover: throttled, retrying on the same endpoint"
+                );
+                self.throttle_retries += 1;
+                Some((wait, retry))
+            }
+            Err(reason) => {
+                tracing::debug!(reason = %reason, "failover: throttled, handing the answer back");
+                None
+            }
+        }
+    }
+
+    /// The attempt failed in a way that is not an outage.
+    pub(crate) fn on_inner_error(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
+        let error = match self.first.take() {
+            Some((first_kind, first)) => second_failure_error(&first_kind, first, None, cause),
+            None => inner_error(cause),
+        };
+        self.fail(shared, error)
+    }
+
+    /// The call's deadline passed with an attempt in flight.
+    pub(crate) fn on_deadline(&mut self, shared: &Shared) -> FailoverError {
+        let cause = self.error_cause(shared, Box::new(crate::error::DeadlineElapsed));
+        let first = self.first.take().map(|(_, first)| first);
+        self.fail(shared, deadline_error(cause, first))
+    }
+
+    /// The call ends with a response.
+    pub(crate) fn respond(&mut self, shared: &Shared, status: StatusCode) {
+        shared.finish(&mut self.plan, CallEnd::Response(status));
+    }
+
+    fn fail(&mut self, shared: &Shared, error: FailoverError) -> FailoverError {
+        shared.finish(&mut self.plan, CallEnd::Error(&error));
+        error
+    }
+
+    /// The call was dropped before it ended.
+    pub(crate) fn abandon(&mut self, shared: &Shared) {
+        shared.abandon(&mut self.plan);
+    }
+}

@@ -17,8 +17,8 @@ use tower_service::Service;
 use crate::body::{Peeked, ResponseBody};
 use crate::classify::{Classifier, DownKind, Outcome, Verdict};
 use crate::endpoint::Side;
-use crate::engine::{deadline_error, inner_error, not_resent_error, second_failure_error, CallEnd, CallPlan};
-use crate::error::{AttemptError, BoxError, DeadlineElapsed, FailoverError, NotResent};
+use crate::engine::{inner_error, CallPlan, CallState};
+use crate::error::{AttemptError, BoxError, FailoverError, NotResent};
 use crate::replay::{ReplayBody, ReplayHandle};
 use crate::state::Shared;
 
@@ -108,19 +108,14 @@ pin_project! {
 struct Routed<S, B, C> {
     shared: Arc<Shared>,
     classifier: C,
-    plan: CallPlan,
-    // The side the attempt in flight went to.
-    side: Side,
+    call: CallState,
     resend: Result<ResendTemplate<S, B>, NotResent>,
-    throttle_retries: u32,
-    // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
-    first: Option<(DownKind, AttemptError)>,
 }
 
 impl<S, B, C> Drop for Routed<S, B, C> {
     fn drop(&mut self) {
         // A call dropped before it ended (the caller gave up): its write's outcome is unknown.
-        self.shared.abandon(&mut self.plan);
+        self.call.abandon(&self.shared);
     }
 }
 
@@ -158,112 +153,54 @@ where
             routed: Some(Routed {
                 shared,
                 classifier,
-                side: plan.active.side,
-                plan,
+                call: CallState::new(plan),
                 resend,
-                throttle_retries: 0,
-                first: None,
             }),
         }
     }
 }
 
 impl<S: Clone, B, C> Routed<S, B, C> {
-    fn attempt_error(&self, error: BoxError) -> AttemptError {
-        AttemptError::from_error(Some(self.shared.endpoint(self.side).clone()), error)
-    }
-
-    fn status_error(&self, status: http::StatusCode, kind: &DownKind) -> AttemptError {
-        AttemptError::from_response(
-            Some(self.shared.endpoint(self.side).clone()),
-            status,
-            Some(kind.clone()),
-        )
-    }
-
-    /// The attempt in flight found its endpoint down: the re-send to make, or the error.
     fn on_down<Res>(&mut self, kind: DownKind, cause: AttemptError) -> Next<S, Request<ReplayBody<B>>, Res> {
-        tracing::debug!(
-            server.address = %self.shared.endpoint(self.side),
-            attempt = if self.first.is_some() { 2 } else { 1 },
-            cause = %kind,
-            "failover: endpoint down"
-        );
-        if let Some((first_kind, first)) = self.first.take() {
-            return self.fail(second_failure_error(&first_kind, first, Some(&kind), cause));
-        }
-        let side = match self.shared.after_down(&mut self.plan, &kind) {
-            Ok(side) => side,
-            Err(reason) => return self.fail(not_resent_error(&kind, reason, cause)),
-        };
-        let built = match &self.resend {
-            Ok(template) => template.build(&self.shared, side),
+        let Routed {
+            shared,
+            call,
+            resend,
+            ..
+        } = self;
+        let build = |side| match resend {
+            Ok(template) => template.build(shared, side),
             Err(reason) => Err(*reason),
         };
-        match built {
-            Ok((service, request)) => {
-                tracing::debug!(
-                    server.address = %self.shared.endpoint(side),
-                    http.request.method = %request.method(),
-                    attempt = 2,
-                    "failover: re-sending on the other endpoint"
-                );
-                self.side = side;
-                self.first = Some((kind, cause));
-                Next::Resend(service, request)
-            }
-            Err(reason) => self.fail(not_resent_error(&kind, reason, cause)),
+        match call.on_down(shared, kind, cause, build) {
+            Ok((service, request)) => Next::Resend(service, request),
+            Err(error) => Next::Return(Err(error)),
         }
     }
 
-    /// The attempt was throttled: wait and retry on the same endpoint, or hand back `answer`.
     fn on_throttled<Res>(
         &mut self,
         retry_after: Option<Duration>,
         answer: impl FnOnce(&mut Self) -> Result<Res, FailoverError>,
     ) -> Next<S, Request<ReplayBody<B>>, Res> {
-        let retry = self
-            .shared
-            .after_throttle(&self.plan, self.throttle_retries, retry_after)
-            .and_then(|wait| {
-                let template = self.resend.as_ref().map_err(|reason| *reason)?;
-                template.build(&self.shared, self.side).map(|(s, r)| (wait, s, r))
-            });
-        match retry {
-            Ok((wait, service, request)) => {
-                tracing::debug!(
-                    server.address = %self.shared.endpoint(self.side),
-                    wait_ms = wait.as_millis() as u64,
-                    retry = self.throttle_retries + 1,
-                    "failover: throttled, retrying on the same endpoint"
-                );
-                self.throttle_retries += 1;
-                Next::Wait(wait, service, request)
-            }
-            Err(reason) => {
-                tracing::debug!(reason = %reason, "failover: throttled, handing the answer back");
-                Next::Return(answer(self))
-            }
+        let Routed {
+            shared,
+            call,
+            resend,
+            ..
+        } = &mut *self;
+        let build = |side| match resend {
+            Ok(template) => template.build(shared, side),
+            Err(reason) => Err(*reason),
+        };
+        match call.on_throttled(shared, retry_after, build) {
+            Some((wait, (service, request))) => Next::Wait(wait, service, request),
+            None => Next::Return(answer(self)),
         }
     }
 
-    /// The attempt failed in a way that is not an outage.
-    fn on_inner_error<Res>(&mut self, cause: AttemptError) -> Next<S, Request<ReplayBody<B>>, Res> {
-        let error = match self.first.take() {
-            Some((first_kind, first)) => second_failure_error(&first_kind, first, None, cause),
-            None => inner_error(cause),
-        };
-        self.fail(error)
-    }
-
-    fn fail<Res>(&mut self, error: FailoverError) -> Next<S, Request<ReplayBody<B>>, Res> {
-        self.shared.finish(&mut self.plan, CallEnd::Error(&error));
-        Next::Return(Err(error))
-    }
-
     fn respond<RB>(&mut self, response: Response<RB>) -> Result<Response<RB>, FailoverError> {
-        self.shared
-            .finish(&mut self.plan, CallEnd::Response(response.status()));
+        self.call.respond(&self.shared, response.status());
         Ok(response)
     }
 
@@ -273,13 +210,10 @@ impl<S: Clone, B, C> Routed<S, B, C> {
         head: http::response::Parts,
         body: ResponseBody<RB>,
         verdict: Verdict,
-    ) -> Next<S, Request<ReplayBody<B>>, Response<ResponseBody<RB>>>
-    where
-        C: Classifier,
-    {
+    ) -> Next<S, Request<ReplayBody<B>>, Response<ResponseBody<RB>>> {
         match verdict {
             Verdict::EndpointDown(kind) => {
-                let cause = self.status_error(head.status, &kind);
+                let cause = self.call.status_cause(&self.shared, head.status, &kind);
                 self.on_down(kind, cause)
             }
             Verdict::Throttled { retry_after } => {
@@ -371,10 +305,7 @@ where
         if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
             if deadline.poll(cx).is_ready() {
                 let routed = this.routed.as_mut().expect("only routed calls have deadlines");
-                let cause = routed.attempt_error(Box::new(DeadlineElapsed));
-                let first = routed.first.take().map(|(_, first)| first);
-                let error = deadline_error(cause, first);
-                routed.shared.finish(&mut routed.plan, CallEnd::Error(&error));
+                let error = routed.call.on_deadline(&routed.shared);
                 this.state.set(State::Done);
                 this.deadline.set(None);
                 return Poll::Ready(Err(error));
@@ -412,13 +343,13 @@ where
                         Err(error) => {
                             let error: BoxError = error.into();
                             let verdict = routed.classifier.classify(Outcome::Error(&*error));
-                            let cause = routed.attempt_error(error);
+                            let cause = routed.call.error_cause(&routed.shared, error);
                             match verdict {
                                 Verdict::EndpointDown(kind) => routed.on_down(kind, cause),
-                                Verdict::Throttled { retry_after } => {
-                                    routed.on_throttled(retry_after, |_| Err(inner_error(cause)))
-                                }
-                                _ => routed.on_inner_error(cause),
+                                Verdict::Throttled { retry_after } => routed.on_throttled(retry_after, |this| {
+                                    Err(this.call.on_inner_error(&this.shared, cause))
+                                }),
+                                _ => Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause))),
                             }
                         }
                     }
@@ -455,8 +386,8 @@ where
                             continue;
                         }
                         Err(error) => {
-                            let cause = routed.attempt_error(error.into());
-                            routed.on_inner_error(cause)
+                            let cause = routed.call.error_cause(&routed.shared, error.into());
+                            Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause)))
                         }
                     }
                 }
