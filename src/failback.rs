@@ -329,12 +329,14 @@ impl Shared {
         damping.last_failback = Some(Instant::now());
     }
 
+    /// From the planned switch until the maintenance task has brought calls back: the return
+    /// after the window is that task's (cause `Planned`), not the probe loop's. The task clears
+    /// the mark once the primary is active again, however it got there.
     fn in_maintenance(&self) -> bool {
-        let until = *self
-            .maintenance_until
+        self.maintenance_until
             .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner);
-        until.is_some_and(|end| SystemTime::now() < end)
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
     }
 
     /// Starts the probe task, if failback is on, a prober is known, a runtime is running, and

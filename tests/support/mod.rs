@@ -456,4 +456,21 @@ where
         }
         Err(error) => panic!("{what} failed: {error}"),
     }
+/// A behavior that answers 503 and 200 in turn, starting with 503: a primary that is only
+/// half back, so two healthy answers in a row never happen.
+pub fn alternating_unavailable() -> Behavior {
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Behavior::Custom(Arc::new(move |_request: Received| {
+        let n = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if n % 2 == 0 {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"warming up"}"#.to_string(),
+                )
+            } else {
+                json(StatusCode::OK, r#"{"server":"half-back"}"#.to_string())
+            }
+        })
+    }))
 }
