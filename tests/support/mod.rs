@@ -456,6 +456,8 @@ where
         }
         Err(error) => panic!("{what} failed: {error}"),
     }
+}
+
 /// A behavior that answers 503 and 200 in turn, starting with 503: a primary that is only
 /// half back, so two healthy answers in a row never happen.
 pub fn alternating_unavailable() -> Behavior {
