@@ -47,7 +47,11 @@ impl<B: Body> ResponseBody<B> {
     pub(crate) fn peeked(peek: Peeked<B>) -> Self {
         ResponseBody {
             inner: Inner::Peeked {
-                prefix: if peek.data.is_empty() { None } else { Some(peek.data) },
+                prefix: if peek.data.is_empty() {
+                    None
+                } else {
+                    Some(peek.data)
+                },
                 trailers: peek.trailers,
                 error: peek.error,
                 rest: if peek.ended { None } else { Some(peek.rest) },
@@ -80,7 +84,10 @@ impl<B: Body> Body for ResponseBody<B> {
     type Data = Bytes;
     type Error = B::Error;
 
-    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
         match self.project().inner.project() {
             InnerProj::Streaming { body } => body
                 .poll_frame(cx)

@@ -4,10 +4,14 @@
 use std::error::Error as StdError;
 use std::fmt;
 use std::io;
+use std::time::{Duration, SystemTime};
 
 use bytes::Bytes;
 use http::header::CONTENT_LENGTH;
+use http::header::RETRY_AFTER;
 use http::{HeaderMap, StatusCode};
+
+use crate::throttle::{is_service_protection_code, parse_retry_after};
 
 /// The Dynamics 365 fault code that means "the organization is failing over":
 /// `0x8004B065`, `-2147176347` as a signed 32-bit value.
@@ -67,6 +71,13 @@ pub enum Verdict {
     EndpointDown(DownKind),
     /// A failure, but not an outage: hand it back as it is, no switch.
     Fail,
+    /// The service is up but asks the client to slow down (429, or 503 with `Retry-After`,
+    /// or a service-protection fault code): retry on the same endpoint after the delay, never
+    /// switch.
+    Throttled {
+        /// The server's `Retry-After`, when it gave a usable one.
+        retry_after: Option<Duration>,
+    },
 }
 
 /// What a classifier looks at: a response head (with its body when the classifier asked to
@@ -143,9 +154,12 @@ where
 ///   [`DownKind::Timeout`];
 /// * resets and connections closed before the response: [`DownKind::ConnectionLost`];
 /// * 502, 503, 504: [`DownKind::Unavailable`];
-/// * a 5xx whose small JSON body is `{"error":{"code":"0x8004B065"}}` (hex or decimal
+/// * a 500 or 503 whose small JSON body is `{"error":{"code":"0x8004B065"}}` (hex or decimal
 ///   `-2147176347`): [`DownKind::ServiceFault`];
-/// * 429 and every other 4xx: never a switch.
+/// * 429, 503 with `Retry-After`, and an error body with a service-protection code
+///   (`0x80072322`, `0x80072321`, `0x80072326`, hex or decimal): [`Verdict::Throttled`],
+///   retried on the same endpoint, never a switch;
+/// * every other 4xx: never a switch.
 ///
 /// ```
 /// use tower_failover::{Classifier, DefaultClassifier, DownKind, Outcome, Verdict};
@@ -168,7 +182,9 @@ pub struct DefaultClassifier {
 
 impl Default for DefaultClassifier {
     fn default() -> Self {
-        DefaultClassifier { peek_limit: 16 * 1024 }
+        DefaultClassifier {
+            peek_limit: 16 * 1024,
+        }
     }
 }
 
@@ -184,16 +200,26 @@ impl DefaultClassifier {
         self
     }
 
-    fn classify_status(&self, status: StatusCode, body: Option<&Bytes>) -> Verdict {
+    fn classify_status(&self, status: StatusCode, headers: &HeaderMap, body: Option<&Bytes>) -> Verdict {
+        let code = body.and_then(|b| fault_code(b));
+        let throttled = || Verdict::Throttled {
+            retry_after: parse_retry_after(headers, SystemTime::now()),
+        };
+        if status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(RETRY_AFTER))
+            || (status.as_u16() >= 400 && code.is_some_and(is_service_protection_code))
+        {
+            return throttled();
+        }
         match status.as_u16() {
             502..=504 => Verdict::EndpointDown(DownKind::Unavailable { status }),
-            500..=599 => match body.and_then(|b| fault_code(b)) {
-                Some(code) if code == FAILOVER_FAULT_CODE => {
-                    Verdict::EndpointDown(DownKind::ServiceFault { code })
-                }
+            500..=599 => match code {
+                Some(FAILOVER_FAULT_CODE) => Verdict::EndpointDown(DownKind::ServiceFault {
+                    code: FAILOVER_FAULT_CODE,
+                }),
                 _ => Verdict::Fail,
             },
-            // 429 is throttling, the other 4xx are the caller's mistakes: the endpoint is up.
+            // The other 4xx are the caller's mistakes: the endpoint is up.
             400..=499 => Verdict::Fail,
             _ => Verdict::Success,
         }
@@ -203,7 +229,11 @@ impl DefaultClassifier {
 impl Classifier for DefaultClassifier {
     fn classify(&self, outcome: Outcome<'_>) -> Verdict {
         match outcome {
-            Outcome::Response { status, body, .. } => self.classify_status(status, body),
+            Outcome::Response {
+                status,
+                headers,
+                body,
+            } => self.classify_status(status, headers, body),
             Outcome::Error(error) => match classify_error(error) {
                 Some(kind) => Verdict::EndpointDown(kind),
                 None => Verdict::Fail,
@@ -212,8 +242,14 @@ impl Classifier for DefaultClassifier {
     }
 
     fn peek_limit(&self, status: StatusCode, headers: &HeaderMap) -> usize {
-        // Only a 5xx that is not already an outage by its status can carry the fault code.
-        if !status.is_server_error() || matches!(status.as_u16(), 502..=504) {
+        // Only these can be changed by a fault code in the body: a 5xx that is not an outage
+        // by its status alone (500, 503 without Retry-After: failover or service-protection
+        // code), and a 4xx other than 429 (service-protection code).
+        let decided_by_head = status.as_u16() == 502
+            || status.as_u16() == 504
+            || status == StatusCode::TOO_MANY_REQUESTS
+            || (status == StatusCode::SERVICE_UNAVAILABLE && headers.contains_key(RETRY_AFTER));
+        if status.as_u16() < 400 || decided_by_head {
             return 0;
         }
         match declared_length(headers) {
@@ -268,6 +304,13 @@ fn to_signed32(value: i64) -> i64 {
 pub fn classify_error(error: &(dyn StdError + 'static)) -> Option<DownKind> {
     let mut found: Option<DownKind> = None;
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);
+    let mut chain = Some(error);
+    while let Some(err) = chain {
+        if err.downcast_ref::<io::Error>().is_some_and(is_local_exhaustion) {
+            return None;
+        }
+        chain = err.source();
+    }
     while let Some(err) = current {
         if let Some(kind) = classify_one(err) {
             if kind == DownKind::NotFound {
@@ -299,17 +342,26 @@ fn classify_one(err: &(dyn StdError + 'static)) -> Option<DownKind> {
         }
     }
     if let Some(e) = err.downcast_ref::<io::Error>() {
-        return classify_io(e.kind());
+        return classify_io(e);
     }
     None
 }
 
-fn classify_io(kind: io::ErrorKind) -> Option<DownKind> {
+/// Failures of this machine, not of the endpoint: out of file descriptors, memory, or local
+/// ports. Switching would not help (the alternate needs them too), and a call already on the
+/// alternate would switch the pair back to a primary that is down.
+fn is_local_exhaustion(e: &io::Error) -> bool {
+    // EMFILE, ENFILE (Linux and the BSDs), ENOBUFS (Linux 105, BSDs 55), ENOMEM.
+    const LOCAL: [i32; 5] = [24, 23, 105, 55, 12];
+    e.kind() == io::ErrorKind::AddrNotAvailable
+        || e.kind() == io::ErrorKind::OutOfMemory
+        || (cfg!(unix) && e.raw_os_error().is_some_and(|code| LOCAL.contains(&code)))
+}
+
+fn classify_io(error: &io::Error) -> Option<DownKind> {
     use io::ErrorKind::*;
-    match kind {
-        ConnectionRefused | AddrNotAvailable | NotFound | HostUnreachable | NetworkUnreachable => {
-            Some(DownKind::NotFound)
-        }
+    match error.kind() {
+        ConnectionRefused | NotFound | HostUnreachable | NetworkUnreachable => Some(DownKind::NotFound),
         TimedOut => Some(DownKind::Timeout),
         ConnectionReset | ConnectionAborted | BrokenPipe | UnexpectedEof | NotConnected => {
             Some(DownKind::ConnectionLost)
@@ -330,8 +382,14 @@ mod tests {
         assert_eq!(parse_code("2147790949"), Some(FAILOVER_FAULT_CODE));
         assert_eq!(parse_code("banana"), None);
         assert_eq!(parse_code("0x1_0000_0000"), None);
-        assert_eq!(fault_code(br#"{"error":{"code":-2147176347}}"#), Some(FAILOVER_FAULT_CODE));
-        assert_eq!(fault_code(br#"{"error":{"code":"0x8004B065"}}"#), Some(FAILOVER_FAULT_CODE));
+        assert_eq!(
+            fault_code(br#"{"error":{"code":-2147176347}}"#),
+            Some(FAILOVER_FAULT_CODE)
+        );
+        assert_eq!(
+            fault_code(br#"{"error":{"code":"0x8004B065"}}"#),
+            Some(FAILOVER_FAULT_CODE)
+        );
         assert_eq!(fault_code(b"not json"), None);
         assert_eq!(fault_code(br#"{"error":"x"}"#), None);
     }
@@ -349,9 +407,12 @@ mod tests {
         };
         assert_eq!(judge(200), Verdict::Success);
         assert_eq!(judge(404), Verdict::Fail);
-        assert_eq!(judge(429), Verdict::Fail);
+        assert_eq!(judge(429), Verdict::Throttled { retry_after: None });
         assert_eq!(judge(500), Verdict::Fail);
-        assert!(matches!(judge(503), Verdict::EndpointDown(DownKind::Unavailable { .. })));
+        assert!(matches!(
+            judge(503),
+            Verdict::EndpointDown(DownKind::Unavailable { .. })
+        ));
     }
 
     #[test]
@@ -376,5 +437,11 @@ mod tests {
         assert_eq!(classify_error(&elapsed), Some(DownKind::Timeout));
         let other = io::Error::other("nope");
         assert_eq!(classify_error(&other), None);
+        let emfile = Wrap(io::Error::from_raw_os_error(24));
+        assert_eq!(
+            classify_error(&emfile),
+            None,
+            "out of descriptors is not an outage"
+        );
     }
 }

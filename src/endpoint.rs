@@ -39,9 +39,11 @@ impl Endpoint {
     /// A path other than `/`, a query, user information, or any other scheme is refused with
     /// an error that says what to change.
     pub fn parse(uri: &str) -> Result<Self, ConfigError> {
-        let parsed: Uri = uri
-            .parse()
-            .map_err(|e| ConfigError::new(format!("`{uri}` is not a valid URI ({e}); give it as `https://host[:port]`")))?;
+        let parsed: Uri = uri.parse().map_err(|e| {
+            ConfigError::new(format!(
+                "`{uri}` is not a valid URI ({e}); give it as `https://host[:port]`"
+            ))
+        })?;
         Self::from_uri(&parsed)
     }
 
@@ -81,7 +83,9 @@ impl Endpoint {
         if host.is_empty() {
             return Err(ConfigError::new(format!("`{uri}` has an empty host")));
         }
-        let port = authority.port_u16().unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
+        let port = authority
+            .port_u16()
+            .unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
         // Lower-casing keeps the authority valid: it only changes ASCII letters.
         let authority: Authority = authority
             .as_str()
@@ -331,7 +335,10 @@ impl Endpoints {
 
     fn names_either(&self, value: &HeaderValue) -> bool {
         self.primary.matches_host_header(value)
-            || self.alternate.as_ref().is_some_and(|a| a.matches_host_header(value))
+            || self
+                .alternate
+                .as_ref()
+                .is_some_and(|a| a.matches_host_header(value))
     }
 }
 
@@ -374,9 +381,15 @@ mod tests {
     #[test]
     fn dynamics_rule_appends_to_first_label_only() {
         let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
-        assert_eq!(pair.alternate().unwrap().to_string(), "https://contoso--s.api.crm.dynamics.com");
+        assert_eq!(
+            pair.alternate().unwrap().to_string(),
+            "https://contoso--s.api.crm.dynamics.com"
+        );
         let pair = Endpoints::dynamics("https://CONTOSO.crm4.dynamics.com:8443").unwrap();
-        assert_eq!(pair.alternate().unwrap().to_string(), "https://contoso--s.crm4.dynamics.com:8443");
+        assert_eq!(
+            pair.alternate().unwrap().to_string(),
+            "https://contoso--s.crm4.dynamics.com:8443"
+        );
         let pair = Endpoints::dynamics("http://contoso.api.crm.dynamics.com/").unwrap();
         assert_eq!(pair.alternate().unwrap().scheme(), &Scheme::HTTP);
     }
@@ -390,7 +403,10 @@ mod tests {
             ("ftp://contoso.api.crm.dynamics.com", "`http://` or `https://`"),
             ("contoso.api.crm.dynamics.com", "absolute URI"),
             ("/api/data", "absolute URI"),
-            ("https://contoso.api.crm.dynamics.com/api/data/v9.2", "scheme and a host only"),
+            (
+                "https://contoso.api.crm.dynamics.com/api/data/v9.2",
+                "scheme and a host only",
+            ),
             ("https://user:pw@contoso.api.crm.dynamics.com", "user information"),
             ("https://", "not a valid URI"),
         ];
@@ -430,8 +446,16 @@ mod tests {
     fn rewriting_keeps_path_and_query_and_fixes_host() {
         let pair = Endpoints::dynamics("http://contoso.api.crm.dynamics.com").unwrap();
         let alt = pair.alternate().unwrap();
-        let uri = rewrite_uri("http://contoso.api.crm.dynamics.com/api/data/v9.2/accounts?$top=1".parse().unwrap(), alt);
-        assert_eq!(uri.to_string(), "http://contoso--s.api.crm.dynamics.com/api/data/v9.2/accounts?$top=1");
+        let uri = rewrite_uri(
+            "http://contoso.api.crm.dynamics.com/api/data/v9.2/accounts?$top=1"
+                .parse()
+                .unwrap(),
+            alt,
+        );
+        assert_eq!(
+            uri.to_string(),
+            "http://contoso--s.api.crm.dynamics.com/api/data/v9.2/accounts?$top=1"
+        );
 
         let mut headers = HeaderMap::new();
         headers.insert(HOST, HeaderValue::from_static("Contoso.api.crm.dynamics.com"));

@@ -1,94 +1,260 @@
-//! The decisions of one call, independent of how the call is driven: where it goes, whether
-//! its body is kept for a re-send, what a failed attempt means, whether the call may be sent
-//! again, and the error the caller gets when it may not. The tower future drives these; any
-//! other adapter drives the same functions rather than re-deciding.
+//! The decisions of one call, independent of how the call is driven: where it goes, which
+//! policy applies, whether its body is kept for a re-send, what a failed or throttled attempt
+//! means, whether the call may be sent again, what the ledger records, and the error the
+//! caller gets. The tower future drives these; any other adapter drives the same functions
+//! rather than re-deciding.
 
-use http::{HeaderMap, Method, Uri};
-use http_body::SizeHint;
+use std::time::{Duration, Instant};
+
+use http::request::Parts;
+use http::StatusCode;
 
 use crate::classify::DownKind;
-use crate::endpoint::{rewrite_host_header, rewrite_uri, Endpoint, Side};
+use crate::counters::Counter;
+use crate::endpoint::{rewrite_host_header, rewrite_uri, Side};
 use crate::error::{AttemptError, FailoverError, FailoverErrorKind, NotResent};
-use crate::policy::is_idempotent;
+use crate::ledger::{WriteId, WriteOutcome};
+use crate::policy::RetryPolicy;
 use crate::state::{Active, Shared, SwitchCause, SwitchOutcome};
+use crate::throttle::backoff;
+
+/// The first wait of the throttling backoff when the server names none.
+const THROTTLE_BASE_BACKOFF: Duration = Duration::from_millis(500);
 
 /// How the first attempt's body is handled.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum BodyPlan {
-    /// Keep a recording: a re-send is possible and the body may fit the cap.
-    Record,
+    /// Keep a recording of up to this many bytes: a re-send is possible and the body may fit.
+    Record(usize),
     /// The body is empty: a re-send sends an empty body, nothing to keep.
     Empty,
     /// Pass the body through unkept; a re-send is refused for this reason.
     Unkept(NotResent),
 }
 
-/// What the engine decided for a routed call before its first attempt.
+/// What the engine decided for a routed call before its first attempt, and what it has
+/// learned since.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct CallPlan {
     /// The generation and side the first attempt goes to.
     pub(crate) active: Active,
-    /// Whether the request may be sent again after it may have reached the server.
-    pub(crate) idempotent: bool,
+    pub(crate) policy: RetryPolicy,
+    /// Why a re-send would be refused after a failure that may have reached the server, and
+    /// after one that provably did not (`None`: allowed).
+    refusal_if_received: Option<NotResent>,
+    refusal_if_unsent: Option<NotResent>,
     /// Whether a re-send can happen at all (automatic switching on, an alternate present).
     pub(crate) resend_possible: bool,
+    /// The call's place in the data-loss ledger, when it is a recorded write.
+    write: Option<WriteId>,
+    /// The write failed after it may have been received, then was re-sent.
+    resent_after_received: bool,
+    settled: bool,
+    /// When the whole call must be over.
+    pub(crate) deadline: Option<Instant>,
+}
+
+/// How a call ended, for the ledger and the counters.
+pub(crate) enum CallEnd<'a> {
+    Response(StatusCode),
+    Error(&'a FailoverError),
 }
 
 impl Shared {
     /// Routes a request: `None` when its URI names neither endpoint (it passes through
     /// untouched); otherwise the plan, with the URI and `Host` already pointed at the active
     /// endpoint.
-    pub(crate) fn plan(&self, method: &Method, uri: &mut Uri, headers: &mut HeaderMap) -> Option<CallPlan> {
-        self.endpoints.side_of(uri)?;
+    pub(crate) fn plan(&self, parts: &mut Parts) -> Option<CallPlan> {
+        self.endpoints.side_of(&parts.uri)?;
+        self.calls.add();
         let active = self.active();
-        self.point_at(active.side, uri, headers);
+        self.point_at(active.side, parts);
+        let policy = self.routes.choose(
+            &self.default_policy,
+            &parts.method,
+            parts.uri.path(),
+            &parts.extensions,
+        );
+        let write = match &self.ledger {
+            Some(ledger) if policy.is_write(&parts.method) => Some(ledger.begin(
+                &parts.method,
+                parts.uri.path_and_query(),
+                &parts.headers,
+                &parts.extensions,
+                active.side,
+            )),
+            _ => None,
+        };
         Some(CallPlan {
             active,
-            idempotent: is_idempotent(method, headers),
+            policy,
+            refusal_if_received: policy.refusal(&parts.method, &parts.headers, true),
+            refusal_if_unsent: policy.refusal(&parts.method, &parts.headers, false),
             resend_possible: self.auto_switch_enabled(),
+            write,
+            resent_after_received: false,
+            settled: false,
+            deadline: policy.deadline_limit().map(|limit| Instant::now() + limit),
         })
     }
 
     /// Points a routed request at one side.
-    pub(crate) fn point_at(&self, side: Side, uri: &mut Uri, headers: &mut HeaderMap) {
+    pub(crate) fn point_at(&self, side: Side, parts: &mut Parts) {
         let target = self.endpoint(side);
-        *uri = rewrite_uri(std::mem::take(uri), target);
-        rewrite_host_header(headers, &self.endpoints, target);
+        parts.uri = rewrite_uri(std::mem::take(&mut parts.uri), target);
+        rewrite_host_header(&mut parts.headers, &self.endpoints, target);
     }
 
-    /// Decides up front whether to record the body: only when a re-send is possible and the
-    /// declared size does not already exceed the cap.
-    pub(crate) fn body_plan(&self, plan: &CallPlan, hint: &SizeHint, is_end_stream: bool) -> BodyPlan {
-        if !plan.resend_possible {
-            BodyPlan::Unkept(NotResent::AutoSwitchOff)
+    /// Decides up front whether to record the body: only when some re-send is possible (a
+    /// failover, or a throttling retry). A body declared larger than the cap is still wrapped,
+    /// keeping nothing: if the connection is refused before any of it is read, it can be
+    /// re-sent whole.
+    pub(crate) fn body_plan(&self, plan: &CallPlan, is_end_stream: bool) -> BodyPlan {
+        let cap = plan.policy.replay_cap_or(self.replay_cap);
+        let failover = plan.resend_possible && plan.refusal_if_unsent.is_none();
+        let throttling = plan.policy.throttle_limits().0 > 0;
+        if !failover && !throttling {
+            BodyPlan::Unkept(plan.refusal_if_unsent.unwrap_or(NotResent::AutoSwitchOff))
         } else if is_end_stream {
             BodyPlan::Empty
-        } else if hint.lower() > self.replay_cap as u64 {
-            BodyPlan::Unkept(NotResent::BodyOverCap { cap: self.replay_cap })
         } else {
-            BodyPlan::Record
+            BodyPlan::Record(cap)
         }
     }
 
-    /// A routed attempt found its endpoint down. Switches (once per failure wave) and says
-    /// where a re-send would go, or why there is none.
-    pub(crate) fn after_down(&self, plan: &CallPlan, kind: &DownKind) -> Result<Side, NotResent> {
+    /// A routed attempt found its endpoint down. Records the write's fate, switches (once per
+    /// failure wave), and says where a re-send goes, or why there is none.
+    pub(crate) fn after_down(&self, plan: &mut CallPlan, kind: &DownKind) -> Result<Side, NotResent> {
+        let received = kind.request_may_have_been_sent();
+        if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
+            // Settle before switching, so the switch's report counts this write as unknown.
+            if received {
+                ledger.settle(id, WriteOutcome::Unknown);
+            } else {
+                // It provably never reached this side: take it off this side before the switch
+                // makes its report, or the report would list it as in flight here. Where it
+                // goes next is set below; if it is not re-sent, the call fails as not applied
+                // and the write is forgotten.
+                ledger.moved(id, plan.active.side.other());
+            }
+        }
         let outcome = self.switch_from(plan.active, SwitchCause::EndpointDown(kind.clone()), true);
         let to = match outcome {
             SwitchOutcome::Switched { to } | SwitchOutcome::AlreadySwitched { to } => to,
             SwitchOutcome::Refused => return Err(NotResent::AutoSwitchOff),
         };
-        // Only a failure before the request left the client proves it was not applied.
-        if kind.request_may_have_been_sent() && !plan.idempotent {
-            return Err(NotResent::NotIdempotent);
+        let refusal = if received {
+            plan.refusal_if_received
+        } else {
+            plan.refusal_if_unsent
+        };
+        if let Some(reason) = refusal {
+            return Err(reason);
         }
+        if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+            return Err(NotResent::DeadlineTooClose);
+        }
+        if !self.failover_budget.withdraw(self.calls.get()) {
+            self.counters.add(Counter::RefusedByBudget);
+            tracing::warn!(
+                budget = "failover",
+                "failover: re-send refused, retry budget spent"
+            );
+            return Err(NotResent::BudgetExhausted);
+        }
+        if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
+            if received {
+                plan.resent_after_received = true;
+            } else {
+                ledger.moved(id, to);
+            }
+        }
+        self.counters.add(Counter::FailoverResends);
         Ok(to)
     }
-}
 
-/// The endpoint an attempt went to, for errors and traces.
-pub(crate) fn attempt_endpoint(shared: &Shared, side: Side) -> Endpoint {
-    shared.endpoint(side).clone()
+    /// A routed attempt was throttled. Says how long to wait before retrying on the same
+    /// endpoint, or why not to (the caller then gets the throttling answer as it is).
+    pub(crate) fn after_throttle(
+        &self,
+        plan: &CallPlan,
+        retries_so_far: u32,
+        retry_after: Option<Duration>,
+    ) -> Result<Duration, NotResent> {
+        self.counters.add(Counter::Throttled);
+        let (max_retries, max_delay) = plan.policy.throttle_limits();
+        if retries_so_far >= max_retries {
+            return Err(NotResent::PolicyForbids);
+        }
+        let wait = match retry_after {
+            Some(wait) if wait > max_delay => return Err(NotResent::DeadlineTooClose),
+            Some(wait) => wait,
+            None => backoff(retries_so_far, THROTTLE_BASE_BACKOFF, max_delay),
+        };
+        if plan.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+            return Err(NotResent::DeadlineTooClose);
+        }
+        if !self.throttle_budget.withdraw(self.calls.get()) {
+            self.counters.add(Counter::RefusedByBudget);
+            tracing::warn!(
+                budget = "throttle",
+                "failover: throttling retry refused, retry budget spent"
+            );
+            return Err(NotResent::BudgetExhausted);
+        }
+        self.counters.add(Counter::ThrottleRetries);
+        Ok(wait)
+    }
+
+    /// The call is over: settle its write in the ledger and count what needs counting.
+    pub(crate) fn finish(&self, plan: &mut CallPlan, end: CallEnd<'_>) {
+        if plan.settled {
+            return;
+        }
+        plan.settled = true;
+        let possibly_applied = match end {
+            CallEnd::Error(error) => {
+                if matches!(error.kind(), FailoverErrorKind::DeadlineExceeded) {
+                    self.counters.add(Counter::DeadlineExceeded);
+                }
+                error.possibly_applied()
+            }
+            CallEnd::Response(_) => false,
+        };
+        if possibly_applied {
+            self.counters.add(Counter::PossiblyApplied);
+        }
+        let (Some(ledger), Some(id)) = (&self.ledger, plan.write) else {
+            return;
+        };
+        match end {
+            CallEnd::Response(status) if status.as_u16() < 400 => ledger.settle(
+                id,
+                if plan.resent_after_received {
+                    WriteOutcome::ResentOnAlternate
+                } else {
+                    WriteOutcome::Acknowledged
+                },
+            ),
+            // Refused by the server: not applied.
+            CallEnd::Response(status) if status.is_client_error() && !plan.resent_after_received => {
+                ledger.forget(id)
+            }
+            CallEnd::Error(_) if !possibly_applied => ledger.forget(id),
+            _ => ledger.settle(id, WriteOutcome::Unknown),
+        }
+    }
+
+    /// The call was dropped before it ended: its write's outcome is unknown.
+    pub(crate) fn abandon(&self, plan: &mut CallPlan) {
+        if plan.settled {
+            return;
+        }
+        plan.settled = true;
+        if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
+            ledger.settle(id, WriteOutcome::Unknown);
+        }
+    }
 }
 
 /// The error for a call whose endpoint was down and that was not re-sent.
@@ -112,11 +278,158 @@ pub(crate) fn second_failure_error(
     let kind = second_kind.map_or(FailoverErrorKind::Inner, FailoverErrorKind::from_down);
     // An error the classifier does not know says nothing about whether the server applied the
     // request, so it counts as "may have been".
-    let second_sent = second_kind.map_or(true, DownKind::request_may_have_been_sent);
-    FailoverError::new(kind, first_kind.request_may_have_been_sent() || second_sent, second).with_first(first)
+    let second_sent = second_kind.is_none_or(DownKind::request_may_have_been_sent);
+    FailoverError::new(
+        kind,
+        first_kind.request_may_have_been_sent() || second_sent,
+        second,
+    )
+    .with_first(first)
 }
 
 /// The error for an inner failure that is not an outage (no switch, no re-send).
 pub(crate) fn inner_error(cause: AttemptError) -> FailoverError {
     FailoverError::new(FailoverErrorKind::Inner, true, cause)
+}
+
+/// The error for a call whose deadline passed. An attempt was in flight, so the request may
+/// have been applied.
+pub(crate) fn deadline_error(cause: AttemptError, first: Option<AttemptError>) -> FailoverError {
+    let error = FailoverError::new(FailoverErrorKind::DeadlineExceeded, true, cause);
+    match first {
+        Some(first) => error.with_first(first),
+        None => error,
+    }
+}
+
+/// One routed call's progress: its plan, the side its attempt in flight went to, and what
+/// its attempts have shown so far. Every driver (the tower future, the reqwest middleware)
+/// holds one and asks it what to do after each attempt.
+pub(crate) struct CallState {
+    pub(crate) plan: CallPlan,
+    pub(crate) side: Side,
+    throttle_retries: u32,
+    // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
+    first: Option<(DownKind, AttemptError)>,
+}
+
+impl CallState {
+    pub(crate) fn new(plan: CallPlan) -> Self {
+        CallState {
+            side: plan.active.side,
+            plan,
+            throttle_retries: 0,
+            first: None,
+        }
+    }
+
+    fn attempt(&self) -> u8 {
+        if self.first.is_some() {
+            2
+        } else {
+            1
+        }
+    }
+
+    /// An attempt's failure with an error.
+    pub(crate) fn error_cause(&self, shared: &Shared, error: crate::error::BoxError) -> AttemptError {
+        AttemptError::from_error(Some(shared.endpoint(self.side).clone()), error)
+    }
+
+    /// An attempt's failure with a status.
+    pub(crate) fn status_cause(&self, shared: &Shared, status: StatusCode, kind: &DownKind) -> AttemptError {
+        AttemptError::from_response(Some(shared.endpoint(self.side).clone()), status, Some(kind.clone()))
+    }
+
+    /// The attempt in flight found its endpoint down. Either `build` makes the re-send for the
+    /// side the call moves to, or the caller gets the error (the call is then settled).
+    pub(crate) fn on_down<R>(
+        &mut self,
+        shared: &Shared,
+        kind: DownKind,
+        cause: AttemptError,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Result<R, FailoverError> {
+        tracing::debug!(
+            server.address = %shared.endpoint(self.side),
+            attempt = self.attempt(),
+            error.type = %kind,
+            "failover: endpoint down"
+        );
+        if let Some((first_kind, first)) = self.first.take() {
+            return Err(self.fail(shared, second_failure_error(&first_kind, first, Some(&kind), cause)));
+        }
+        let resend = shared
+            .after_down(&mut self.plan, &kind)
+            .and_then(|side| build(side).map(|resend| (side, resend)));
+        match resend {
+            Ok((side, resend)) => {
+                tracing::debug!(server.address = %shared.endpoint(side), attempt = 2, "failover: re-sending on the other endpoint");
+                self.side = side;
+                self.first = Some((kind, cause));
+                Ok(resend)
+            }
+            Err(reason) => Err(self.fail(shared, not_resent_error(&kind, reason, cause))),
+        }
+    }
+
+    /// The attempt was throttled: the wait and the retry `build` makes for the same side, or
+    /// `None` to hand the throttling answer back as it is.
+    pub(crate) fn on_throttled<R>(
+        &mut self,
+        shared: &Shared,
+        retry_after: Option<Duration>,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Option<(Duration, R)> {
+        let retry = shared
+            .after_throttle(&self.plan, self.throttle_retries, retry_after)
+            .and_then(|wait| build(self.side).map(|r| (wait, r)));
+        match retry {
+            Ok((wait, retry)) => {
+                tracing::debug!(
+                    server.address = %shared.endpoint(self.side),
+                    wait_ms = wait.as_millis() as u64,
+                    retry = self.throttle_retries + 1,
+                    "failover: throttled, retrying on the same endpoint"
+                );
+                self.throttle_retries += 1;
+                Some((wait, retry))
+            }
+            Err(reason) => {
+                tracing::debug!(reason = %reason, "failover: throttled, handing the answer back");
+                None
+            }
+        }
+    }
+
+    /// The attempt failed in a way that is not an outage.
+    pub(crate) fn on_inner_error(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
+        let error = match self.first.take() {
+            Some((first_kind, first)) => second_failure_error(&first_kind, first, None, cause),
+            None => inner_error(cause),
+        };
+        self.fail(shared, error)
+    }
+
+    /// The call's deadline passed with an attempt in flight.
+    pub(crate) fn on_deadline(&mut self, shared: &Shared) -> FailoverError {
+        let cause = self.error_cause(shared, Box::new(crate::error::DeadlineElapsed));
+        let first = self.first.take().map(|(_, first)| first);
+        self.fail(shared, deadline_error(cause, first))
+    }
+
+    /// The call ends with a response.
+    pub(crate) fn respond(&mut self, shared: &Shared, status: StatusCode) {
+        shared.finish(&mut self.plan, CallEnd::Response(status));
+    }
+
+    fn fail(&mut self, shared: &Shared, error: FailoverError) -> FailoverError {
+        shared.finish(&mut self.plan, CallEnd::Error(&error));
+        error
+    }
+
+    /// The call was dropped before it ended.
+    pub(crate) fn abandon(&mut self, shared: &Shared) {
+        shared.abandon(&mut self.plan);
+    }
 }

@@ -60,6 +60,13 @@ pub enum NotResent {
     BodyFailed,
     /// The request was not routed through failover (its authority is not one of the pair).
     NotRouted,
+    /// The request's [`RetryPolicy`](crate::RetryPolicy) does not allow it (`never`, or
+    /// `reads_only` for a write).
+    PolicyForbids,
+    /// The retry budget is spent: re-sends already reach the configured share of traffic.
+    BudgetExhausted,
+    /// The call's deadline leaves no time for another attempt.
+    DeadlineTooClose,
 }
 
 impl NotResent {
@@ -87,6 +94,9 @@ impl fmt::Display for NotResent {
             ),
             NotResent::BodyFailed => f.write_str("reading the request body failed"),
             NotResent::NotRouted => f.write_str("the request does not name a failover endpoint"),
+            NotResent::PolicyForbids => f.write_str("its retry policy does not allow re-sending it"),
+            NotResent::BudgetExhausted => f.write_str("the retry budget is spent"),
+            NotResent::DeadlineTooClose => f.write_str("the call's deadline leaves no time for another attempt"),
         }
     }
 }
@@ -120,6 +130,8 @@ pub enum FailoverErrorKind {
         /// Why not.
         reason: NotResent,
     },
+    /// The call's overall deadline passed (across attempts and waits).
+    DeadlineExceeded,
     /// The inner service failed in a way that is not an endpoint outage; see `source()`.
     Inner,
 }
@@ -147,10 +159,23 @@ impl fmt::Display for FailoverErrorKind {
             }
             FailoverErrorKind::Unavailable { status } => write!(f, "unavailable ({status})"),
             FailoverErrorKind::NotReplayable { .. } => f.write_str("not replayable"),
+            FailoverErrorKind::DeadlineExceeded => f.write_str("deadline exceeded"),
             FailoverErrorKind::Inner => f.write_str("request failed"),
         }
     }
 }
+
+/// The cause recorded when a call's deadline passes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DeadlineElapsed;
+
+impl fmt::Display for DeadlineElapsed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("the call's deadline passed")
+    }
+}
+
+impl StdError for DeadlineElapsed {}
 
 /// How one attempt failed: the endpoint it went to and either the error or the response
 /// status the classifier judged a failure. Reached through [`FailoverError`]'s `source()`.
@@ -177,7 +202,11 @@ impl AttemptError {
         }
     }
 
-    pub(crate) fn from_response(endpoint: Option<Endpoint>, status: StatusCode, kind: Option<DownKind>) -> Self {
+    pub(crate) fn from_response(
+        endpoint: Option<Endpoint>,
+        status: StatusCode,
+        kind: Option<DownKind>,
+    ) -> Self {
         AttemptError {
             endpoint,
             cause: AttemptCause::Response { status, kind },
@@ -212,8 +241,23 @@ impl fmt::Display for AttemptError {
             write!(f, "{endpoint}: ")?;
         }
         match &self.cause {
-            AttemptCause::Error(e) => write!(f, "{e}"),
-            AttemptCause::Response { status, kind: Some(kind) } => write!(f, "answered {status} ({kind})"),
+            AttemptCause::Error(e) => {
+                write!(f, "{e}")?;
+                // Client errors often say only "client error (SendRequest)" at the top; the
+                // innermost cause is what a person can act on.
+                let mut root: &(dyn StdError + 'static) = &**e;
+                while let Some(next) = root.source() {
+                    root = next;
+                }
+                if !std::ptr::addr_eq(root, &**e) {
+                    write!(f, " ({root})")?;
+                }
+                Ok(())
+            }
+            AttemptCause::Response {
+                status,
+                kind: Some(kind),
+            } => write!(f, "answered {status} ({kind})"),
             AttemptCause::Response { status, kind: None } => write!(f, "answered {status}"),
         }
     }
@@ -248,6 +292,12 @@ impl StdError for AttemptError {
 /// ```
 #[derive(Debug)]
 pub struct FailoverError {
+    // Boxed so a `Result<Response, FailoverError>` stays as small as the response.
+    inner: Box<ErrorInner>,
+}
+
+#[derive(Debug)]
+struct ErrorInner {
     kind: FailoverErrorKind,
     possibly_applied: bool,
     not_resent: Option<NotResent>,
@@ -258,27 +308,29 @@ pub struct FailoverError {
 impl FailoverError {
     pub(crate) fn new(kind: FailoverErrorKind, possibly_applied: bool, last: AttemptError) -> Self {
         FailoverError {
-            kind,
-            possibly_applied,
-            not_resent: None,
-            last,
-            first: None,
+            inner: Box::new(ErrorInner {
+                kind,
+                possibly_applied,
+                not_resent: None,
+                last,
+                first: None,
+            }),
         }
     }
 
     pub(crate) fn not_resent(mut self, reason: NotResent) -> Self {
-        self.not_resent = Some(reason);
+        self.inner.not_resent = Some(reason);
         self
     }
 
     pub(crate) fn with_first(mut self, first: AttemptError) -> Self {
-        self.first = Some(first);
+        self.inner.first = Some(first);
         self
     }
 
     /// What failed.
     pub fn kind(&self) -> &FailoverErrorKind {
-        &self.kind
+        &self.inner.kind
     }
 
     /// True when the request may have been applied by a server even though the call failed:
@@ -287,49 +339,51 @@ impl FailoverError {
     ///
     /// The caller should check (read back by key) before sending a write again.
     pub fn possibly_applied(&self) -> bool {
-        self.possibly_applied
+        self.inner.possibly_applied
     }
 
     /// Why the call was not re-sent on the other endpoint, when it could have been.
     pub fn not_resent_because(&self) -> Option<NotResent> {
-        self.not_resent
+        self.inner.not_resent
     }
 
     /// The last attempt's failure.
     pub fn last_attempt(&self) -> &AttemptError {
-        &self.last
+        &self.inner.last
     }
 
     /// The first attempt's failure, when the call was re-sent and failed again.
     pub fn first_attempt(&self) -> Option<&AttemptError> {
-        self.first.as_ref()
+        self.inner.first.as_ref()
     }
 
     /// True when the call was tried on both endpoints.
     pub fn was_resent(&self) -> bool {
-        self.first.is_some()
+        self.inner.first.is_some()
     }
 }
 
 impl fmt::Display for FailoverError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match (&self.kind, &self.first) {
-            (FailoverErrorKind::NotReplayable { reason }, _) => {
-                write!(f, "not re-sent on the alternate endpoint: {reason}; first attempt: {}", self.last)?
-            }
+        match (&self.inner.kind, &self.inner.first) {
+            (FailoverErrorKind::NotReplayable { reason }, _) => write!(
+                f,
+                "not re-sent on the alternate endpoint: {reason}; first attempt: {}",
+                self.inner.last
+            )?,
             (kind, Some(first)) => write!(
                 f,
                 "{kind} on both endpoints: first attempt {first}; re-sent attempt {}",
-                self.last
+                self.inner.last
             )?,
             (kind, None) => {
-                write!(f, "{kind}: {}", self.last)?;
-                if let Some(reason) = &self.not_resent {
+                write!(f, "{kind}: {}", self.inner.last)?;
+                if let Some(reason) = &self.inner.not_resent {
                     write!(f, "; not re-sent because {reason}")?;
                 }
             }
         }
-        if self.possibly_applied {
+        if self.inner.possibly_applied {
             f.write_str("; the request may have been applied, check before sending it again")?;
         }
         Ok(())
@@ -338,6 +392,6 @@ impl fmt::Display for FailoverError {
 
 impl StdError for FailoverError {
     fn source(&self) -> Option<&(dyn StdError + 'static)> {
-        Some(&self.last)
+        Some(&self.inner.last)
     }
 }

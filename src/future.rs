@@ -1,21 +1,23 @@
 //! [`ResponseFuture`]: drives one call through its attempts. It holds no policy of its own:
-//! every decision (switch, re-send, which error) comes from the engine.
+//! every decision (switch, re-send, throttling wait, ledger, error) comes from the engine.
 
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
 use http_body::Body;
 use pin_project_lite::pin_project;
+use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::body::{Peeked, ResponseBody};
 use crate::classify::{Classifier, DownKind, Outcome, Verdict};
 use crate::endpoint::Side;
-use crate::engine::{attempt_endpoint, inner_error, not_resent_error, second_failure_error, CallPlan};
+use crate::engine::{inner_error, CallPlan, CallState};
 use crate::error::{AttemptError, BoxError, FailoverError, NotResent};
 use crate::replay::{ReplayBody, ReplayHandle};
 use crate::state::Shared;
@@ -26,9 +28,9 @@ pub(crate) enum ResendBody<B> {
     Recorded(ReplayHandle<B>),
 }
 
-/// What a re-send needs, kept from the original request. The body is the only part that is
-/// not a plain clone: it comes from the replay recording.
-pub(crate) struct ResendRequest<S, B> {
+/// What a re-send needs, kept from the original request. Each re-send clones the head and the
+/// service; the body comes from the replay recording, never copied.
+pub(crate) struct ResendTemplate<S, B> {
     pub(crate) service: S,
     pub(crate) method: Method,
     pub(crate) uri: Uri,
@@ -38,18 +40,32 @@ pub(crate) struct ResendRequest<S, B> {
     pub(crate) body: ResendBody<B>,
 }
 
+impl<S: Clone, B> ResendTemplate<S, B> {
+    fn build(&self, shared: &Shared, side: Side) -> Result<(S, Request<ReplayBody<B>>), NotResent> {
+        let body = match &self.body {
+            ResendBody::Empty => ReplayBody::empty(),
+            ResendBody::Recorded(handle) => handle.replay()?,
+        };
+        let mut request = Request::new(body);
+        *request.method_mut() = self.method.clone();
+        *request.uri_mut() = self.uri.clone();
+        *request.version_mut() = self.version;
+        *request.headers_mut() = self.headers.clone();
+        *request.extensions_mut() = self.extensions.clone();
+        let (mut parts, body) = request.into_parts();
+        shared.point_at(side, &mut parts);
+        Ok((self.service.clone(), Request::from_parts(parts, body)))
+    }
+}
+
 mod sealed {
     /// Lets the future name the body type of `S::Response` without another type parameter.
     pub trait HttpResponse {
         type Body;
-        fn into_parts(self) -> (http::response::Parts, Self::Body);
     }
 
     impl<B> HttpResponse for http::Response<B> {
         type Body = B;
-        fn into_parts(self) -> (http::response::Parts, B) {
-            self.into_parts()
-        }
     }
 }
 use sealed::HttpResponse;
@@ -66,6 +82,9 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S, Request<ReplayBody<B>>, Peeking<InnerBody<S, B>>>,
+        // Armed only for calls whose policy sets a deadline.
+        #[pin]
+        deadline: Option<Sleep>,
         // `None` for a request that names neither endpoint: it passes straight through.
         routed: Option<Routed<S, B, C>>,
     }
@@ -78,6 +97,8 @@ pin_project! {
         Waiting { #[pin] future: F },
         // Reading a small error body so the classifier can look for a fault code.
         Peeking { head: Option<http::response::Parts>, peek: Option<P> },
+        // Waiting out a throttling delay before re-sending to the same endpoint.
+        Sleeping { #[pin] sleep: Sleep, service: Option<S>, request: Option<R> },
         // Waiting for the inner service to be ready for the re-send.
         Readying { service: S, request: Option<R> },
         Done,
@@ -87,12 +108,22 @@ pin_project! {
 struct Routed<S, B, C> {
     shared: Arc<Shared>,
     classifier: C,
-    plan: CallPlan,
-    // The side the attempt in flight went to.
-    side: Side,
-    resend: Option<Result<ResendRequest<S, B>, NotResent>>,
-    // Set once the call has been re-sent: how the first attempt failed.
-    first: Option<(DownKind, AttemptError)>,
+    call: CallState,
+    resend: Result<ResendTemplate<S, B>, NotResent>,
+}
+
+impl<S, B, C> Drop for Routed<S, B, C> {
+    fn drop(&mut self) {
+        // A call dropped before it ended (the caller gave up): its write's outcome is unknown.
+        self.call.abandon(&self.shared);
+    }
+}
+
+/// What to do after an attempt.
+enum Next<S, R, Res> {
+    Return(Result<Res, FailoverError>),
+    Resend(S, R),
+    Wait(Duration, S, R),
 }
 
 impl<S, B, C> ResponseFuture<S, B, C>
@@ -104,6 +135,7 @@ where
     pub(crate) fn passthrough(future: S::Future) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
+            deadline: None,
             routed: None,
         }
     }
@@ -113,93 +145,82 @@ where
         shared: Arc<Shared>,
         classifier: C,
         plan: CallPlan,
-        resend: Result<ResendRequest<S, B>, NotResent>,
+        resend: Result<ResendTemplate<S, B>, NotResent>,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
+            deadline: plan.deadline.map(|at| tokio::time::sleep_until(at.into())),
             routed: Some(Routed {
                 shared,
                 classifier,
-                side: plan.active.side,
-                plan,
-                resend: Some(resend),
-                first: None,
+                call: CallState::new(plan),
+                resend,
             }),
         }
     }
 }
 
-impl<S, B, C> Routed<S, B, C> {
-    fn attempt_number(&self) -> u8 {
-        if self.first.is_some() {
-            2
-        } else {
-            1
+impl<S: Clone, B, C> Routed<S, B, C> {
+    fn on_down<Res>(&mut self, kind: DownKind, cause: AttemptError) -> Next<S, Request<ReplayBody<B>>, Res> {
+        let Routed {
+            shared,
+            call,
+            resend,
+            ..
+        } = self;
+        let build = |side| match resend {
+            Ok(template) => template.build(shared, side),
+            Err(reason) => Err(*reason),
+        };
+        match call.on_down(shared, kind, cause, build) {
+            Ok((service, request)) => Next::Resend(service, request),
+            Err(error) => Next::Return(Err(error)),
         }
     }
 
-    /// The attempt in flight found its endpoint down: either the re-send to make, or the
-    /// caller's error.
-    fn on_down(
+    fn on_throttled<Res>(
         &mut self,
-        kind: DownKind,
-        cause: AttemptError,
-    ) -> Result<(S, Request<ReplayBody<B>>), FailoverError> {
-        tracing::debug!(
-            server.address = %self.shared.endpoint(self.side),
-            attempt = self.attempt_number(),
-            cause = %kind,
-            "failover: endpoint down"
-        );
-        if let Some((first_kind, first)) = self.first.take() {
-            return Err(second_failure_error(&first_kind, first, Some(&kind), cause));
-        }
-        let side = match self.shared.after_down(&self.plan, &kind) {
-            Ok(side) => side,
-            Err(reason) => return Err(not_resent_error(&kind, reason, cause)),
+        retry_after: Option<Duration>,
+        answer: impl FnOnce(&mut Self) -> Result<Res, FailoverError>,
+    ) -> Next<S, Request<ReplayBody<B>>, Res> {
+        let Routed {
+            shared,
+            call,
+            resend,
+            ..
+        } = &mut *self;
+        let build = |side| match resend {
+            Ok(template) => template.build(shared, side),
+            Err(reason) => Err(*reason),
         };
-        let resend = match self.resend.take() {
-            Some(Ok(resend)) => resend,
-            Some(Err(reason)) => return Err(not_resent_error(&kind, reason, cause)),
-            None => return Err(not_resent_error(&kind, NotResent::AutoSwitchOff, cause)),
-        };
-        let body = match &resend.body {
-            ResendBody::Empty => ReplayBody::empty(),
-            ResendBody::Recorded(handle) => match handle.replay() {
-                Ok(body) => body,
-                Err(reason) => return Err(not_resent_error(&kind, reason, cause)),
-            },
-        };
-        let mut request = Request::new(body);
-        *request.method_mut() = resend.method;
-        *request.version_mut() = resend.version;
-        *request.extensions_mut() = resend.extensions;
-        let mut uri = resend.uri;
-        let mut headers = resend.headers;
-        self.shared.point_at(side, &mut uri, &mut headers);
-        *request.uri_mut() = uri;
-        *request.headers_mut() = headers;
-        tracing::debug!(
-            server.address = %self.shared.endpoint(side),
-            http.request.method = %request.method(),
-            attempt = 2,
-            "failover: re-sending"
-        );
-        self.side = side;
-        self.first = Some((kind, cause));
-        Ok((resend.service, request))
-    }
-
-    /// The attempt in flight failed in a way that is not an outage.
-    fn on_inner_error(&mut self, cause: AttemptError) -> FailoverError {
-        match self.first.take() {
-            Some((first_kind, first)) => second_failure_error(&first_kind, first, None, cause),
-            None => inner_error(cause),
+        match call.on_throttled(shared, retry_after, build) {
+            Some((wait, (service, request))) => Next::Wait(wait, service, request),
+            None => Next::Return(answer(self)),
         }
     }
 
-    fn endpoint(&self) -> Option<crate::Endpoint> {
-        Some(attempt_endpoint(&self.shared, self.side))
+    fn respond<RB>(&mut self, response: Response<RB>) -> Result<Response<RB>, FailoverError> {
+        self.call.respond(&self.shared, response.status());
+        Ok(response)
+    }
+
+    /// Judges a response and says what comes next.
+    fn on_response<RB: Body>(
+        &mut self,
+        head: http::response::Parts,
+        body: ResponseBody<RB>,
+        verdict: Verdict,
+    ) -> Next<S, Request<ReplayBody<B>>, Response<ResponseBody<RB>>> {
+        match verdict {
+            Verdict::EndpointDown(kind) => {
+                let cause = self.call.status_cause(&self.shared, head.status, &kind);
+                self.on_down(kind, cause)
+            }
+            Verdict::Throttled { retry_after } => {
+                self.on_throttled(retry_after, |this| this.respond(Response::from_parts(head, body)))
+            }
+            _ => Next::Return(self.respond(Response::from_parts(head, body))),
+        }
     }
 }
 
@@ -272,7 +293,7 @@ impl<RB: Body> Peeking<RB> {
 
 impl<S, B, C, ResB> Future for ResponseFuture<S, B, C>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>>,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone,
     S::Error: Into<BoxError>,
     ResB: Body,
     C: Classifier,
@@ -281,8 +302,17 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
+            if deadline.poll(cx).is_ready() {
+                let routed = this.routed.as_mut().expect("only routed calls have deadlines");
+                let error = routed.call.on_deadline(&routed.shared);
+                this.state.set(State::Done);
+                this.deadline.set(None);
+                return Poll::Ready(Err(error));
+            }
+        }
         loop {
-            let resend = match this.state.as_mut().project() {
+            let next = match this.state.as_mut().project() {
                 StateProj::Waiting { future } => {
                     let result = ready!(future.poll(cx));
                     let Some(routed) = this.routed.as_mut() else {
@@ -308,24 +338,18 @@ where
                                 headers: &head.headers,
                                 body: None,
                             });
-                            match verdict {
-                                Verdict::EndpointDown(kind) => {
-                                    let cause = AttemptError::from_response(routed.endpoint(), head.status, Some(kind.clone()));
-                                    routed.on_down(kind, cause)
-                                }
-                                _ => {
-                                    this.state.set(State::Done);
-                                    return Poll::Ready(Ok(Response::from_parts(head, ResponseBody::streaming(body))));
-                                }
-                            }
+                            routed.on_response(head, ResponseBody::streaming(body), verdict)
                         }
                         Err(error) => {
                             let error: BoxError = error.into();
                             let verdict = routed.classifier.classify(Outcome::Error(&*error));
-                            let cause = AttemptError::from_error(routed.endpoint(), error);
+                            let cause = routed.call.error_cause(&routed.shared, error);
                             match verdict {
                                 Verdict::EndpointDown(kind) => routed.on_down(kind, cause),
-                                _ => Err(routed.on_inner_error(cause)),
+                                Verdict::Throttled { retry_after } => routed.on_throttled(retry_after, |this| {
+                                    Err(this.call.on_inner_error(&this.shared, cause))
+                                }),
+                                _ => Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause))),
                             }
                         }
                     }
@@ -340,40 +364,49 @@ where
                         headers: &head.headers,
                         body: peeked.complete_body(),
                     });
-                    match verdict {
-                        Verdict::EndpointDown(kind) => {
-                            let cause = AttemptError::from_response(routed.endpoint(), head.status, Some(kind.clone()));
-                            routed.on_down(kind, cause)
-                        }
-                        _ => {
-                            this.state.set(State::Done);
-                            return Poll::Ready(Ok(Response::from_parts(head, ResponseBody::peeked(peeked))));
-                        }
-                    }
+                    routed.on_response(head, ResponseBody::peeked(peeked), verdict)
+                }
+                StateProj::Sleeping {
+                    sleep,
+                    service,
+                    request,
+                } => {
+                    ready!(sleep.poll(cx));
+                    let service = service.take().expect("present until the wait ends");
+                    let request = request.take().expect("present until the wait ends");
+                    Next::Resend(service, request)
                 }
                 StateProj::Readying { service, request } => {
                     let routed = this.routed.as_mut().expect("only routed calls are re-sent");
-                    if let Err(error) = ready!(service.poll_ready(cx)) {
-                        let cause = AttemptError::from_error(routed.endpoint(), error.into());
-                        this.state.set(State::Done);
-                        return Poll::Ready(Err(routed.on_inner_error(cause)));
+                    match ready!(service.poll_ready(cx)) {
+                        Ok(()) => {
+                            let request = request.take().expect("present until sent");
+                            let future = service.call(request);
+                            this.state.set(State::Waiting { future });
+                            continue;
+                        }
+                        Err(error) => {
+                            let cause = routed.call.error_cause(&routed.shared, error.into());
+                            Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause)))
+                        }
                     }
-                    let request = request.take().expect("present until sent");
-                    let future = service.call(request);
-                    this.state.set(State::Waiting { future });
-                    continue;
                 }
                 StateProj::Done => panic!("ResponseFuture polled after completion"),
             };
-            match resend {
-                Ok((service, request)) => this.state.set(State::Readying {
+            match next {
+                Next::Return(result) => {
+                    this.state.set(State::Done);
+                    return Poll::Ready(result);
+                }
+                Next::Resend(service, request) => this.state.set(State::Readying {
                     service,
                     request: Some(request),
                 }),
-                Err(error) => {
-                    this.state.set(State::Done);
-                    return Poll::Ready(Err(error));
-                }
+                Next::Wait(wait, service, request) => this.state.set(State::Sleeping {
+                    sleep: tokio::time::sleep(wait),
+                    service: Some(service),
+                    request: Some(request),
+                }),
             }
         }
     }

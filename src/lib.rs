@@ -66,26 +66,41 @@
 #![warn(rust_2018_idioms)]
 
 mod body;
+mod budget;
 mod classify;
+mod counters;
 mod endpoint;
 mod engine;
 mod error;
+mod failback;
 mod future;
 mod layer;
+mod ledger;
 pub mod policy;
 mod replay;
 mod service;
 mod state;
+mod throttle;
 
 pub use body::ResponseBody;
+pub use budget::RetryBudget;
 pub use classify::{
     classify_error, fault_code, parse_code, Classifier, DefaultClassifier, DownKind, Outcome, Verdict,
     FAILOVER_FAULT_CODE,
 };
+pub use counters::CountersSnapshot;
 pub use endpoint::{Endpoint, Endpoints, Side};
-pub use error::{AttemptError, BoxError, ConfigError, FailoverError, FailoverErrorKind, NotResent};
+pub use error::{
+    AttemptError, BoxError, ConfigError, DeadlineElapsed, FailoverError, FailoverErrorKind, NotResent,
+};
+pub use failback::Failback;
 pub use future::ResponseFuture;
 pub use layer::{FailoverLayer, FailoverLayerBuilder, MAX_REPLAY_CAP};
+pub use ledger::{
+    DataLossReport, WriteKey, WriteOutcome, WriteRecord, DEFAULT_LEDGER_CAPACITY, DEFAULT_REPLICATION_WINDOW,
+};
+pub use policy::RetryPolicy;
 pub use replay::{ReplayBody, ReplayHandle, DEFAULT_REPLAY_CAP};
 pub use service::Failover;
 pub use state::{EndpointState, FailoverHandle, SwitchCause, SwitchEvent};
+pub use throttle::{is_service_protection_code, parse_retry_after, SERVICE_PROTECTION_CODES};

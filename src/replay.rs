@@ -79,7 +79,11 @@ struct Recording<B> {
     chunks: Vec<Bytes>,
     recorded_len: usize,
     cap: usize,
+    // Past the cap, nothing is kept. A body declared larger than the cap starts here: it can
+    // still be re-sent whole if no attempt read any of it (a refused connection).
     over_cap: bool,
+    // Some frame of the caller's body has been read.
+    touched: bool,
     // The caller's body has ended: `rest` yields nothing more.
     finished: bool,
     failed: bool,
@@ -143,7 +147,7 @@ impl<B> ReplayHandle<B> {
         let Some(recording) = slot.as_ref() else {
             return Err(NotResent::BodyInUse);
         };
-        if recording.over_cap {
+        if recording.over_cap && recording.touched {
             return Err(NotResent::BodyOverCap { cap: recording.cap });
         }
         if recording.failed {
@@ -164,7 +168,7 @@ impl<B> ReplayHandle<B> {
         let slot = self.slot.recording.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
             None => Err(NotResent::BodyInUse),
-            Some(r) if r.over_cap => Err(NotResent::BodyOverCap { cap: r.cap }),
+            Some(r) if r.over_cap && r.touched => Err(NotResent::BodyOverCap { cap: r.cap }),
             Some(r) if r.failed => Err(NotResent::BodyFailed),
             Some(_) => Ok(()),
         }
@@ -180,7 +184,9 @@ impl<B> fmt::Debug for ReplayHandle<B> {
 impl<B> ReplayBody<B> {
     /// The caller's body, passed through with nothing kept.
     pub fn plain(body: B) -> Self {
-        ReplayBody { kind: Kind::Plain(body) }
+        ReplayBody {
+            kind: Kind::Plain(body),
+        }
     }
 
     /// An empty body.
@@ -188,9 +194,18 @@ impl<B> ReplayBody<B> {
         ReplayBody { kind: Kind::Empty }
     }
 
+    /// True when this body keeps a recording for a replay.
+    pub fn is_recorded(&self) -> bool {
+        matches!(self.kind, Kind::Recorded(_))
+    }
+}
+
+impl<B: Body> ReplayBody<B> {
     /// Wraps `body` for the first attempt, keeping up to `cap` bytes for a replay, and
-    /// returns the handle that makes the replay.
+    /// returns the handle that makes the replay. A body declared larger than `cap` keeps
+    /// nothing, and can be replayed only if no attempt read any of it.
     pub fn recorded(body: B, cap: usize) -> (Self, ReplayHandle<B>) {
+        let over_cap = body.size_hint().lower() > cap as u64;
         let slot = Arc::new(Slot {
             recording: Mutex::new(None),
         });
@@ -199,7 +214,8 @@ impl<B> ReplayBody<B> {
             chunks: Vec::new(),
             recorded_len: 0,
             cap,
-            over_cap: false,
+            over_cap,
+            touched: false,
             finished: false,
             failed: false,
             trailers: None,
@@ -215,11 +231,6 @@ impl<B> ReplayBody<B> {
             }),
         };
         (body, handle)
-    }
-
-    /// True when this body keeps a recording for a replay.
-    pub fn is_recorded(&self) -> bool {
-        matches!(self.kind, Kind::Recorded(_))
     }
 }
 
@@ -339,7 +350,11 @@ where
         return Poll::Ready(None);
     }
     // Then read on from the caller's body, recording as we go.
-    match Pin::new(&mut r.rest).poll_frame(cx) {
+    let polled = Pin::new(&mut r.rest).poll_frame(cx);
+    if matches!(polled, Poll::Ready(Some(_))) {
+        r.touched = true;
+    }
+    match polled {
         Poll::Pending => Poll::Pending,
         Poll::Ready(None) => {
             r.finished = true;

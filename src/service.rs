@@ -10,9 +10,11 @@ use tower_service::Service;
 
 use crate::body::ResponseBody;
 use crate::classify::Classifier;
+use crate::endpoint::Side;
 use crate::engine::{inner_error, BodyPlan};
 use crate::error::{AttemptError, BoxError, FailoverError};
-use crate::future::{ResendBody, ResendRequest, ResponseFuture};
+use crate::failback::prober;
+use crate::future::{ResendBody, ResendTemplate, ResponseFuture};
 use crate::replay::ReplayBody;
 use crate::state::{FailoverHandle, Shared};
 
@@ -41,6 +43,26 @@ impl<S, C> Failover<S, C> {
         FailoverHandle::new(self.shared.clone())
     }
 
+    /// The start-up check: when the primary is down and the alternate healthy, start on the
+    /// alternate (cause [`SwitchCause::StartupCheck`](crate::SwitchCause::StartupCheck)), as the
+    /// seed's SDK does when the service marks the primary disabled. Probes as failback does
+    /// (its probe request, or `GET /`), through this service's inner service. Returns the side
+    /// now active. Name the caller's request body type: `service.check_startup::<MyBody, _>()`.
+    pub fn check_startup<B, ResB>(&self) -> impl std::future::Future<Output = Side> + Send + 'static
+    where
+        S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+        S::Future: Send + 'static,
+        S::Error: Into<BoxError>,
+        B: Send + 'static,
+        ResB: Send + 'static,
+        C: Classifier + Clone + Send + Sync + 'static,
+    {
+        self.shared
+            .offer_prober(|| prober(self.inner.clone(), self.classifier.clone()));
+        let shared = self.shared.clone();
+        async move { shared.startup_check().await }
+    }
+
     /// The inner service.
     pub fn get_ref(&self) -> &S {
         &self.inner
@@ -66,11 +88,12 @@ where
 
 impl<S, C, B, ResB> Service<Request<B>> for Failover<S, C>
 where
-    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone,
+    S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
     S::Error: Into<BoxError>,
-    B: Body + Unpin,
-    ResB: Body,
-    C: Classifier + Clone,
+    B: Body + Unpin + Send + 'static,
+    ResB: Body + Send + 'static,
+    C: Classifier + Clone + Send + Sync + 'static,
 {
     type Response = Response<ResponseBody<ResB>>;
     type Error = FailoverError;
@@ -83,21 +106,29 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
+        // Failback probes and maintenance go through this same inner service; the first call
+        // hands a clone over (afterwards this is one atomic load).
+        if self.shared.prober.get().is_none() {
+            self.shared
+                .offer_prober(|| prober(self.inner.clone(), self.classifier.clone()));
+        }
         let (mut parts, body) = request.into_parts();
-        let Some(plan) = self.shared.plan(&parts.method, &mut parts.uri, &mut parts.headers) else {
-            let future = self.inner.call(Request::from_parts(parts, ReplayBody::plain(body)));
+        let Some(plan) = self.shared.plan(&mut parts) else {
+            let future = self
+                .inner
+                .call(Request::from_parts(parts, ReplayBody::plain(body)));
             return ResponseFuture::passthrough(future);
         };
-        let (body, resend_body) = match self.shared.body_plan(&plan, &body.size_hint(), body.is_end_stream()) {
-            BodyPlan::Record => {
-                let (body, handle) = ReplayBody::recorded(body, self.shared.replay_cap);
+        let (body, resend_body) = match self.shared.body_plan(&plan, body.is_end_stream()) {
+            BodyPlan::Record(cap) => {
+                let (body, handle) = ReplayBody::recorded(body, cap);
                 (body, Ok(ResendBody::Recorded(handle)))
             }
             BodyPlan::Empty => (ReplayBody::plain(body), Ok(ResendBody::Empty)),
             BodyPlan::Unkept(reason) => (ReplayBody::plain(body), Err(reason)),
         };
         // Everything a re-send needs, kept only when a re-send can happen at all.
-        let resend = resend_body.map(|body| ResendRequest {
+        let resend = resend_body.map(|body| ResendTemplate {
             service: self.inner.clone(),
             method: parts.method.clone(),
             uri: parts.uri.clone(),

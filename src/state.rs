@@ -3,14 +3,20 @@
 //! ([`FailoverHandle::subscribe`], [`FailoverHandle::events`], callbacks).
 
 use std::fmt;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
 use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
 
+use crate::budget::{Bucket, CallCounter};
 use crate::classify::DownKind;
+use crate::counters::{Counter, Counters};
 use crate::endpoint::{Endpoint, Endpoints, Side};
+use crate::error::ConfigError;
+use crate::failback::{Damping, Failback, Prober};
+use crate::ledger::{DataLossReport, Ledger};
+use crate::policy::{RetryPolicy, RouteTable};
 
 /// Why a switch was asked for.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -20,6 +26,12 @@ pub enum SwitchCause {
     EndpointDown(DownKind),
     /// The application asked, through [`FailoverHandle`].
     Manual,
+    /// Probes found the primary healthy again (see [`Failback`](crate::Failback)).
+    Failback,
+    /// A planned maintenance window began or ended.
+    Planned,
+    /// The start-up check found the primary down and the alternate healthy.
+    StartupCheck,
 }
 
 impl fmt::Display for SwitchCause {
@@ -27,6 +39,9 @@ impl fmt::Display for SwitchCause {
         match self {
             SwitchCause::EndpointDown(kind) => write!(f, "{kind}"),
             SwitchCause::Manual => f.write_str("manual"),
+            SwitchCause::Failback => f.write_str("failback: primary healthy again"),
+            SwitchCause::Planned => f.write_str("planned maintenance"),
+            SwitchCause::StartupCheck => f.write_str("start-up check: primary down"),
         }
     }
 }
@@ -51,6 +66,8 @@ pub enum SwitchEvent {
         previous: Endpoint,
         /// The endpoint calls go to now.
         new: Endpoint,
+        /// The writes at risk from this switch (`None` when the data-loss report is off).
+        report: Option<Arc<DataLossReport>>,
     },
 }
 
@@ -84,7 +101,17 @@ impl fmt::Display for SwitchEvent {
             SwitchEvent::SwitchRequired { previous, new, cause } => {
                 write!(f, "SwitchRequired {previous} -> {new} ({cause})")
             }
-            SwitchEvent::Switched { previous, new } => write!(f, "Switched {previous} -> {new}"),
+            SwitchEvent::Switched {
+                previous,
+                new,
+                report,
+            } => {
+                write!(f, "Switched {previous} -> {new}")?;
+                if let Some(report) = report {
+                    write!(f, "; at risk: {report}")?;
+                }
+                Ok(())
+            }
         }
     }
 }
@@ -105,6 +132,12 @@ pub struct EndpointState {
     pub last_event: Option<SwitchEvent>,
     /// When the active endpoint became active.
     pub since: SystemTime,
+    /// The data-loss report of the latest switch.
+    pub last_report: Option<Arc<DataLossReport>>,
+    /// Why the latest switch was made (`None` before the first).
+    pub cause: Option<SwitchCause>,
+    /// While waiting to fail back: healthy probes of the primary counted in a row.
+    pub healthy_probes: u32,
 }
 
 type Callback = Arc<dyn Fn(&SwitchEvent) + Send + Sync>;
@@ -129,10 +162,31 @@ pub(crate) enum SwitchOutcome {
     Refused,
 }
 
+/// Everything the builder configured, fixed once the layer is built.
+pub(crate) struct Config {
+    pub(crate) endpoints: Endpoints,
+    pub(crate) auto_switch: bool,
+    pub(crate) replay_cap: usize,
+    pub(crate) callbacks: Callbacks,
+    pub(crate) routes: RouteTable,
+    pub(crate) default_policy: RetryPolicy,
+    pub(crate) ledger: Option<Ledger>,
+    pub(crate) failover_budget: Bucket,
+    pub(crate) throttle_budget: Bucket,
+    pub(crate) failback: Option<Failback>,
+}
+
 pub(crate) struct Shared {
     pub(crate) endpoints: Endpoints,
     auto_switch: bool,
     pub(crate) replay_cap: usize,
+    pub(crate) routes: RouteTable,
+    pub(crate) default_policy: RetryPolicy,
+    pub(crate) ledger: Option<Ledger>,
+    pub(crate) failover_budget: Bucket,
+    pub(crate) throttle_budget: Bucket,
+    pub(crate) calls: CallCounter,
+    pub(crate) counters: Counters,
     // generation << 1 | side. One atomic load routes a call; a switch is one store made under
     // `switching`, so readers never lock.
     active: AtomicU64,
@@ -142,6 +196,14 @@ pub(crate) struct Shared {
     state: watch::Sender<EndpointState>,
     events: broadcast::Sender<SwitchEvent>,
     callbacks: Callbacks,
+    pub(crate) failback: Option<Failback>,
+    // How probes reach the inner service; set by the first service that carries a call.
+    pub(crate) prober: OnceLock<Prober>,
+    pub(crate) probe_running: AtomicBool,
+    pub(crate) damping: Mutex<Damping>,
+    pub(crate) maintenance_until: Mutex<Option<SystemTime>>,
+    // Tasks hold this, never a strong reference, so dropping every service and handle ends them.
+    pub(crate) me: Weak<Shared>,
 }
 
 /// Events kept for a lagging [`FailoverHandle::events`] receiver.
@@ -152,7 +214,11 @@ fn pack(generation: u64, side: Side) -> u64 {
 }
 
 fn unpack(word: u64) -> (u64, Side) {
-    let side = if word & 1 == 0 { Side::Primary } else { Side::Alternate };
+    let side = if word & 1 == 0 {
+        Side::Primary
+    } else {
+        Side::Alternate
+    };
     (word >> 1, side)
 }
 
@@ -164,26 +230,66 @@ pub(crate) struct Active {
 }
 
 impl Shared {
-    pub(crate) fn new(endpoints: Endpoints, auto_switch: bool, replay_cap: usize, callbacks: Callbacks) -> Self {
+    pub(crate) fn new(config: Config) -> Arc<Self> {
+        let Config {
+            endpoints,
+            auto_switch,
+            replay_cap,
+            callbacks,
+            routes,
+            default_policy,
+            ledger,
+            failover_budget,
+            throttle_budget,
+            failback,
+        } = config;
         let initial = EndpointState {
             active: Side::Primary,
             endpoint: endpoints.primary().clone(),
             generation: 0,
             last_event: None,
             since: SystemTime::now(),
+            last_report: None,
+            cause: None,
+            healthy_probes: 0,
         };
         let (state, _) = watch::channel(initial);
         let (events, _) = broadcast::channel(EVENT_BUFFER);
-        Shared {
+        Arc::new_cyclic(|me| Shared {
+            damping: Mutex::new(Damping::new(failback.as_ref())),
+            failback,
+            prober: OnceLock::new(),
+            probe_running: AtomicBool::new(false),
+            maintenance_until: Mutex::new(None),
+            me: me.clone(),
             endpoints,
             auto_switch,
             replay_cap,
+            routes,
+            default_policy,
+            ledger,
+            failover_budget,
+            throttle_budget,
+            calls: CallCounter::default(),
+            counters: Counters::default(),
             active: AtomicU64::new(pack(0, Side::Primary)),
             switching: Mutex::new(None),
             state,
             events,
             callbacks,
-        }
+        })
+    }
+
+    pub(crate) fn state_since(&self) -> SystemTime {
+        self.state.borrow().since
+    }
+
+    pub(crate) fn set_healthy_probes(&self, count: u32) {
+        self.state.send_if_modified(|state| {
+            let changed = state.healthy_probes != count;
+            state.healthy_probes = count;
+            changed
+        });
     }
 
     #[inline]
@@ -223,6 +329,10 @@ impl Shared {
         let to = failed.side.other();
         let previous = self.endpoint(failed.side).clone();
         let new = self.endpoint(to).clone();
+        if matches!(cause, SwitchCause::EndpointDown(_)) {
+            self.note_departure(failed.side);
+        }
+        let switch_cause = cause.clone();
         tracing::warn!(
             previous = %previous,
             new = %new,
@@ -241,12 +351,40 @@ impl Shared {
         let generation = failed.generation + 1;
         self.active.store(pack(generation, to), Ordering::Release);
         *required_for = None;
-        self.publish(SwitchEvent::Switched { previous, new: new.clone() }, |state| {
-            state.active = to;
-            state.endpoint = new;
-            state.generation = generation;
-            state.since = SystemTime::now();
-        });
+        self.counters.add(Counter::Switches);
+        let report = self
+            .ledger
+            .as_ref()
+            .map(|ledger| Arc::new(ledger.report(failed.side, previous.clone(), new.clone())));
+        if let Some(report) = &report {
+            if !report.is_empty() {
+                tracing::warn!(
+                    acknowledged = report.acknowledged.len(),
+                    unknown = report.unknown.len(),
+                    dropped = report.dropped,
+                    "failover: writes at risk after the switch"
+                );
+            }
+        }
+        self.publish(
+            SwitchEvent::Switched {
+                previous,
+                new: new.clone(),
+                report: report.clone(),
+            },
+            |state| {
+                state.active = to;
+                state.endpoint = new;
+                state.generation = generation;
+                state.since = SystemTime::now();
+                state.last_report = report;
+                state.cause = Some(switch_cause);
+                state.healthy_probes = 0;
+            },
+        );
+        if to == Side::Alternate {
+            self.start_probe_task();
+        }
         SwitchOutcome::Switched { to }
     }
 
@@ -365,6 +503,51 @@ impl FailoverHandle {
     /// falls more than 64 events behind gets `RecvError::Lagged` and the latest ones.
     pub fn events(&self) -> broadcast::Receiver<SwitchEvent> {
         self.shared.events.subscribe()
+    }
+
+    /// The data-loss report of the latest switch, if any (and if the report is on).
+    pub fn last_report(&self) -> Option<Arc<DataLossReport>> {
+        self.shared.state.borrow().last_report.clone()
+    }
+
+    /// The layer's counters: calls, re-sends, switches, throttling, budget refusals.
+    pub fn counters(&self) -> crate::counters::CountersSnapshot {
+        self.shared.counters.snapshot(self.shared.calls.get())
+    }
+
+    /// Returns to the primary by hand (`SwitchRequired` then `Switched`, cause
+    /// [`SwitchCause::Manual`]). Returns the side now active.
+    pub fn fail_back(&self) -> Side {
+        self.shared.switch_to(Side::Primary, SwitchCause::Manual)
+    }
+
+    /// Makes `side` active by hand, if it is not already. Returns the side now active.
+    pub fn switch_to(&self, side: Side) -> Side {
+        self.shared.switch_to(side, SwitchCause::Manual)
+    }
+
+    /// Plans a maintenance window on the primary: calls move to the alternate just before
+    /// `start` (one second before; calls already in flight on the primary finish there) with
+    /// cause [`SwitchCause::Planned`], and come back after `end` once the primary probes
+    /// healthy. Must be called inside a tokio runtime.
+    pub fn schedule_maintenance(&self, start: SystemTime, end: SystemTime) -> Result<(), ConfigError> {
+        self.shared
+            .schedule_maintenance(start, end, std::time::Duration::from_secs(1))
+    }
+
+    /// Like [`schedule_maintenance`](Self::schedule_maintenance), moving `lead` before `start`.
+    pub fn schedule_maintenance_with_lead(
+        &self,
+        start: SystemTime,
+        end: SystemTime,
+        lead: std::time::Duration,
+    ) -> Result<(), ConfigError> {
+        self.shared.schedule_maintenance(start, end, lead)
+    }
+
+    /// True while a failback probe task is running.
+    pub fn probing(&self) -> bool {
+        self.shared.probe_running.load(Ordering::Acquire)
     }
 
     /// Switches to the other endpoint by hand, raising both events with cause

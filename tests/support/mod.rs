@@ -97,7 +97,9 @@ impl Server {
         let tasks = server.tasks.clone();
         let accept = tokio::spawn(async move {
             loop {
-                let Ok((stream, _)) = listener.accept().await else { continue };
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
                 let behavior = behavior.clone();
                 let seen = seen.clone();
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -304,4 +306,173 @@ pub async fn within<F: Future>(seconds: u64, future: F) -> F::Output {
         Ok(output) => output,
         Err(_) => panic!("test did not finish within {seconds} s"),
     }
+}
+
+// Helpers for the data-loss, policy and throttling tests.
+
+/// The body type the failover layer hands to the inner client in these tests.
+pub type TestBody = tower_failover::ReplayBody<Full<Bytes>>;
+
+/// A request to the primary's name with a small JSON body (empty for GET and DELETE).
+pub fn request(method: http::Method, path_and_query: &str) -> Request<Full<Bytes>> {
+    let body = if method == http::Method::GET || method == http::Method::DELETE {
+        Bytes::new()
+    } else {
+        Bytes::from_static(br#"{"name":"x"}"#)
+    };
+    Request::builder()
+        .method(method)
+        .uri(format!("{PRIMARY_URL}{path_and_query}"))
+        .body(Full::new(body))
+        .unwrap()
+}
+
+/// A [`Behavior::Custom`] from an async closure.
+pub fn custom<F, Fut>(handler: F) -> Behavior
+where
+    F: Fn(Received) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = Response<Full<Bytes>>> + Send + 'static,
+{
+    Behavior::Custom(Arc::new(move |received| Box::pin(handler(received)) as Reply))
+}
+
+/// A response with a status, extra headers and a body.
+pub fn reply(status: u16, headers: &[(&str, &str)], body: &str) -> Response<Full<Bytes>> {
+    let mut builder = Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, "application/json");
+    for (name, value) in headers {
+        builder = builder.header(*name, *value);
+    }
+    builder.body(Full::new(Bytes::from(body.to_string()))).unwrap()
+}
+
+/// A behavior that answers with `first()` for the first `n` requests and 200 after; the
+/// counter says how many requests it has answered.
+pub fn first_n_then_ok<F>(n: usize, first: F) -> (Behavior, Arc<std::sync::atomic::AtomicUsize>)
+where
+    F: Fn() -> Response<Full<Bytes>> + Send + Sync + 'static,
+{
+    let counter = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let answered = counter.clone();
+    let first = Arc::new(first);
+    let behavior = custom(move |_| {
+        let index = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let response = if index < n {
+            first()
+        } else {
+            reply(200, &[], r#"{"ok":true}"#)
+        };
+        async move { response }
+    });
+    (behavior, counter)
+}
+
+/// Collects the switch events a layer raises through its callbacks.
+#[derive(Clone, Default)]
+pub struct EventLog(Arc<Mutex<Vec<tower_failover::SwitchEvent>>>);
+
+impl EventLog {
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A callback for `on_switch_required` / `on_switched`.
+    pub fn recorder(&self) -> impl Fn(&tower_failover::SwitchEvent) + Send + Sync + 'static {
+        let log = self.0.clone();
+        move |event| log.lock().unwrap().push(event.clone())
+    }
+
+    pub fn all(&self) -> Vec<tower_failover::SwitchEvent> {
+        self.0.lock().unwrap().clone()
+    }
+
+    /// The reports of every `Switched` event, in order.
+    pub fn reports(&self) -> Vec<Option<Arc<tower_failover::DataLossReport>>> {
+        self.all()
+            .into_iter()
+            .filter_map(|event| match event {
+                tower_failover::SwitchEvent::Switched { report, .. } => Some(report),
+                _ => None,
+            })
+            .collect()
+    }
+}
+
+/// Polls `condition` every few milliseconds until it holds; panics after `seconds`.
+pub async fn wait_until(seconds: u64, what: &str, condition: impl Fn() -> bool) {
+    let give_up = tokio::time::Instant::now() + Duration::from_secs(seconds);
+    while !condition() {
+        if tokio::time::Instant::now() > give_up {
+            panic!("timed out waiting until {what}");
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// Reads a whole response body as text.
+pub async fn text<B>(response: Response<B>) -> String
+where
+    B: http_body::Body,
+    B::Error: std::fmt::Debug,
+{
+    let bytes = response.into_body().collect().await.unwrap().to_bytes();
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+/// What a failover service answers in these tests.
+pub type FailoverResult =
+    Result<Response<tower_failover::ResponseBody<Incoming>>, tower_failover::FailoverError>;
+
+/// Sends one request through a (clone of a) failover service.
+pub async fn send<S>(service: &S, request: Request<Full<Bytes>>) -> FailoverResult
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_failover::ResponseBody<Incoming>>,
+            Error = tower_failover::FailoverError,
+        > + Clone,
+{
+    use tower::ServiceExt;
+    service.clone().oneshot(request).await
+}
+
+/// Sends one request, expects a 200, and returns the body as text.
+pub async fn send_ok<S>(service: &S, request: Request<Full<Bytes>>) -> String
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = Response<tower_failover::ResponseBody<Incoming>>,
+            Error = tower_failover::FailoverError,
+        > + Clone,
+{
+    let what = format!("{} {}", request.method(), request.uri());
+    match send(service, request).await {
+        Ok(response) => {
+            let status = response.status();
+            let body = text(response).await;
+            assert_eq!(status, 200, "{what} answered {status}: {body}");
+            body
+        }
+        Err(error) => panic!("{what} failed: {error}"),
+    }
+}
+
+/// A behavior that answers 503 and 200 in turn, starting with 503: a primary that is only
+/// half back, so two healthy answers in a row never happen.
+pub fn alternating_unavailable() -> Behavior {
+    let answered = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    Behavior::Custom(Arc::new(move |_request: Received| {
+        let n = answered.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        Box::pin(async move {
+            if n % 2 == 0 {
+                json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    r#"{"error":"warming up"}"#.to_string(),
+                )
+            } else {
+                json(StatusCode::OK, r#"{"server":"half-back"}"#.to_string())
+            }
+        })
+    }))
 }

@@ -1,0 +1,488 @@
+//! Coming back: probe-driven failback with hysteresis and flap damping, the start-up check,
+//! and planned maintenance windows.
+//!
+//! Probes go through the same inner service as calls (so TLS, proxies and auth layers below
+//! apply) and are judged by the same classifier. One probe task at most runs per switch state;
+//! it holds only a weak reference, so it ends when the last service and handle are dropped.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::uri::PathAndQuery;
+use http::{Method, Request, Uri};
+
+use crate::classify::{Classifier, Outcome, Verdict};
+use crate::endpoint::Side;
+use crate::error::{BoxError, ConfigError};
+use crate::replay::ReplayBody;
+use crate::state::{Shared, SwitchCause};
+
+/// How the client comes back to the primary after a switch.
+///
+/// Opt-in: while calls go to the alternate, the primary is probed every `interval` (with
+/// jitter). The client fails back only after `min_time_on_alternate` *and* `healthy_probes`
+/// healthy probes in a row; a failed probe resets the count. Flap damping: at most one
+/// failback per `hold` (60 s by default), and the hold doubles (up to `max_hold`) each time
+/// the primary fails again within the hold after a failback.
+///
+/// ```
+/// use std::time::Duration;
+/// use tower_failover::{Endpoints, Failback, FailoverLayer};
+///
+/// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+///     .failback(Failback::dynamics().interval(Duration::from_secs(10)).healthy_probes(5))
+///     .build()
+///     .unwrap();
+/// # let _ = layer;
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failback {
+    pub(crate) method: Method,
+    pub(crate) path: String,
+    pub(crate) interval: Duration,
+    pub(crate) jitter_percent: u8,
+    pub(crate) min_time_on_alternate: Duration,
+    pub(crate) healthy_probes: u32,
+    pub(crate) probe_timeout: Duration,
+    pub(crate) hold: Duration,
+    pub(crate) max_hold: Duration,
+}
+
+impl Default for Failback {
+    fn default() -> Self {
+        Failback {
+            method: Method::GET,
+            path: "/".to_string(),
+            interval: Duration::from_secs(5),
+            jitter_percent: 20,
+            min_time_on_alternate: Duration::from_secs(30),
+            healthy_probes: 3,
+            probe_timeout: Duration::from_secs(5),
+            hold: Duration::from_secs(60),
+            max_hold: Duration::from_secs(3600),
+        }
+    }
+}
+
+impl Failback {
+    /// Probe `GET /` every 5 s; fail back after 30 s on the alternate and 3 healthy probes.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// As [`Failback::new`], probing the Dynamics 365 Web API's `WhoAmI`.
+    pub fn dynamics() -> Self {
+        Self::default().probe(Method::GET, "/api/data/v9.2/WhoAmI")
+    }
+
+    /// The probe request: a method and a path (with query) on the primary.
+    pub fn probe(mut self, method: Method, path: &str) -> Self {
+        self.method = method;
+        self.path = path.to_string();
+        self
+    }
+
+    /// Time between probes (default 5 s), spread by ±`jitter_percent` %.
+    pub fn interval(mut self, interval: Duration) -> Self {
+        self.interval = interval;
+        self
+    }
+
+    /// How much each interval varies, in percent (default 20), so clients do not probe in step.
+    pub fn jitter_percent(mut self, percent: u8) -> Self {
+        self.jitter_percent = percent;
+        self
+    }
+
+    /// The least time on the alternate before failing back (default 30 s).
+    pub fn min_time_on_alternate(mut self, time: Duration) -> Self {
+        self.min_time_on_alternate = time;
+        self
+    }
+
+    /// Healthy probes in a row needed to fail back (default 3).
+    pub fn healthy_probes(mut self, count: u32) -> Self {
+        self.healthy_probes = count;
+        self
+    }
+
+    /// How long one probe may take before it counts as failed (default 5 s).
+    pub fn probe_timeout(mut self, timeout: Duration) -> Self {
+        self.probe_timeout = timeout;
+        self
+    }
+
+    /// The least time between two automatic failbacks (default 60 s), and the most it can
+    /// grow to after repeated failed returns (default 1 h).
+    pub fn hold(mut self, hold: Duration, max_hold: Duration) -> Self {
+        self.hold = hold;
+        self.max_hold = max_hold;
+        self
+    }
+
+    pub(crate) fn validate(&self) -> Result<PathAndQuery, ConfigError> {
+        if self.healthy_probes == 0 {
+            return Err(ConfigError::new(
+                "failback: healthy_probes(0) would fail back blind; use 1 or more",
+            ));
+        }
+        if self.interval.is_zero() {
+            return Err(ConfigError::new("failback: interval must be above zero"));
+        }
+        if self.jitter_percent > 100 {
+            return Err(ConfigError::new("failback: jitter_percent must be 0..=100"));
+        }
+        if self.max_hold < self.hold {
+            return Err(ConfigError::new("failback: max_hold must be at least hold"));
+        }
+        if !self.path.starts_with('/') {
+            return Err(ConfigError::new(format!(
+                "failback: probe path `{}` must start with `/`",
+                self.path
+            )));
+        }
+        self.path.parse().map_err(|e| {
+            ConfigError::new(format!(
+                "failback: probe path `{}` is not a valid path ({e})",
+                self.path
+            ))
+        })
+    }
+
+    fn next_interval(&self) -> Duration {
+        let spread = self.interval.as_millis() as u64 * self.jitter_percent as u64 / 100;
+        let base = self.interval.as_millis() as u64;
+        let millis = if spread == 0 {
+            base
+        } else {
+            base - spread + fastrand::u64(0..=2 * spread)
+        };
+        Duration::from_millis(millis.max(1))
+    }
+}
+
+/// Sends one probe to a side and says whether it is healthy.
+pub(crate) type Prober = Arc<dyn Fn(Request<()>) -> Pin<Box<dyn Future<Output = bool> + Send>> + Send + Sync>;
+
+/// Makes a prober over a clone of the inner service and the classifier.
+pub(crate) fn prober<S, B, C, ResB>(service: S, classifier: C) -> Prober
+where
+    S: tower_service::Service<Request<ReplayBody<B>>, Response = http::Response<ResB>>
+        + Clone
+        + Send
+        + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: Send + 'static,
+    ResB: Send + 'static,
+    C: Classifier + Clone + Send + Sync + 'static,
+{
+    // A mutex only so the prober is `Sync` for services that are merely `Send`; it is held
+    // just long enough to clone the service.
+    let service = std::sync::Mutex::new(service);
+    Arc::new(move |request: Request<()>| {
+        let mut service = service
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone();
+        let classifier = classifier.clone();
+        Box::pin(async move {
+            let request = request.map(|()| ReplayBody::<B>::empty());
+            if std::future::poll_fn(|cx| service.poll_ready(cx)).await.is_err() {
+                return false;
+            }
+            match service.call(request).await {
+                Ok(response) => {
+                    let verdict = classifier.classify(Outcome::Response {
+                        status: response.status(),
+                        headers: response.headers(),
+                        body: None,
+                    });
+                    verdict == Verdict::Success
+                }
+                Err(_) => false,
+            }
+        })
+    })
+}
+
+/// The flap damping state.
+#[derive(Debug)]
+pub(crate) struct Damping {
+    hold: Duration,
+    last_failback: Option<Instant>,
+}
+
+impl Damping {
+    pub(crate) fn new(config: Option<&Failback>) -> Self {
+        Damping {
+            hold: config.map_or(Duration::ZERO, |c| c.hold),
+            last_failback: None,
+        }
+    }
+}
+
+impl Shared {
+    /// Starts on the alternate when the primary is down and the alternate healthy.
+    pub(crate) async fn startup_check(&self) -> Side {
+        let now = self.active();
+        if now.side == Side::Primary
+            && self.endpoints.alternate().is_some()
+            && !self.probe(Side::Primary).await
+            && self.probe(Side::Alternate).await
+        {
+            return self.switch_to(Side::Alternate, SwitchCause::StartupCheck);
+        }
+        self.active().side
+    }
+
+    /// Keeps the first prober offered; later ones are the same service, cloned.
+    pub(crate) fn offer_prober(&self, make: impl FnOnce() -> Prober) {
+        if self.prober.get().is_none() {
+            let _ = self.prober.set(make());
+        }
+    }
+
+    /// Probes one side once.
+    pub(crate) async fn probe(&self, side: Side) -> bool {
+        let Some(prober) = self.prober.get().cloned() else {
+            return false;
+        };
+        let endpoint = self.endpoint(side);
+        let (method, path, timeout) = match &self.failback {
+            Some(f) => (f.method.clone(), f.path.as_str(), f.probe_timeout),
+            None => (Method::GET, "/", Duration::from_secs(5)),
+        };
+        let uri = Uri::builder()
+            .scheme(endpoint.scheme().clone())
+            .authority(endpoint.authority().clone())
+            .path_and_query(path)
+            .build();
+        let Ok(uri) = uri else { return false };
+        let mut request = Request::new(());
+        *request.method_mut() = method;
+        *request.uri_mut() = uri;
+        let healthy = tokio::time::timeout(timeout, prober(request))
+            .await
+            .unwrap_or(false);
+        tracing::debug!(server.address = %endpoint, healthy, "failover: probe");
+        healthy
+    }
+
+    /// Switches to `side` unless it is already active. Bounded: a storm of concurrent switches
+    /// cannot keep it looping.
+    pub(crate) fn switch_to(&self, side: Side, cause: SwitchCause) -> Side {
+        for _ in 0..8 {
+            let now = self.active();
+            if now.side == side {
+                return side;
+            }
+            match self.switch_from(now, cause.clone(), false) {
+                crate::state::SwitchOutcome::Switched { to } if to == side => return side,
+                crate::state::SwitchOutcome::Refused => return now.side,
+                _ => continue,
+            }
+        }
+        self.active().side
+    }
+
+    /// A switch moved calls off `from` because it failed: if that was soon after a failback,
+    /// the return failed, so the next failback waits longer.
+    pub(crate) fn note_departure(&self, from: Side) {
+        let Some(config) = &self.failback else { return };
+        if from != Side::Primary {
+            return;
+        }
+        let mut damping = self
+            .damping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if let Some(at) = damping.last_failback {
+            if at.elapsed() < damping.hold {
+                damping.hold = (damping.hold * 2).min(config.max_hold);
+                tracing::warn!(
+                    hold_ms = damping.hold.as_millis() as u64,
+                    "failover: failback failed, holding longer"
+                );
+            }
+        }
+    }
+
+    fn failback_allowed(&self) -> bool {
+        let damping = self
+            .damping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        damping
+            .last_failback
+            .is_none_or(|at| at.elapsed() >= damping.hold)
+    }
+
+    fn note_failback(&self) {
+        let mut damping = self
+            .damping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        damping.last_failback = Some(Instant::now());
+    }
+
+    /// From the planned switch until the maintenance task has brought calls back: the return
+    /// after the window is that task's (cause `Planned`), not the probe loop's. The task clears
+    /// the mark once the primary is active again, however it got there.
+    fn in_maintenance(&self) -> bool {
+        self.maintenance_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .is_some()
+    }
+
+    /// Starts the probe task, if failback is on, a prober is known, a runtime is running, and
+    /// no probe task runs yet.
+    pub(crate) fn start_probe_task(&self) {
+        if self.failback.is_none() || self.prober.get().is_none() {
+            return;
+        }
+        let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+            tracing::warn!("failover: no tokio runtime here, failback probing not started");
+            return;
+        };
+        if self
+            .probe_running
+            .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
+            .is_err()
+        {
+            return;
+        }
+        runtime.spawn(probe_loop(self.me.clone()));
+    }
+}
+
+/// Clears the "probe running" flag however the task ends.
+struct RunningGuard(Weak<Shared>);
+
+impl Drop for RunningGuard {
+    fn drop(&mut self) {
+        if let Some(shared) = self.0.upgrade() {
+            shared.probe_running.store(false, Ordering::Release);
+            shared.set_healthy_probes(0);
+            // A switch to the alternate made while this task was ending found it still
+            // running and did not start another: start it now.
+            if shared.active().side == Side::Alternate {
+                shared.start_probe_task();
+            }
+        }
+    }
+}
+
+async fn probe_loop(weak: Weak<Shared>) {
+    let _guard = RunningGuard(weak.clone());
+    let mut healthy = 0u32;
+    loop {
+        // Hold no strong reference while sleeping: dropping every service and handle ends us.
+        let interval = match weak.upgrade() {
+            Some(shared) => match &shared.failback {
+                Some(config) => config.next_interval(),
+                None => return,
+            },
+            None => return,
+        };
+        tokio::time::sleep(interval).await;
+        let Some(shared) = weak.upgrade() else { return };
+        let Some(config) = shared.failback.clone() else {
+            return;
+        };
+        if shared.active().side != Side::Alternate {
+            return;
+        }
+        if shared.in_maintenance() {
+            healthy = 0;
+            continue;
+        }
+        if shared.probe(Side::Primary).await {
+            healthy += 1;
+        } else {
+            healthy = 0;
+        }
+        shared.set_healthy_probes(healthy);
+        let long_enough = shared
+            .state_since()
+            .elapsed()
+            .is_ok_and(|on_alternate| on_alternate >= config.min_time_on_alternate);
+        if healthy >= config.healthy_probes && long_enough && shared.failback_allowed() {
+            shared.note_failback();
+            shared.switch_to(Side::Primary, SwitchCause::Failback);
+            return;
+        }
+    }
+}
+
+impl Shared {
+    /// Starts a maintenance window: switch to the alternate `lead` before `start`, come back
+    /// after `end` once the primary probes healthy.
+    pub(crate) fn schedule_maintenance(
+        &self,
+        start: SystemTime,
+        end: SystemTime,
+        lead: Duration,
+    ) -> Result<(), ConfigError> {
+        if end <= start {
+            return Err(ConfigError::new("maintenance: the end must be after the start"));
+        }
+        if self.endpoints.alternate().is_none() {
+            return Err(ConfigError::new(
+                "maintenance: there is no alternate endpoint to move to",
+            ));
+        }
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
+            ConfigError::new("maintenance: schedule it from inside a tokio runtime (it runs as a task)")
+        })?;
+        runtime.spawn(maintenance(self.me.clone(), start, end, lead));
+        Ok(())
+    }
+}
+
+async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lead: Duration) {
+    let switch_at = start.checked_sub(lead).unwrap_or(start);
+    tokio::time::sleep(switch_at.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    {
+        let Some(shared) = weak.upgrade() else { return };
+        *shared
+            .maintenance_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(end);
+        // Calls in flight on the primary carry on: a switch only moves later calls.
+        shared.switch_to(Side::Alternate, SwitchCause::Planned);
+    }
+    tokio::time::sleep(end.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    let mut healthy = 0u32;
+    loop {
+        let Some(shared) = weak.upgrade() else { return };
+        let (needed, interval) = match &shared.failback {
+            Some(config) => (config.healthy_probes, config.next_interval()),
+            None => (1, Duration::from_secs(1)),
+        };
+        if shared.active().side == Side::Primary {
+            break;
+        }
+        if shared.prober.get().is_none() || shared.probe(Side::Primary).await {
+            healthy += 1;
+        } else {
+            healthy = 0;
+        }
+        if healthy >= needed {
+            shared.switch_to(Side::Primary, SwitchCause::Planned);
+            break;
+        }
+        drop(shared);
+        tokio::time::sleep(interval).await;
+    }
+    if let Some(shared) = weak.upgrade() {
+        *shared
+            .maintenance_until
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}

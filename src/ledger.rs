@@ -1,0 +1,412 @@
+//! The data-loss ledger: a bounded record of recent writes, and the [`DataLossReport`] made
+//! from it at every switch.
+//!
+//! The seed leaves one problem to the application: "data change operations ... may not
+//! complete successfully", so "check for potential data loss after endpoint switch events".
+//! Two kinds of write are at risk when calls move to the alternate:
+//!
+//! * writes the old endpoint acknowledged shortly before the switch: replication to the
+//!   alternate is asynchronous, so the alternate may not have them yet;
+//! * writes whose outcome is unknown: in flight at the switch, or failed after they were sent.
+//!
+//! Reads cost nothing here. A write costs one small record (its method, path, key, times and
+//! outcome: no body), one short lock to add it and one to settle it.
+
+use std::collections::VecDeque;
+use std::fmt;
+use std::sync::{Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use http::header::HeaderName;
+use http::uri::PathAndQuery;
+use http::{HeaderMap, HeaderValue, Method};
+
+use crate::endpoint::{Endpoint, Side};
+
+/// The default replication window: acknowledged writes younger than this are reported.
+pub const DEFAULT_REPLICATION_WINDOW: Duration = Duration::from_secs(5 * 60);
+/// The default number of writes the ledger keeps.
+pub const DEFAULT_LEDGER_CAPACITY: usize = 10_000;
+
+/// A key the application attaches to a request (in its extensions) to name a write in the
+/// data-loss report, when no header carries one.
+///
+/// ```
+/// use tower_failover::WriteKey;
+///
+/// let mut request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
+///     .body(())
+///     .unwrap();
+/// request.extensions_mut().insert(WriteKey::new("account:42"));
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct WriteKey(pub String);
+
+impl WriteKey {
+    /// A key.
+    pub fn new(key: impl Into<String>) -> Self {
+        WriteKey(key.into())
+    }
+}
+
+/// What became of a recorded write.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum WriteOutcome {
+    /// Still in flight.
+    InFlight,
+    /// The endpoint answered with a success status.
+    Acknowledged,
+    /// Failed after it may have been sent, or was cut off: it may or may not have been applied.
+    Unknown,
+    /// Failed on one endpoint after it may have been sent, then succeeded on the other: applied
+    /// on the second, perhaps on the first too.
+    ResentOnAlternate,
+}
+
+/// One write, as the report shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct WriteRecord {
+    /// The method.
+    pub method: Method,
+    /// The path; with the query only when the layer was told to record queries.
+    pub path: String,
+    /// The request's key: the configured header, or a [`WriteKey`] from its extensions.
+    pub key: Option<String>,
+    /// The side it was sent to first.
+    pub side: Side,
+    /// When it was sent.
+    pub sent_at: SystemTime,
+    /// When it was acknowledged, if it was.
+    pub acknowledged_at: Option<SystemTime>,
+    /// What became of it.
+    pub outcome: WriteOutcome,
+}
+
+/// The writes at risk when calls moved off an endpoint. Carried by every
+/// [`SwitchEvent::Switched`](crate::SwitchEvent) and kept in
+/// [`FailoverHandle::last_report`](crate::FailoverHandle::last_report).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DataLossReport {
+    /// The endpoint calls moved off.
+    pub from: Endpoint,
+    /// The endpoint calls moved to.
+    pub to: Endpoint,
+    /// When the switch was made.
+    pub at: SystemTime,
+    /// The replication window the acknowledged writes were taken from.
+    pub window: Duration,
+    /// Writes `from` acknowledged within the window: the alternate may not have them yet.
+    pub acknowledged: Vec<WriteRecord>,
+    /// Writes sent to `from` whose outcome is unknown (in flight, or failed after sending):
+    /// `from` may or may not have applied them.
+    pub unknown: Vec<WriteRecord>,
+    /// Writes the ledger dropped, oldest first, to stay within its capacity since the
+    /// previous report. Non-zero means the lists above may be incomplete.
+    pub dropped: u64,
+}
+
+impl DataLossReport {
+    /// Every write at risk: acknowledged, then unknown.
+    pub fn at_risk(&self) -> impl Iterator<Item = &WriteRecord> {
+        self.acknowledged.iter().chain(self.unknown.iter())
+    }
+
+    /// True when no write is at risk and none was dropped.
+    pub fn is_empty(&self) -> bool {
+        self.acknowledged.is_empty() && self.unknown.is_empty() && self.dropped == 0
+    }
+}
+
+impl fmt::Display for DataLossReport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{} acknowledged by {} within {:?} (may be missing on {}), {} with unknown outcome",
+            self.acknowledged.len(),
+            self.from,
+            self.window,
+            self.to,
+            self.unknown.len()
+        )?;
+        if self.dropped > 0 {
+            write!(f, ", {} dropped from the ledger", self.dropped)?;
+        }
+        Ok(())
+    }
+}
+
+/// How the ledger is set up.
+#[derive(Debug, Clone)]
+pub(crate) struct LedgerConfig {
+    pub(crate) window: Duration,
+    pub(crate) capacity: usize,
+    pub(crate) record_query: bool,
+    pub(crate) key_header: Option<HeaderName>,
+}
+
+impl Default for LedgerConfig {
+    fn default() -> Self {
+        LedgerConfig {
+            window: DEFAULT_REPLICATION_WINDOW,
+            capacity: DEFAULT_LEDGER_CAPACITY,
+            record_query: false,
+            key_header: Some(crate::policy::IDEMPOTENCY_KEY),
+        }
+    }
+}
+
+struct Entry {
+    id: u64,
+    method: Method,
+    // Cloning these shares their bytes; the query is cut off only when a report is made.
+    path: Option<PathAndQuery>,
+    key: Option<Key>,
+    side: Side,
+    sent_at: SystemTime,
+    sent: Instant,
+    acknowledged: Option<(SystemTime, Instant)>,
+    outcome: WriteOutcome,
+}
+
+enum Key {
+    Header(HeaderValue),
+    App(String),
+}
+
+struct Book {
+    entries: VecDeque<Entry>,
+    next_id: u64,
+    dropped: u64,
+}
+
+pub(crate) struct Ledger {
+    config: LedgerConfig,
+    book: Mutex<Book>,
+}
+
+/// A write's place in the ledger, held by the call until it settles.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct WriteId(u64);
+
+impl Ledger {
+    pub(crate) fn new(config: LedgerConfig) -> Self {
+        Ledger {
+            config,
+            book: Mutex::new(Book {
+                entries: VecDeque::new(),
+                next_id: 0,
+                dropped: 0,
+            }),
+        }
+    }
+
+    fn book(&self) -> std::sync::MutexGuard<'_, Book> {
+        self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Records a write as it is sent.
+    pub(crate) fn begin(
+        &self,
+        method: &Method,
+        path: Option<&PathAndQuery>,
+        headers: &HeaderMap,
+        extensions: &http::Extensions,
+        side: Side,
+    ) -> WriteId {
+        let key = self
+            .config
+            .key_header
+            .as_ref()
+            .and_then(|name| headers.get(name))
+            .map(|v| Key::Header(v.clone()))
+            .or_else(|| extensions.get::<WriteKey>().map(|k| Key::App(k.0.clone())));
+        let now = Instant::now();
+        let mut book = self.book();
+        self.prune(&mut book, now);
+        // Make room for this one: the oldest go first, counted.
+        while book.entries.len() >= self.config.capacity.max(1) {
+            book.entries.pop_front();
+            book.dropped += 1;
+        }
+        let id = book.next_id;
+        book.next_id += 1;
+        book.entries.push_back(Entry {
+            id,
+            method: method.clone(),
+            path: path.cloned(),
+            key,
+            side,
+            sent_at: SystemTime::now(),
+            sent: now,
+            acknowledged: None,
+            outcome: WriteOutcome::InFlight,
+        });
+        WriteId(id)
+    }
+
+    /// Settles a write. `side` is where it was last sent.
+    pub(crate) fn settle(&self, id: WriteId, outcome: WriteOutcome) {
+        let mut book = self.book();
+        // Ids grow with position, so the entry is found by bisection.
+        if let Ok(i) = book.entries.binary_search_by_key(&id.0, |e| e.id) {
+            let entry = &mut book.entries[i];
+            entry.outcome = outcome;
+            if outcome == WriteOutcome::Acknowledged || outcome == WriteOutcome::ResentOnAlternate {
+                entry.acknowledged = Some((SystemTime::now(), Instant::now()));
+            }
+        }
+    }
+
+    /// Notes that a write that provably never reached `side`'s predecessor is now sent to `side`.
+    pub(crate) fn moved(&self, id: WriteId, side: Side) {
+        let mut book = self.book();
+        if let Ok(i) = book.entries.binary_search_by_key(&id.0, |e| e.id) {
+            book.entries[i].side = side;
+        }
+    }
+
+    /// Forgets a write that provably never left the client (it cannot be at risk).
+    pub(crate) fn forget(&self, id: WriteId) {
+        let mut book = self.book();
+        if let Ok(i) = book.entries.binary_search_by_key(&id.0, |e| e.id) {
+            book.entries.remove(i);
+        }
+    }
+
+    /// Drops settled entries older than the window.
+    fn prune(&self, book: &mut Book, now: Instant) {
+        while let Some(front) = book.entries.front() {
+            let expired = front.outcome != WriteOutcome::InFlight
+                && now.duration_since(front.acknowledged.map_or(front.sent, |(_, at)| at))
+                    > self.config.window;
+            if expired {
+                book.entries.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    /// The report for a switch off `from`.
+    pub(crate) fn report(
+        &self,
+        from: Side,
+        from_endpoint: Endpoint,
+        to_endpoint: Endpoint,
+    ) -> DataLossReport {
+        let now = Instant::now();
+        let mut book = self.book();
+        self.prune(&mut book, now);
+        let mut acknowledged = Vec::new();
+        let mut unknown = Vec::new();
+        for entry in book.entries.iter().filter(|e| e.side == from) {
+            match entry.outcome {
+                WriteOutcome::Acknowledged => {
+                    let within = entry
+                        .acknowledged
+                        .is_some_and(|(_, at)| now.duration_since(at) <= self.config.window);
+                    if within {
+                        acknowledged.push(self.record(entry));
+                    }
+                }
+                WriteOutcome::InFlight | WriteOutcome::Unknown | WriteOutcome::ResentOnAlternate => {
+                    unknown.push(self.record(entry))
+                }
+            }
+        }
+        let dropped = std::mem::take(&mut book.dropped);
+        DataLossReport {
+            from: from_endpoint,
+            to: to_endpoint,
+            at: SystemTime::now(),
+            window: self.config.window,
+            acknowledged,
+            unknown,
+            dropped,
+        }
+    }
+
+    fn record(&self, entry: &Entry) -> WriteRecord {
+        let path = match &entry.path {
+            Some(pq) if self.config.record_query => pq.as_str().to_string(),
+            Some(pq) => pq.path().to_string(),
+            None => "/".to_string(),
+        };
+        WriteRecord {
+            method: entry.method.clone(),
+            path,
+            key: entry.key.as_ref().map(|k| match k {
+                Key::Header(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
+                Key::App(s) => s.clone(),
+            }),
+            side: entry.side,
+            sent_at: entry.sent_at,
+            acknowledged_at: entry.acknowledged.map(|(at, _)| at),
+            outcome: entry.outcome,
+        }
+    }
+
+    /// How many writes the ledger holds now.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.book().entries.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ep(s: &str) -> Endpoint {
+        Endpoint::parse(s).unwrap()
+    }
+
+    #[test]
+    fn report_lists_acknowledged_and_unknown_on_the_failed_side_only() {
+        let ledger = Ledger::new(LedgerConfig::default());
+        let h = HeaderMap::new();
+        let x = http::Extensions::new();
+        let pq: PathAndQuery = "/accounts?secret=1".parse().unwrap();
+        let a = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Primary);
+        let b = ledger.begin(&Method::PATCH, Some(&pq), &h, &x, Side::Primary);
+        let c = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Alternate);
+        let d = ledger.begin(&Method::DELETE, Some(&pq), &h, &x, Side::Primary);
+        ledger.settle(a, WriteOutcome::Acknowledged);
+        ledger.settle(c, WriteOutcome::Acknowledged);
+        ledger.forget(d);
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert_eq!(report.acknowledged.len(), 1);
+        assert_eq!(report.acknowledged[0].method, Method::POST);
+        assert_eq!(
+            report.acknowledged[0].path, "/accounts",
+            "query left out by default"
+        );
+        assert_eq!(report.unknown.len(), 1);
+        assert_eq!(report.unknown[0].method, Method::PATCH);
+        let _ = b;
+    }
+
+    #[test]
+    fn capacity_and_window_bound_the_ledger() {
+        let ledger = Ledger::new(LedgerConfig {
+            capacity: 5,
+            window: Duration::from_millis(50),
+            ..LedgerConfig::default()
+        });
+        let h = HeaderMap::new();
+        let x = http::Extensions::new();
+        for _ in 0..12 {
+            let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            ledger.settle(id, WriteOutcome::Acknowledged);
+        }
+        assert!(ledger.len() <= 5);
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert_eq!(report.dropped, 7);
+        assert_eq!(report.acknowledged.len(), 5);
+        std::thread::sleep(Duration::from_millis(80));
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert_eq!(report.acknowledged.len(), 0, "outside the window");
+        assert_eq!(report.dropped, 0, "counted once");
+        assert_eq!(ledger.len(), 0);
+    }
+}

@@ -1,0 +1,531 @@
+//! The data-loss report carried by `Switched`: which writes it lists (acknowledged within the
+//! replication window, unknown outcome), its bounds (window, capacity), how it names writes
+//! (path without query, key from a header or a `WriteKey`), and turning it off.
+
+mod support;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::HeaderName;
+use http::{Method, Request};
+use http_body_util::Full;
+use support::*;
+use tower::ServiceBuilder;
+use tower_failover::{
+    DataLossReport, Endpoints, FailoverErrorKind, FailoverHandle, FailoverLayer, FailoverLayerBuilder,
+    NotResent, RetryPolicy, Side, SwitchEvent, WriteKey, WriteOutcome, WriteRecord,
+};
+
+fn builder() -> FailoverLayerBuilder {
+    FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+}
+
+fn with_header(mut request: Request<Full<Bytes>>, name: &str, value: &str) -> Request<Full<Bytes>> {
+    request.headers_mut().insert(
+        HeaderName::from_bytes(name.as_bytes()).unwrap(),
+        value.parse().unwrap(),
+    );
+    request
+}
+
+fn with_write_key(mut request: Request<Full<Bytes>>, key: &str) -> Request<Full<Bytes>> {
+    request.extensions_mut().insert(WriteKey::new(key));
+    request
+}
+
+/// (method, path, key) of each record, in the report's order.
+fn summary(records: &[WriteRecord]) -> Vec<(Method, String, Option<String>)> {
+    records
+        .iter()
+        .map(|r| (r.method.clone(), r.path.clone(), r.key.clone()))
+        .collect()
+}
+
+fn entry(method: Method, path: &str, key: Option<&str>) -> (Method, String, Option<String>) {
+    (method, path.to_string(), key.map(str::to_string))
+}
+
+/// Makes the primary answer 503 and sends a GET, which switches to the alternate and is
+/// answered there. Returns the switch's report.
+async fn fail_over<S>(pair: &Pair, service: &S, handle: &FailoverHandle) -> Arc<DataLossReport>
+where
+    S: tower::Service<
+            Request<Full<Bytes>>,
+            Response = http::Response<tower_failover::ResponseBody<hyper::body::Incoming>>,
+            Error = tower_failover::FailoverError,
+        > + Clone,
+{
+    pair.primary.set(Behavior::Status(503, ""));
+    let body = send_ok(service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
+    assert!(body.contains(ALTERNATE_HOST), "answered by the alternate: {body}");
+    assert_eq!(handle.active(), Side::Alternate);
+    handle.last_report().expect("the switch made a report")
+}
+
+/// Starts a pair, sends `requests` (each must be acknowledged by the primary), fails over, and
+/// returns the switch's report.
+async fn report_after(
+    builder: FailoverLayerBuilder,
+    requests: Vec<Request<Full<Bytes>>>,
+) -> Arc<DataLossReport> {
+    let pair = Pair::start().await;
+    let layer = builder.build().unwrap();
+    let handle = layer.handle();
+    let service = ServiceBuilder::new()
+        .layer(layer)
+        .service(pair.client::<TestBody>());
+    for request in requests {
+        send_ok(&service, request).await;
+    }
+    fail_over(&pair, &service, &handle).await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn report_lists_acknowledged_and_in_flight_writes_and_nothing_else() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let log = EventLog::new();
+        let layer = builder().on_switched(log.recorder()).build().unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        // Three writes and two reads, all acknowledged by the primary.
+        let key = "idempotency-key";
+        send_ok(
+            &service,
+            with_header(request(Method::POST, "/api/data/v9.2/accounts"), key, "k-1"),
+        )
+        .await;
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        send_ok(
+            &service,
+            with_header(request(Method::PATCH, "/api/data/v9.2/accounts(1)"), key, "k-2"),
+        )
+        .await;
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts(1)")).await;
+        send_ok(
+            &service,
+            with_header(request(Method::POST, "/api/data/v9.2/contacts"), key, "k-3"),
+        )
+        .await;
+        // A write the primary refused (400): not applied, so not at risk.
+        pair.primary.set(Behavior::Status(
+            400,
+            r#"{"error":{"code":"0x80040203","message":"bad"}}"#,
+        ));
+        let refused = send(
+            &service,
+            with_header(request(Method::POST, "/api/data/v9.2/leads"), key, "bad-1"),
+        );
+        assert_eq!(refused.await.unwrap().status(), 400);
+        assert_eq!(pair.primary.count(), 6);
+
+        // Two slow writes, still in flight on the primary when it fails.
+        pair.primary.set(Behavior::Delay(Duration::from_millis(1500)));
+        let slow_post = tokio::spawn({
+            let service = service.clone();
+            async move {
+                let request = with_header(request(Method::POST, "/api/data/v9.2/imports"), key, "slow-1");
+                send(&service, request).await.map(|r| r.status())
+            }
+        });
+        let slow_patch = tokio::spawn({
+            let service = service.clone();
+            async move {
+                let request = with_header(request(Method::PATCH, "/api/data/v9.2/imports(2)"), key, "slow-2");
+                send(&service, request).await.map(|r| r.status())
+            }
+        });
+        // The server takes its behavior when a request arrives: once it has seen both slow
+        // writes, they keep their delay whatever it answers next.
+        wait_until(5, "the primary has received both slow writes", || {
+            pair.primary.count() == 8
+        })
+        .await;
+
+        let report = fail_over(&pair, &service, &handle).await;
+        assert!(
+            !slow_post.is_finished() && !slow_patch.is_finished(),
+            "still in flight at the switch"
+        );
+
+        // The Switched event carries the report, and the handle keeps the same one.
+        let reports = log.reports();
+        assert_eq!(reports.len(), 1, "one switch, one Switched event");
+        let from_event = reports[0].clone().expect("the report is on by default");
+        assert!(Arc::ptr_eq(&from_event, &report));
+        assert_eq!(*handle.last_report().unwrap(), *from_event);
+        assert!(matches!(
+            events.try_recv(),
+            Ok(SwitchEvent::SwitchRequired { .. })
+        ));
+        match events.try_recv() {
+            Ok(SwitchEvent::Switched { report: Some(r), .. }) => assert_eq!(*r, *report),
+            other => panic!("expected Switched with a report, got {other:?}"),
+        }
+
+        assert_eq!(report.from.host(), PRIMARY_HOST);
+        assert_eq!(report.to.host(), ALTERNATE_HOST);
+        assert_eq!(report.dropped, 0);
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![
+                entry(Method::POST, "/api/data/v9.2/accounts", Some("k-1")),
+                entry(Method::PATCH, "/api/data/v9.2/accounts(1)", Some("k-2")),
+                entry(Method::POST, "/api/data/v9.2/contacts", Some("k-3")),
+            ]
+        );
+        for record in &report.acknowledged {
+            assert_eq!(record.outcome, WriteOutcome::Acknowledged);
+            assert_eq!(record.side, Side::Primary);
+            let acknowledged_at = record.acknowledged_at.expect("acknowledged writes have a time");
+            assert!(acknowledged_at >= record.sent_at);
+            assert!(acknowledged_at <= report.at);
+        }
+        // The two in-flight writes, in whatever order they were sent.
+        let mut unknown = summary(&report.unknown);
+        unknown.sort_by(|a, b| a.2.cmp(&b.2));
+        assert_eq!(
+            unknown,
+            vec![
+                entry(Method::POST, "/api/data/v9.2/imports", Some("slow-1")),
+                entry(Method::PATCH, "/api/data/v9.2/imports(2)", Some("slow-2")),
+            ]
+        );
+        for record in &report.unknown {
+            assert_eq!(record.outcome, WriteOutcome::InFlight);
+            assert_eq!(record.side, Side::Primary);
+            assert_eq!(record.acknowledged_at, None);
+        }
+        assert!(
+            report.at_risk().all(|r| r.method != Method::GET),
+            "reads are never listed"
+        );
+        assert_eq!(report.at_risk().count(), 5);
+
+        // The slow writes end on the primary; the report already made does not change.
+        assert_eq!(slow_post.await.unwrap().unwrap(), 200);
+        assert_eq!(slow_patch.await.unwrap().unwrap(), 200);
+        assert!(Arc::ptr_eq(&handle.last_report().unwrap(), &report));
+        assert_eq!(pair.alternate.count(), 1, "only the failed GET was re-sent");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn acknowledged_writes_older_than_the_window_are_left_out() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let layer = builder()
+            .replication_window(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let key = "idempotency-key";
+        send_ok(
+            &service,
+            with_header(request(Method::POST, "/api/data/v9.2/accounts"), key, "old"),
+        )
+        .await;
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        send_ok(
+            &service,
+            with_header(request(Method::POST, "/api/data/v9.2/accounts"), key, "new"),
+        )
+        .await;
+
+        let report = fail_over(&pair, &service, &handle).await;
+        assert_eq!(report.window, Duration::from_millis(300));
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![entry(Method::POST, "/api/data/v9.2/accounts", Some("new"))]
+        );
+        assert!(report.unknown.is_empty());
+        assert_eq!(report.dropped, 0, "ageing out of the window is not dropping");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_ledger_keeps_the_newest_writes_up_to_its_capacity_and_counts_the_rest() {
+    within(10, async {
+        let requests = (0..12)
+            .map(|i| {
+                with_header(
+                    request(Method::POST, "/api/data/v9.2/accounts"),
+                    "idempotency-key",
+                    &format!("w-{i}"),
+                )
+            })
+            .collect();
+        let report = report_after(builder().ledger_capacity(5), requests).await;
+        assert_eq!(report.acknowledged.len(), 5);
+        assert_eq!(report.dropped, 7);
+        let keys: Vec<_> = report
+            .acknowledged
+            .iter()
+            .map(|r| r.key.clone().unwrap())
+            .collect();
+        assert_eq!(keys, ["w-7", "w-8", "w-9", "w-10", "w-11"], "the oldest go first");
+        assert!(report.unknown.is_empty());
+        assert!(report.to_string().contains("7 dropped"), "{report}");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn query_strings_are_left_out_unless_asked_for() {
+    within(10, async {
+        let path = "/api/data/v9.2/accounts?$select=name&token=secret";
+
+        let report = report_after(builder(), vec![request(Method::POST, path)]).await;
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![entry(Method::POST, "/api/data/v9.2/accounts", None)]
+        );
+        assert!(!format!("{report:?}").contains("secret"));
+
+        let report = report_after(builder().record_query(true), vec![request(Method::POST, path)]).await;
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![entry(Method::POST, path, None)]
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn keys_come_from_the_configured_header_or_a_write_key() {
+    within(10, async {
+        // Default: the Idempotency-Key header; a WriteKey when the header is absent.
+        let report = report_after(
+            builder(),
+            vec![
+                with_header(
+                    request(Method::POST, "/api/data/v9.2/accounts"),
+                    "idempotency-key",
+                    "idem-1",
+                ),
+                with_write_key(request(Method::POST, "/api/data/v9.2/contacts"), "app-2"),
+                with_write_key(
+                    with_header(
+                        request(Method::POST, "/api/data/v9.2/leads"),
+                        "idempotency-key",
+                        "idem-3",
+                    ),
+                    "app-3",
+                ),
+                request(Method::POST, "/api/data/v9.2/tasks"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![
+                entry(Method::POST, "/api/data/v9.2/accounts", Some("idem-1")),
+                entry(Method::POST, "/api/data/v9.2/contacts", Some("app-2")),
+                entry(Method::POST, "/api/data/v9.2/leads", Some("idem-3")),
+                entry(Method::POST, "/api/data/v9.2/tasks", None),
+            ]
+        );
+
+        // Another header; a WriteKey still fills in when it is absent.
+        let header = "x-ms-client-request-id";
+        let report = report_after(
+            builder().write_key_header(HeaderName::from_static("x-ms-client-request-id")),
+            vec![
+                with_header(
+                    request(Method::PATCH, "/api/data/v9.2/accounts(1)"),
+                    header,
+                    "req-1",
+                ),
+                with_write_key(request(Method::DELETE, "/api/data/v9.2/accounts(2)"), "app-2"),
+                with_write_key(
+                    with_header(
+                        request(Method::PUT, "/api/data/v9.2/accounts(3)/name"),
+                        header,
+                        "req-3",
+                    ),
+                    "app-3",
+                ),
+            ],
+        )
+        .await;
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![
+                entry(Method::PATCH, "/api/data/v9.2/accounts(1)", Some("req-1")),
+                entry(Method::DELETE, "/api/data/v9.2/accounts(2)", Some("app-2")),
+                entry(Method::PUT, "/api/data/v9.2/accounts(3)/name", Some("req-3")),
+            ]
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn no_report_when_turned_off() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let log = EventLog::new();
+        let layer = builder()
+            .data_loss_report(false)
+            .on_switched(log.recorder())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+        send_ok(&service, request(Method::POST, "/api/data/v9.2/accounts")).await;
+
+        pair.primary.set(Behavior::Status(503, ""));
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
+        assert_eq!(handle.active(), Side::Alternate);
+        assert_eq!(log.reports(), vec![None], "one Switched event, with no report");
+        assert!(handle.last_report().is_none());
+        assert!(handle.state().last_report.is_none());
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_write_that_timed_out_on_the_primary_is_reported_as_unknown() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let log = EventLog::new();
+        let layer = builder().on_switched(log.recorder()).build().unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .timeout(Duration::from_millis(200))
+            .service(pair.client::<TestBody>());
+
+        send_ok(&service, request(Method::PATCH, "/api/data/v9.2/accounts(1)")).await;
+
+        pair.primary.set(Behavior::Delay(Duration::from_secs(2)));
+        let error = match send(&service, request(Method::POST, "/api/data/v9.2/accounts")).await {
+            Ok(response) => panic!("expected a timeout, got {}", response.status()),
+            Err(error) => error,
+        };
+        assert_eq!(*error.kind(), FailoverErrorKind::Timeout);
+        assert!(error.possibly_applied());
+        assert_eq!(error.not_resent_because(), Some(NotResent::NotIdempotent));
+        assert_eq!(pair.alternate.count(), 0, "a POST without a key is not re-sent");
+        assert_eq!(handle.active(), Side::Alternate, "the timeout switched");
+
+        let reports = log.reports();
+        assert_eq!(reports.len(), 1);
+        let report = reports[0].clone().unwrap();
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![entry(Method::PATCH, "/api/data/v9.2/accounts(1)", None)]
+        );
+        assert_eq!(
+            summary(&report.unknown),
+            vec![entry(Method::POST, "/api/data/v9.2/accounts", None)]
+        );
+        assert_eq!(report.unknown[0].outcome, WriteOutcome::Unknown);
+        assert_eq!(report.unknown[0].side, Side::Primary);
+        assert!(Arc::ptr_eq(&handle.last_report().unwrap(), &report));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_write_that_never_reached_the_primary_is_not_at_risk() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let log = EventLog::new();
+        let layer = builder().on_switched(log.recorder()).build().unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        // Acknowledged, on a connection that is not kept for the next call.
+        let acknowledged = with_header(
+            request(Method::POST, "/api/data/v9.2/accounts"),
+            "connection",
+            "close",
+        );
+        send_ok(&service, with_header(acknowledged, "idempotency-key", "k-0")).await;
+
+        // The primary is gone: the next write is refused at connect, so it cannot have been
+        // applied there, and is sent to the alternate instead. (It is a POST with no
+        // Idempotency-Key: only a failure before sending lets it be re-sent.)
+        pair.primary.kill().await;
+        let body = send_ok(
+            &service,
+            with_write_key(request(Method::POST, "/api/data/v9.2/accounts"), "k-1"),
+        )
+        .await;
+        assert!(body.contains(ALTERNATE_HOST), "{body}");
+        assert_eq!(handle.active(), Side::Alternate);
+
+        let reports = log.reports();
+        assert_eq!(reports.len(), 1);
+        let report = reports[0].clone().unwrap();
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![entry(Method::POST, "/api/data/v9.2/accounts", Some("k-0"))]
+        );
+        assert_eq!(
+            summary(&report.unknown),
+            vec![],
+            "the write refused at connect never reached the primary"
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_policy_decides_what_counts_as_a_write() {
+    within(10, async {
+        let report = report_after(
+            builder()
+                // A query sent as a POST changes nothing.
+                .route(
+                    Method::POST,
+                    "/api/data/v9.2/$batch",
+                    RetryPolicy::by_method().write(false),
+                )
+                // A GET that runs an action does.
+                .route(
+                    Method::GET,
+                    "/api/data/v9.2/Run*",
+                    RetryPolicy::by_method().write(true),
+                ),
+            vec![
+                request(Method::POST, "/api/data/v9.2/$batch"),
+                request(Method::GET, "/api/data/v9.2/RunWorkflow"),
+                with_write_key(request(Method::GET, "/api/data/v9.2/accounts"), "a read"),
+                {
+                    let mut r = request(Method::DELETE, "/api/data/v9.2/accounts(1)");
+                    r.extensions_mut().insert(RetryPolicy::by_method().write(false));
+                    r
+                },
+                request(Method::DELETE, "/api/data/v9.2/accounts(2)"),
+            ],
+        )
+        .await;
+        assert_eq!(
+            summary(&report.acknowledged),
+            vec![
+                entry(Method::GET, "/api/data/v9.2/RunWorkflow", None),
+                entry(Method::DELETE, "/api/data/v9.2/accounts(2)", None),
+            ]
+        );
+        assert!(report.unknown.is_empty());
+    })
+    .await
+}

@@ -1,0 +1,949 @@
+//! Failback, health probing and planned maintenance, against real hyper servers on loopback
+//! reached through the real hyper-util client. Outages are made by killing the primary and
+//! ended by restarting it on the same port.
+
+mod support;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant, SystemTime};
+
+use bytes::Bytes;
+use http::{Method, StatusCode};
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::connect::HttpConnector;
+use support::*;
+use tokio::sync::broadcast;
+use tokio::sync::broadcast::error::TryRecvError;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_failover::{
+    DefaultClassifier, Endpoints, Failback, Failover, FailoverError, FailoverLayer, FailoverLayerBuilder,
+    ReplayBody, Side, SwitchCause, SwitchEvent,
+};
+
+type ReqBody = Full<Bytes>;
+type HttpClient = hyper_util::client::legacy::Client<HttpConnector<Resolver>, ReplayBody<ReqBody>>;
+type Svc = Failover<HttpClient, DefaultClassifier>;
+
+const INTERVAL: Duration = Duration::from_millis(50);
+const JITTER: u8 = 20;
+const MIN_TIME: Duration = Duration::from_millis(300);
+const HEALTHY: u32 = 3;
+const PROBE_TIMEOUT: Duration = Duration::from_millis(200);
+const HOLD: Duration = Duration::from_secs(1);
+const MAX_HOLD: Duration = Duration::from_secs(4);
+
+fn ms(millis: u64) -> Duration {
+    Duration::from_millis(millis)
+}
+
+/// The failback configuration most tests use: short enough for a test, the same shape as
+/// production.
+fn quick_failback() -> Failback {
+    Failback::new()
+        .interval(INTERVAL)
+        .jitter_percent(JITTER)
+        .min_time_on_alternate(MIN_TIME)
+        .healthy_probes(HEALTHY)
+        .probe_timeout(PROBE_TIMEOUT)
+        .hold(HOLD, MAX_HOLD)
+}
+
+fn endpoints() -> Endpoints {
+    Endpoints::dynamics(PRIMARY_URL).unwrap()
+}
+
+fn service(pair: &Pair, layer: FailoverLayer) -> Svc {
+    ServiceBuilder::new()
+        .layer(layer)
+        .service(pair.client::<ReplayBody<ReqBody>>())
+}
+
+/// One GET through the service: the status and the body text.
+async fn call(svc: &mut Svc, path: &str) -> Result<(StatusCode, String), FailoverError> {
+    let request = http::Request::get(format!("{PRIMARY_URL}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let response = svc.ready().await?.call(request).await?;
+    let status = response.status();
+    let body = response
+        .into_body()
+        .collect()
+        .await
+        .expect("response body")
+        .to_bytes();
+    Ok((status, String::from_utf8_lossy(&body).into_owned()))
+}
+
+/// Which test server wrote this body.
+fn served_by(body: &str) -> Option<Side> {
+    if body.contains(&format!(r#""server":"{PRIMARY_HOST}""#)) {
+        Some(Side::Primary)
+    } else if body.contains(&format!(r#""server":"{ALTERNATE_HOST}""#)) {
+        Some(Side::Alternate)
+    } else {
+        None
+    }
+}
+
+/// A call that must succeed; returns the side that answered it.
+async fn call_ok(svc: &mut Svc, path: &str) -> Side {
+    match call(svc, path).await {
+        Ok((StatusCode::OK, body)) => served_by(&body).unwrap_or_else(|| panic!("unknown server: {body}")),
+        Ok((status, body)) => panic!("call answered {status}: {body}"),
+        Err(error) => panic!("call failed: {error}"),
+    }
+}
+
+fn side_of(endpoint: &tower_failover::Endpoint) -> Side {
+    if endpoint.host() == PRIMARY_HOST {
+        Side::Primary
+    } else {
+        assert_eq!(endpoint.host(), ALTERNATE_HOST);
+        Side::Alternate
+    }
+}
+
+/// A short name for a cause, to compare sequences of them.
+fn label(cause: &SwitchCause) -> &'static str {
+    match cause {
+        SwitchCause::EndpointDown(_) => "EndpointDown",
+        SwitchCause::Manual => "Manual",
+        SwitchCause::Failback => "Failback",
+        SwitchCause::Planned => "Planned",
+        SwitchCause::StartupCheck => "StartupCheck",
+        _ => "other",
+    }
+}
+
+/// One switch as the callbacks saw it: why, where to, and when `Switched` was raised.
+#[derive(Clone, Debug)]
+struct Switch {
+    cause: SwitchCause,
+    to: Side,
+    at: Instant,
+    wall: SystemTime,
+}
+
+/// Every event in the order the layer raised it, stamped by the (synchronous) callbacks, so
+/// the times are those of the switches themselves, not of whoever reads them later.
+#[derive(Clone, Default)]
+struct Log(Arc<Mutex<Vec<(Instant, SystemTime, SwitchEvent)>>>);
+
+impl Log {
+    fn attach<C>(&self, builder: FailoverLayerBuilder<C>) -> FailoverLayerBuilder<C> {
+        let required = self.clone();
+        let switched = self.clone();
+        builder
+            .on_switch_required(move |event| required.push(event))
+            .on_switched(move |event| switched.push(event))
+    }
+
+    fn push(&self, event: &SwitchEvent) {
+        self.0
+            .lock()
+            .unwrap()
+            .push((Instant::now(), SystemTime::now(), event.clone()));
+    }
+
+    /// The switches made: each `SwitchRequired` must be followed by its `Switched`.
+    fn switches(&self) -> Vec<Switch> {
+        let events = self.0.lock().unwrap().clone();
+        let mut switches = Vec::new();
+        let mut pending: Option<SwitchCause> = None;
+        for (at, wall, event) in events {
+            match event {
+                SwitchEvent::SwitchRequired { cause, .. } => {
+                    assert!(pending.is_none(), "two SwitchRequired in a row");
+                    pending = Some(cause);
+                }
+                SwitchEvent::Switched { new, .. } => {
+                    let cause = pending.take().expect("Switched without SwitchRequired");
+                    switches.push(Switch {
+                        cause,
+                        to: side_of(&new),
+                        at,
+                        wall,
+                    });
+                }
+                other => panic!("unexpected event {other}"),
+            }
+        }
+        assert!(pending.is_none(), "SwitchRequired without Switched");
+        switches
+    }
+
+    fn labels(&self) -> Vec<(&'static str, Side)> {
+        self.switches().iter().map(|s| (label(&s.cause), s.to)).collect()
+    }
+}
+
+async fn next_event(events: &mut broadcast::Receiver<SwitchEvent>) -> SwitchEvent {
+    tokio::time::timeout(Duration::from_secs(5), events.recv())
+        .await
+        .expect("no event within 5 s")
+        .expect("event stream")
+}
+
+/// Reads one `SwitchRequired` and its `Switched` from the stream; returns the cause.
+async fn next_switch(events: &mut broadcast::Receiver<SwitchEvent>, to: Side) -> SwitchCause {
+    let cause = match next_event(events).await {
+        SwitchEvent::SwitchRequired { previous, new, cause } => {
+            assert_eq!(side_of(&previous), to.other());
+            assert_eq!(side_of(&new), to);
+            cause
+        }
+        other => panic!("expected SwitchRequired, got {other}"),
+    };
+    match next_event(events).await {
+        SwitchEvent::Switched { previous, new, .. } => {
+            assert_eq!(side_of(&previous), to.other());
+            assert_eq!(side_of(&new), to);
+        }
+        other => panic!("expected Switched, got {other}"),
+    }
+    cause
+}
+
+fn assert_no_event(events: &mut broadcast::Receiver<SwitchEvent>) {
+    match events.try_recv() {
+        Err(TryRecvError::Empty) => {}
+        Ok(event) => panic!("unexpected event: {event}"),
+        Err(error) => panic!("event stream: {error}"),
+    }
+}
+
+/// Polls `check` every 5 ms until it holds; fails after `limit`.
+async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + limit;
+    while !check() {
+        assert!(
+            Instant::now() < deadline,
+            "gave up after {limit:?} waiting for {what}"
+        );
+        tokio::time::sleep(ms(5)).await;
+    }
+}
+
+const API: &str = "/api/data/v9.2/accounts";
+
+/// The primary comes back at once, so the healthy probes pile up long before the minimum time
+/// on the alternate: failback waits for the time, then happens by itself.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_waits_for_min_time_on_alternate_and_healthy_probes() {
+    within(15, async {
+        let mut pair = Pair::start().await;
+        let log = Log::default();
+        let layer = log
+            .attach(FailoverLayer::builder(endpoints()).failback(quick_failback()))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let mut svc = service(&pair, layer);
+
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        assert!(!handle.probing(), "nothing to probe while on the primary");
+
+        pair.primary.kill().await;
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        assert_eq!(handle.active(), Side::Alternate);
+        assert!(handle.probing(), "a switch to the alternate starts the probes");
+
+        pair.restart_primary().await;
+        let restarted = Instant::now();
+
+        // Watch the count of healthy probes while waiting; make no calls, so whatever the
+        // restarted primary receives is a probe.
+        let mut most_healthy = 0;
+        wait_for("the failback", Duration::from_secs(5), || {
+            let state = handle.state();
+            if state.active == Side::Alternate {
+                most_healthy = most_healthy.max(state.healthy_probes);
+            }
+            state.active == Side::Primary
+        })
+        .await;
+
+        let switches = log.switches();
+        assert_eq!(
+            log.labels(),
+            [("EndpointDown", Side::Alternate), ("Failback", Side::Primary)]
+        );
+        let on_alternate = switches[1].at - switches[0].at;
+        let probes = pair.primary.seen();
+        eprintln!(
+            "switch -> restart {:?}, on the alternate {on_alternate:?} (min {MIN_TIME:?}), \
+             {} probes reached the primary, most healthy in a row seen {most_healthy}",
+            restarted - switches[0].at,
+            probes.len()
+        );
+        assert!(
+            on_alternate >= MIN_TIME,
+            "failed back after {on_alternate:?}, before the minimum {MIN_TIME:?}"
+        );
+        assert!(
+            on_alternate < MIN_TIME + Duration::from_secs(1),
+            "failback took {on_alternate:?}"
+        );
+        assert!(probes.len() >= HEALTHY as usize, "only {} probes", probes.len());
+        for probe in &probes {
+            assert_eq!((&probe.method, probe.path.as_str()), (&Method::GET, "/"));
+            assert_eq!(probe.host.as_deref(), Some(PRIMARY_HOST));
+        }
+        // The count was observable and reached N well before the minimum time was over: the
+        // time, not the probes, held the failback back.
+        assert!(
+            most_healthy >= HEALTHY,
+            "healthy_probes peaked at {most_healthy}, expected >= {HEALTHY}"
+        );
+
+        // The broadcast stream says the same, in order.
+        assert!(matches!(
+            next_switch(&mut events, Side::Alternate).await,
+            SwitchCause::EndpointDown(_)
+        ));
+        assert_eq!(
+            next_switch(&mut events, Side::Primary).await,
+            SwitchCause::Failback
+        );
+        assert_no_event(&mut events);
+
+        let state = handle.state();
+        assert_eq!(state.healthy_probes, 0);
+        assert_eq!(state.cause, Some(SwitchCause::Failback));
+        assert_eq!(state.generation, 2);
+        wait_for("the probe task to stop", ms(500), || !handle.probing()).await;
+
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        assert_eq!(pair.primary.count(), probes.len() + 1);
+        assert_eq!(handle.generation(), 2);
+        assert_eq!(handle.state().healthy_probes, 0);
+    })
+    .await
+}
+
+/// The primary comes back only after the minimum time is over: failback then needs exactly N
+/// healthy probes of the restarted primary, spaced by the interval.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failback_needs_n_healthy_probes_in_a_row() {
+    within(15, async {
+        let mut pair = Pair::start().await;
+        let log = Log::default();
+        let layer = log
+            .attach(FailoverLayer::builder(endpoints()).failback(quick_failback()))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = service(&pair, layer);
+
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        pair.primary.kill().await;
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        let switched = log.switches()[0].at;
+
+        // Down for well past the minimum time: every probe fails, nothing moves.
+        let down_until = switched + MIN_TIME + ms(200);
+        while Instant::now() < down_until {
+            let state = handle.state();
+            assert_eq!(state.active, Side::Alternate);
+            assert_eq!(state.healthy_probes, 0, "a refused probe counted as healthy");
+            tokio::time::sleep(ms(5)).await;
+        }
+
+        pair.restart_primary().await;
+        let restarted = Instant::now();
+        wait_for("the failback", Duration::from_secs(3), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+
+        let switches = log.switches();
+        assert_eq!(
+            log.labels(),
+            [("EndpointDown", Side::Alternate), ("Failback", Side::Primary)]
+        );
+        let after_restart = switches[1].at - restarted;
+        // N probes, the first possibly at once, the others at least one interval (less the
+        // jitter) apart.
+        let least = INTERVAL * (HEALTHY - 1) * (100 - u32::from(JITTER)) / 100;
+        let probes = pair.primary.count();
+        eprintln!(
+            "failback {after_restart:?} after the restart (least {least:?}), {probes} probes of the restarted primary"
+        );
+        assert!(after_restart >= least, "failed back {after_restart:?} after the restart");
+        assert_eq!(probes, HEALTHY as usize, "the failback came on the N-th healthy probe");
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+    })
+    .await
+}
+
+/// A primary that answers 503 to every other probe never gives N healthy probes in a row:
+/// each failed probe resets the count, and there is no failback until it is really healthy.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failed_probe_resets_the_count() {
+    within(15, async {
+        let mut pair = Pair::start().await;
+        let log = Log::default();
+        let layer = log
+            .attach(FailoverLayer::builder(endpoints()).failback(quick_failback()))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = service(&pair, layer);
+
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        pair.primary.kill().await;
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        pair.restart_primary().await;
+        pair.primary.set(alternating_unavailable());
+
+        let flaky_since = Instant::now();
+        let mut most_healthy = 0;
+        let mut seen_healthy = Vec::new();
+        while flaky_since.elapsed() < ms(1500) {
+            let state = handle.state();
+            assert_eq!(
+                state.active,
+                Side::Alternate,
+                "failed back to a half-healthy primary"
+            );
+            if seen_healthy.last() != Some(&state.healthy_probes) {
+                seen_healthy.push(state.healthy_probes);
+            }
+            most_healthy = most_healthy.max(state.healthy_probes);
+            tokio::time::sleep(ms(5)).await;
+        }
+        let probes = pair.primary.count();
+        eprintln!(
+            "{probes} probes in 1.5 s against the half-healthy primary, healthy count went {seen_healthy:?}"
+        );
+        assert_eq!(handle.generation(), 1);
+        assert!(probes >= 15, "only {probes} probes in 1.5 s");
+        // Healthy probes were counted, and every failed one set the count back to zero.
+        assert_eq!(most_healthy, 1, "healthy_probes reached {most_healthy}");
+        assert!(seen_healthy.windows(2).any(|w| w == [1, 0]), "{seen_healthy:?}");
+
+        // Once it is really healthy the failback follows.
+        pair.primary.set(Behavior::Ok);
+        let healthy_since = Instant::now();
+        wait_for("the failback", Duration::from_secs(3), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+        eprintln!(
+            "failback {:?} after the primary turned healthy",
+            healthy_since.elapsed()
+        );
+        assert_eq!(
+            log.labels(),
+            [("EndpointDown", Side::Alternate), ("Failback", Side::Primary)]
+        );
+    })
+    .await
+}
+
+/// The most failbacks flap damping allows in `span`: one at once, then one per hold, the hold
+/// doubling up to `max_hold`.
+fn most_failbacks(span: Duration, hold: Duration, max_hold: Duration) -> u64 {
+    let mut at = Duration::ZERO;
+    let mut hold = hold;
+    let mut count = 1;
+    while at + hold <= span {
+        at += hold;
+        count += 1;
+        hold = (hold * 2).min(max_hold);
+    }
+    count
+}
+
+/// A primary that comes and goes every 200 ms, under steady traffic, makes a bounded number of
+/// switches: at most one failback per hold, and the hold doubles after every failed return.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn flap_damping_bounds_the_switches() {
+    within(20, async {
+        let mut pair = Pair::start().await;
+        let log = Log::default();
+        let failback = Failback::new()
+            .interval(ms(30))
+            .jitter_percent(JITTER)
+            .min_time_on_alternate(ms(100))
+            .healthy_probes(2)
+            .probe_timeout(PROBE_TIMEOUT)
+            .hold(HOLD, MAX_HOLD);
+        let layer = log
+            .attach(FailoverLayer::builder(endpoints()).failback(failback))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = service(&pair, layer);
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = tokio::spawn({
+            let stop = stop.clone();
+            let mut svc = svc.clone();
+            async move {
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(Ordering::Relaxed) {
+                    match call(&mut svc, API).await {
+                        Ok((StatusCode::OK, _)) => ok += 1,
+                        _ => failed += 1,
+                    }
+                    tokio::time::sleep(ms(20)).await;
+                }
+                (ok, failed)
+            }
+        });
+
+        let began = Instant::now();
+        let mut next = began;
+        let mut flaps = 0;
+        while began.elapsed() < Duration::from_secs(5) {
+            pair.primary.kill().await;
+            next += ms(200);
+            tokio::time::sleep_until(next.into()).await;
+            pair.restart_primary().await;
+            next += ms(200);
+            tokio::time::sleep_until(next.into()).await;
+            flaps += 1;
+        }
+        let generation = handle.generation();
+        let span = began.elapsed();
+        stop.store(true, Ordering::Relaxed);
+        let (ok, failed) = traffic.await.unwrap();
+
+        let switches: Vec<Switch> = log
+            .switches()
+            .into_iter()
+            .filter(|s| s.at <= began + span)
+            .collect();
+        let failbacks: Vec<Instant> = switches
+            .iter()
+            .filter(|s| s.cause == SwitchCause::Failback)
+            .map(|s| s.at)
+            .collect();
+        let allowed_failbacks = most_failbacks(span, HOLD, MAX_HOLD);
+        let bound = 2 * allowed_failbacks + 1;
+        let offsets: Vec<Duration> = failbacks.iter().map(|at| *at - began).collect();
+        eprintln!(
+            "{flaps} flaps in {span:?}: {generation} switches (bound {bound}), failbacks at {offsets:?} \
+             (at most {allowed_failbacks}); traffic {ok} ok, {failed} failed; switches {:?}",
+            log.labels()
+        );
+
+        assert!(generation <= bound, "{generation} switches, more than {bound}");
+        assert!(failbacks.len() as u64 <= allowed_failbacks);
+        assert!(
+            !failbacks.is_empty(),
+            "the primary was up half the time and never got a failback"
+        );
+        assert_eq!(switches.len() as u64, generation);
+        for switch in &switches {
+            match label(&switch.cause) {
+                "EndpointDown" => assert_eq!(switch.to, Side::Alternate),
+                "Failback" => assert_eq!(switch.to, Side::Primary),
+                other => panic!("unexpected switch cause {other}"),
+            }
+        }
+        // Each failback waited out the hold in force, and the hold doubled every time the
+        // primary failed again within it.
+        let mut hold = HOLD;
+        for pair_of in failbacks.windows(2) {
+            let (previous, next) = (pair_of[0], pair_of[1]);
+            let failed_again = switches
+                .iter()
+                .any(|s| label(&s.cause) == "EndpointDown" && s.at > previous && s.at - previous < hold);
+            if failed_again {
+                hold = (hold * 2).min(MAX_HOLD);
+            }
+            assert!(
+                next - previous >= hold,
+                "failbacks {:?} apart, the hold was {hold:?}",
+                next - previous
+            );
+        }
+    })
+    .await
+}
+
+/// `fail_back()` and `switch_to()` switch by hand with cause Manual; asking for the side already
+/// active does nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn manual_switches_raise_manual_events() {
+    within(10, async {
+        let pair = Pair::start().await;
+        // Failback on, but with a minimum time no test waits out: only manual switches here.
+        let failback = quick_failback().min_time_on_alternate(Duration::from_secs(60));
+        let layer = FailoverLayer::builder(endpoints())
+            .failback(failback)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let mut svc = service(&pair, layer);
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+
+        assert_eq!(handle.switch_to(Side::Primary), Side::Primary);
+        assert_no_event(&mut events);
+        assert_eq!(handle.fail_back(), Side::Primary);
+        assert_no_event(&mut events);
+        assert_eq!(handle.generation(), 0);
+
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        assert_eq!(
+            next_switch(&mut events, Side::Alternate).await,
+            SwitchCause::Manual
+        );
+        assert_eq!(handle.state().cause, Some(SwitchCause::Manual));
+        assert!(
+            handle.probing(),
+            "a manual switch to the alternate starts the probes too"
+        );
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        assert_no_event(&mut events);
+        assert_eq!(handle.generation(), 1);
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+
+        assert_eq!(handle.fail_back(), Side::Primary);
+        assert_eq!(next_switch(&mut events, Side::Primary).await, SwitchCause::Manual);
+        assert_eq!(handle.fail_back(), Side::Primary);
+        assert_eq!(handle.switch_to(Side::Primary), Side::Primary);
+        assert_no_event(&mut events);
+        let state = handle.state();
+        assert_eq!((state.active, state.generation), (Side::Primary, 2));
+        assert_eq!(state.cause, Some(SwitchCause::Manual));
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        wait_for("the probe task to stop", ms(500), || !handle.probing()).await;
+        assert_no_event(&mut events);
+    })
+    .await
+}
+
+/// One call of the steady traffic: when it began and ended, and who answered.
+struct Traced {
+    began: Instant,
+    ended: Instant,
+    result: Result<Side, String>,
+}
+
+/// A planned window: calls move to the alternate before it starts, none fails, a call in
+/// flight on the primary finishes there, and they come back only after it ends.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn maintenance_window_moves_calls_without_errors() {
+    within(15, async {
+        let mut pair = Pair::start().await;
+        let log = Log::default();
+        let failback = Failback::new()
+            .interval(INTERVAL)
+            .jitter_percent(JITTER)
+            .min_time_on_alternate(MIN_TIME)
+            .healthy_probes(2)
+            .probe_timeout(PROBE_TIMEOUT)
+            .hold(HOLD, MAX_HOLD);
+        let layer = log
+            .attach(FailoverLayer::builder(endpoints()).failback(failback))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = service(&pair, layer);
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+
+        let stop = Arc::new(AtomicBool::new(false));
+        let traffic = tokio::spawn({
+            let stop = stop.clone();
+            let mut svc = svc.clone();
+            async move {
+                let mut traced = Vec::new();
+                while !stop.load(Ordering::Relaxed) {
+                    let began = Instant::now();
+                    let result = match call(&mut svc, API).await {
+                        Ok((StatusCode::OK, body)) => served_by(&body).ok_or(body),
+                        Ok((status, body)) => Err(format!("{status}: {body}")),
+                        Err(error) => Err(error.to_string()),
+                    };
+                    traced.push(Traced {
+                        began,
+                        ended: Instant::now(),
+                        result,
+                    });
+                    tokio::time::sleep(ms(20)).await;
+                }
+                traced
+            }
+        });
+        tokio::time::sleep(ms(100)).await;
+
+        let t0 = Instant::now();
+        let now = SystemTime::now();
+        let (start, end, lead) = (now + ms(600), now + ms(1200), ms(200));
+        handle.schedule_maintenance_with_lead(start, end, lead).unwrap();
+
+        // A slow call starts on the primary just before the switch.
+        tokio::time::sleep_until((t0 + ms(340)).into()).await;
+        assert_eq!(handle.active(), Side::Primary, "moved before start - lead");
+        pair.primary.set(Behavior::Delay(ms(300)));
+        let slow = tokio::spawn({
+            let mut svc = svc.clone();
+            async move {
+                let result = call(&mut svc, "/api/data/v9.2/slow").await;
+                (result, Instant::now())
+            }
+        });
+        wait_for("the slow call to reach the primary", Duration::from_secs(1), || {
+            pair.primary.seen().iter().any(|s| s.path == "/api/data/v9.2/slow")
+        })
+        .await;
+        pair.primary.set(Behavior::Ok);
+
+        // The maintenance itself: the primary is gone inside the window and back (healthy)
+        // before its end, which must not bring calls back early.
+        tokio::time::sleep_until((t0 + ms(800)).into()).await;
+        pair.primary.kill().await;
+        tokio::time::sleep_until((t0 + ms(1000)).into()).await;
+        pair.restart_primary().await;
+
+        wait_for("the return to the primary", Duration::from_secs(3), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+        tokio::time::sleep(ms(200)).await;
+        stop.store(true, Ordering::Relaxed);
+        let traced = traffic.await.unwrap();
+        let (slow_result, slow_ended) = slow.await.unwrap();
+
+        let switches = log.switches();
+        assert_eq!(
+            log.labels(),
+            [("Planned", Side::Alternate), ("Planned", Side::Primary)],
+            "the window's switches"
+        );
+        let (away, back) = (&switches[0], &switches[1]);
+        let since = |wall: SystemTime| wall.duration_since(now).unwrap_or_default();
+        eprintln!(
+            "schedule at 0: moved at {:?} (start - lead = {:?}, start = {:?}), back at {:?} (end = {:?}); {} calls",
+            since(away.wall),
+            since(start - lead),
+            since(start),
+            since(back.wall),
+            since(end),
+            traced.len()
+        );
+        // Timers never fire early; allow a few ms for the wall clock against the monotonic one.
+        assert!(away.wall + ms(5) >= start - lead, "moved too early");
+        assert!(away.wall < start, "moved only after the window began");
+        assert!(back.wall >= end, "came back before the window ended");
+
+        let failed: Vec<&String> = traced.iter().filter_map(|t| t.result.as_ref().err()).collect();
+        assert!(failed.is_empty(), "{} calls failed: {failed:?}", failed.len());
+        for t in &traced {
+            let side = *t.result.as_ref().unwrap();
+            if t.began > away.at && t.ended < back.at {
+                assert_eq!(side, Side::Alternate, "a call inside the window went to the primary");
+            }
+            if t.began > back.at {
+                assert_eq!(side, Side::Primary, "a call after the window went to the alternate");
+            }
+        }
+        assert!(
+            traced.iter().any(|t| t.began > away.at && t.ended < back.at),
+            "no traffic inside the window"
+        );
+        assert!(traced.iter().any(|t| t.began > back.at), "no traffic after the window");
+
+        // The slow call was in flight on the primary across the switch and finished there.
+        match slow_result {
+            Ok((StatusCode::OK, body)) => assert_eq!(served_by(&body), Some(Side::Primary), "{body}"),
+            other => panic!("the slow call: {other:?}"),
+        }
+        assert!(slow_ended > away.at, "the slow call ended before the switch");
+    })
+    .await
+}
+
+/// With the primary down at start-up, the check starts on the alternate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_check_starts_on_alternate_when_primary_is_down() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.kill().await;
+        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let mut svc = service(&pair, layer);
+
+        assert_eq!(svc.check_startup::<ReqBody, _>().await, Side::Alternate);
+        assert_eq!(
+            next_switch(&mut events, Side::Alternate).await,
+            SwitchCause::StartupCheck
+        );
+        assert_no_event(&mut events);
+        let state = handle.state();
+        assert_eq!(state.active, Side::Alternate);
+        assert_eq!(state.cause, Some(SwitchCause::StartupCheck));
+        assert_eq!(state.generation, 1);
+        // The alternate was probed (GET /) before the switch.
+        let probed: Vec<_> = pair
+            .alternate
+            .seen()
+            .iter()
+            .map(|s| (s.method.clone(), s.path.clone()))
+            .collect();
+        assert_eq!(probed, [(Method::GET, "/".to_string())]);
+
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        assert_eq!(handle.generation(), 1);
+        assert_no_event(&mut events);
+    })
+    .await
+}
+
+/// With the primary up, the check stays on the primary and says nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_check_stays_on_healthy_primary() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let mut svc = service(&pair, layer);
+
+        assert_eq!(svc.check_startup::<ReqBody, _>().await, Side::Primary);
+        assert_no_event(&mut events);
+        assert_eq!(handle.generation(), 0);
+        assert_eq!(handle.state().cause, None);
+        assert_eq!(pair.primary.count(), 1, "one probe of the primary");
+        assert_eq!(pair.alternate.count(), 0, "no need to probe the alternate");
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+    })
+    .await
+}
+
+/// With both down, there is nowhere better to go: the check stays on the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn startup_check_stays_on_primary_when_both_are_down() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.kill().await;
+        pair.alternate.kill().await;
+        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let svc = service(&pair, layer);
+
+        assert_eq!(svc.check_startup::<ReqBody, _>().await, Side::Primary);
+        assert_no_event(&mut events);
+        assert_eq!(handle.generation(), 0);
+        assert_eq!(handle.active(), Side::Primary);
+    })
+    .await
+}
+
+/// Dropping the layer, every handle and every service ends the probe task, even while the
+/// primary is down and the task would probe forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_everything_stops_the_probe_task() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.kill().await;
+        let metrics = tokio::runtime::Handle::current().metrics();
+        // Only the alternate's accept loop runs now; no client, no probe task yet.
+        let baseline = metrics.num_alive_tasks();
+
+        let layer = FailoverLayer::builder(endpoints())
+            .failback(quick_failback())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = service(&pair, layer.clone());
+        let mut other = svc.clone();
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        assert!(handle.probing());
+        // Let it run a few failing probes; it keeps going.
+        tokio::time::sleep(ms(200)).await;
+        assert!(handle.probing());
+        assert_eq!(handle.active(), Side::Alternate);
+        assert_eq!(call_ok(&mut other, API).await, Side::Alternate);
+
+        let mut state = handle.subscribe();
+        state.borrow_and_update();
+        let running = metrics.num_alive_tasks();
+
+        drop((svc, other, layer, handle));
+        let dropped = Instant::now();
+        // The state's sender lives in the shared state: the receiver sees it closed once
+        // nothing holds the state any more (the probe task included).
+        let closed = tokio::time::timeout(Duration::from_secs(1), async {
+            while state.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(
+            closed.is_ok(),
+            "the shared state outlived every layer, service and handle"
+        );
+        let state_gone = dropped.elapsed();
+
+        // And no task is left behind: back to the alternate's accept loop alone.
+        let mut left = metrics.num_alive_tasks();
+        while left > baseline && dropped.elapsed() < Duration::from_secs(1) {
+            tokio::time::sleep(ms(10)).await;
+            left = metrics.num_alive_tasks();
+        }
+        eprintln!(
+            "alive tasks: {baseline} before, {running} while probing, {left} {:?} after the drop \
+             (state gone after {state_gone:?})",
+            dropped.elapsed()
+        );
+        assert!(running > baseline);
+        assert!(left <= baseline, "{} tasks left behind", left - baseline);
+    })
+    .await
+}
+
+/// The state after a failover says where calls go, why, since when, and how many switches.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn endpoint_state_after_a_failover() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
+        let handle = layer.handle();
+        let mut watch = handle.subscribe();
+        let mut svc = service(&pair, layer);
+
+        let state = handle.state();
+        assert_eq!(
+            (state.active, state.generation, state.cause),
+            (Side::Primary, 0, None)
+        );
+        assert_eq!(state.endpoint.host(), PRIMARY_HOST);
+        assert!(state.last_event.is_none());
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+
+        pair.primary.kill().await;
+        let before = SystemTime::now();
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        let after = SystemTime::now();
+
+        let state = handle.state();
+        assert_eq!(state.active, Side::Alternate);
+        assert_eq!(state.endpoint.host(), ALTERNATE_HOST);
+        assert_eq!(state.generation, 1);
+        assert!(
+            matches!(state.cause, Some(SwitchCause::EndpointDown(_))),
+            "cause {:?}",
+            state.cause
+        );
+        assert!(
+            state.since >= before && state.since <= after,
+            "since is not the time of the switch"
+        );
+        assert_eq!(state.healthy_probes, 0);
+        assert!(matches!(state.last_event, Some(SwitchEvent::Switched { .. })));
+
+        assert!(watch.has_changed().unwrap());
+        let seen = watch.borrow_and_update().clone();
+        assert_eq!((seen.active, seen.generation), (Side::Alternate, 1));
+        assert_eq!(seen.since, state.since);
+    })
+    .await
+}

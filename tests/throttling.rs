@@ -1,0 +1,507 @@
+//! Throttling: 429, 503 with `Retry-After` and the service-protection codes are retried on the
+//! same endpoint after the server's delay, never switched; the policy's limits and deadline
+//! and the throttling budget bound those retries, and the counters tell what happened.
+
+mod support;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::Method;
+use support::*;
+use tower::ServiceBuilder;
+use tower_failover::{
+    Endpoints, FailoverErrorKind, FailoverLayer, FailoverLayerBuilder, RetryBudget, RetryPolicy, Side,
+};
+
+fn builder() -> FailoverLayerBuilder {
+    FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+}
+
+fn too_many_requests(
+    retry_after: &'static str,
+) -> impl Fn() -> http::Response<http_body_util::Full<bytes::Bytes>> {
+    move || reply(429, &[("retry-after", retry_after)], "")
+}
+
+/// A server that always answers 429 with this `Retry-After`.
+fn always_429(retry_after: &'static str) -> Behavior {
+    custom(move |_| async move { reply(429, &[("retry-after", retry_after)], "") })
+}
+
+#[tokio::test]
+async fn a_429_is_retried_on_the_same_host_after_retry_after() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let (behavior, answered) = first_n_then_ok(1, too_many_requests("1"));
+        pair.primary.set(behavior);
+        let log = EventLog::new();
+        let layer = builder()
+            .on_switch_required(log.recorder())
+            .on_switched(log.recorder())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let started = Instant::now();
+        let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), 200, "the second answer is returned");
+        assert_eq!(text(response).await, r#"{"ok":true}"#);
+        assert!(
+            elapsed >= Duration::from_millis(900),
+            "waited for Retry-After: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(3),
+            "waited about a second: {elapsed:?}"
+        );
+
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+        assert_eq!(pair.primary.count(), 2);
+        assert_eq!(pair.alternate.count(), 0);
+        assert!(pair
+            .primary
+            .seen()
+            .iter()
+            .all(|s| s.host.as_deref() == Some(PRIMARY_HOST)));
+        assert_eq!(handle.active(), Side::Primary);
+        assert!(log.all().is_empty(), "throttling never switches");
+        assert!(events.try_recv().is_err(), "no event");
+
+        let counters = handle.counters();
+        assert_eq!(counters.calls, 1);
+        assert_eq!(counters.throttled, 1);
+        assert_eq!(counters.throttle_retries, 1);
+        assert_eq!(counters.switches, 0);
+        assert_eq!(counters.failover_resends, 0);
+        assert_eq!(counters.refused_by_budget, 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn an_http_date_retry_after_is_waited_for() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let (behavior, answered) = first_n_then_ok(1, || {
+            let date = httpdate::fmt_http_date(SystemTime::now() + Duration::from_secs(2));
+            reply(429, &[("retry-after", &date)], "")
+        });
+        pair.primary.set(behavior);
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let started = Instant::now();
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        let elapsed = started.elapsed();
+        // The date has whole seconds: two seconds from now, rounded down, is 1 to 2 s away.
+        assert!(
+            elapsed >= Duration::from_millis(900),
+            "waited for the date: {elapsed:?}"
+        );
+        assert!(elapsed < Duration::from_secs(3), "{elapsed:?}");
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+        assert_eq!(pair.alternate.count(), 0);
+        assert_eq!(handle.counters().throttle_retries, 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_retry_after_beyond_the_policy_maximum_is_handed_straight_back() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let layer = builder()
+            .route(
+                Method::GET,
+                "/api/short*",
+                RetryPolicy::by_method().max_throttle_delay(Duration::from_secs(1)),
+            )
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        // Longer than the default maximum of 60 s.
+        pair.primary.set(always_429("120"));
+        let started = Instant::now();
+        let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 429);
+        assert_eq!(
+            response.headers()["retry-after"],
+            "120",
+            "the server's answer, as it was"
+        );
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(pair.primary.count(), 1);
+
+        // Longer than a route's maximum of 1 s.
+        pair.primary.set(always_429("2"));
+        let started = Instant::now();
+        let response = send(&service, request(Method::GET, "/api/short/1"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 429);
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(pair.primary.count(), 2);
+
+        let counters = handle.counters();
+        assert_eq!(counters.throttled, 2);
+        assert_eq!(counters.throttle_retries, 0);
+        assert_eq!(handle.active(), Side::Primary);
+        assert_eq!(pair.alternate.count(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_deadline_stops_a_throttling_wait_that_would_pass_it() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(always_429("2"));
+        let layer = builder()
+            .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(500)))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let started = Instant::now();
+        let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
+            .await
+            .unwrap();
+        let elapsed = started.elapsed();
+        assert_eq!(response.status(), 429, "the throttling answer is handed back");
+        assert!(
+            elapsed < Duration::from_millis(500),
+            "handed back at once: {elapsed:?}"
+        );
+        assert_eq!(pair.primary.count(), 1, "no retry");
+        let counters = handle.counters();
+        assert_eq!(counters.throttle_retries, 0);
+        assert_eq!(counters.deadline_exceeded, 0, "the call ended with an answer");
+    })
+    .await
+}
+
+#[tokio::test]
+async fn the_deadline_stops_an_attempt_in_flight() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(Behavior::Delay(Duration::from_secs(3)));
+        let layer = builder()
+            .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(300)))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let started = Instant::now();
+        let result = send(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        let elapsed = started.elapsed();
+        let error = match result {
+            Ok(response) => panic!("expected the deadline, got {}", response.status()),
+            Err(error) => error,
+        };
+        assert_eq!(*error.kind(), FailoverErrorKind::DeadlineExceeded, "{error}");
+        assert!(error.possibly_applied(), "the attempt was in flight");
+        assert!(
+            elapsed >= Duration::from_millis(290),
+            "not before the deadline: {elapsed:?}"
+        );
+        assert!(
+            elapsed < Duration::from_secs(1),
+            "soon after the deadline: {elapsed:?}"
+        );
+
+        let counters = handle.counters();
+        assert_eq!(counters.deadline_exceeded, 1);
+        assert_eq!(handle.active(), Side::Primary, "a deadline is not an outage");
+        assert_eq!(pair.alternate.count(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn service_protection_codes_in_hex_and_decimal_are_throttling() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let log = EventLog::new();
+        let layer = builder()
+            .throttle_budget(RetryBudget::unlimited())
+            .on_switch_required(log.recorder())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let cases: [(u16, &str); 6] = [
+            (500, r#""0x80072322""#),
+            (500, r#""-2147015902""#),
+            (400, r#""0x80072322""#),
+            (400, r#""-2147015902""#),
+            (500, "-2147015902"),
+            (400, r#""0x80072326""#),
+        ];
+        for (status, code) in cases {
+            let body =
+                format!(r#"{{"error":{{"code":{code},"message":"Number of requests exceeded the limit"}}}}"#);
+            let (behavior, answered) =
+                first_n_then_ok(1, move || reply(status, &[("retry-after", "0")], &body));
+            pair.primary.set(behavior);
+            let before = pair.primary.count();
+            let answer = send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+            assert_eq!(answer, r#"{"ok":true}"#, "{status} with code {code}");
+            assert_eq!(
+                answered.load(Ordering::SeqCst),
+                2,
+                "{status} with code {code}: retried once"
+            );
+            assert_eq!(pair.primary.count(), before + 2);
+        }
+        assert_eq!(pair.alternate.count(), 0);
+        assert_eq!(handle.active(), Side::Primary);
+        assert!(log.all().is_empty(), "no switch");
+        assert_eq!(handle.counters().throttled, cases.len() as u64);
+        assert_eq!(handle.counters().throttle_retries, cases.len() as u64);
+
+        // The control: another code is an ordinary failure, handed back and not retried.
+        pair.primary.set(Behavior::Status(
+            500,
+            r#"{"error":{"code":"0x80040217","message":"Record not found"}}"#,
+        ));
+        let before = pair.primary.count();
+        let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 500);
+        assert!(
+            text(response).await.contains("0x80040217"),
+            "the body is handed back intact"
+        );
+        assert_eq!(pair.primary.count(), before + 1);
+        assert_eq!(handle.active(), Side::Primary);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_503_with_retry_after_is_throttling_and_without_it_failover() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let log = EventLog::new();
+        let layer = builder()
+            .on_switch_required(log.recorder())
+            .on_switched(log.recorder())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let (behavior, answered) = first_n_then_ok(1, || reply(503, &[("retry-after", "0")], ""));
+        pair.primary.set(behavior);
+        let body = send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        assert_eq!(body, r#"{"ok":true}"#, "answered by the primary, retried");
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+        assert_eq!(pair.alternate.count(), 0);
+        assert_eq!(handle.active(), Side::Primary);
+        assert!(log.all().is_empty());
+
+        pair.primary.set(Behavior::Status(503, ""));
+        let body = send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        assert!(body.contains(ALTERNATE_HOST), "failed over: {body}");
+        assert_eq!(handle.active(), Side::Alternate);
+        let names: Vec<_> = log.all().iter().map(|e| e.name()).collect();
+        assert_eq!(names, ["SwitchRequired", "Switched"]);
+        let counters = handle.counters();
+        assert_eq!(counters.throttled, 1);
+        assert_eq!(counters.throttle_retries, 1);
+        assert_eq!(counters.switches, 1);
+        assert_eq!(counters.failover_resends, 1);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn throttling_retries_are_limited_by_the_policy_and_replay_the_body() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(always_429("0"));
+        let layer = builder()
+            .throttle_budget(RetryBudget::unlimited())
+            .default_policy(RetryPolicy::by_method().throttle_retries(2))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
+            .await
+            .unwrap();
+        assert_eq!(
+            response.status(),
+            429,
+            "the last answer once the retries are used up"
+        );
+        assert_eq!(pair.primary.count(), 3, "one call and two retries");
+
+        // `never` makes no throttling retry either.
+        let mut never = request(Method::GET, "/api/data/v9.2/accounts");
+        never.extensions_mut().insert(RetryPolicy::never());
+        let response = send(&service, never).await.unwrap();
+        assert_eq!(response.status(), 429);
+        assert_eq!(pair.primary.count(), 4);
+
+        // A throttled POST (not idempotent: a 429 means it was not processed) is retried with
+        // the same body.
+        let (behavior, answered) = first_n_then_ok(2, too_many_requests("0"));
+        pair.primary.set(behavior);
+        send_ok(&service, request(Method::POST, "/api/data/v9.2/accounts")).await;
+        assert_eq!(answered.load(Ordering::SeqCst), 3);
+        let posts: Vec<_> = pair.primary.seen().into_iter().skip(4).collect();
+        assert_eq!(posts.len(), 3);
+        assert!(posts.iter().all(|s| s.method == Method::POST));
+        assert!(posts
+            .iter()
+            .all(|s| s.body_len > 0 && s.body_sha256 == posts[0].body_sha256));
+
+        let counters = handle.counters();
+        assert_eq!(counters.throttled, 3 + 1 + 2);
+        assert_eq!(counters.throttle_retries, 2 + 2);
+        assert_eq!(pair.alternate.count(), 0);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn without_retry_after_a_short_backoff_is_used() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let (behavior, answered) = first_n_then_ok(1, || reply(429, &[], ""));
+        pair.primary.set(behavior);
+        let layer = builder().build().unwrap();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        let started = Instant::now();
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(1500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+    })
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_throttling_storm_stays_within_the_budget_and_failover_still_works() {
+    within(20, async {
+        let pair = Pair::start().await;
+        pair.primary.set(always_429("0"));
+        // The failover budget has the same shape as the throttling one: it still has room after
+        // the storm only because the two are separate.
+        let budget = RetryBudget::new(0.2).floor_per_second(0);
+        let layer = builder()
+            .throttle_budget(budget)
+            .failover_budget(budget)
+            .default_policy(RetryPolicy::by_method().throttle_retries(3))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+
+        const TASKS: usize = 50;
+        const CALLS_EACH: usize = 4;
+        let tasks: Vec<_> = (0..TASKS)
+            .map(|_| {
+                let service = service.clone();
+                tokio::spawn(async move {
+                    for _ in 0..CALLS_EACH {
+                        let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
+                            .await
+                            .unwrap();
+                        assert_eq!(response.status(), 429);
+                        text(response).await;
+                    }
+                })
+            })
+            .collect();
+        for task in tasks {
+            task.await.unwrap();
+        }
+
+        let calls = (TASKS * CALLS_EACH) as u64;
+        let seen = pair.primary.count() as u64;
+        let retries = seen - calls;
+        assert!(retries <= calls / 5 + 2, "{retries} retries for {calls} calls");
+        assert!(
+            retries >= calls / 10,
+            "the budget is used, not only refused: {retries}"
+        );
+
+        let counters = handle.counters();
+        assert_eq!(counters.calls, calls);
+        assert_eq!(counters.throttled, seen, "every answer the server gave was a 429");
+        assert_eq!(counters.throttle_retries, retries);
+        assert!(counters.refused_by_budget > 0);
+        // A call that ends on a 429 ran out of budget or of its 3 retries; at most
+        // `retries / 3` calls can have done the latter.
+        assert!(counters.refused_by_budget <= calls);
+        assert!(
+            counters.refused_by_budget >= calls - retries / 3,
+            "{counters:?}, {retries} retries"
+        );
+        assert_eq!(counters.switches, 0);
+        assert_eq!(handle.active(), Side::Primary);
+        assert_eq!(pair.alternate.count(), 0);
+
+        // Failover draws from its own budget.
+        pair.primary.kill().await;
+        let body = send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        assert!(body.contains(ALTERNATE_HOST), "{body}");
+        assert_eq!(handle.active(), Side::Alternate);
+        let after = handle.counters();
+        assert_eq!(after.failover_resends, 1);
+        assert_eq!(after.switches, 1);
+        assert_eq!(after.refused_by_budget, counters.refused_by_budget);
+        assert_eq!(after.calls, calls + 1);
+    })
+    .await
+}
