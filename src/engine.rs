@@ -106,9 +106,9 @@ impl Shared {
     }
 
     /// Decides up front whether to record the body: only when some re-send is possible (a
-    /// failover, or a throttling retry). A body declared larger than the cap is still wrapped,
-    /// keeping nothing: if the connection is refused before any of it is read, it can be
-    /// re-sent whole.
+    /// failover, or a throttling retry). A body declared larger than the cap is wrapped too:
+    /// the cap bounds the bytes *read* before a failure, so one refused at connect, or cut off
+    /// early, can still be re-sent.
     pub(crate) fn body_plan(&self, plan: &CallPlan, is_end_stream: bool) -> BodyPlan {
         let cap = plan.policy.replay_cap_or(self.replay_cap);
         let failover = plan.resend_possible && plan.refusal_if_unsent.is_none();
@@ -338,7 +338,11 @@ impl CallState {
 
     /// An attempt's failure with a status.
     pub(crate) fn status_cause(&self, shared: &Shared, status: StatusCode, kind: &DownKind) -> AttemptError {
-        AttemptError::from_response(Some(shared.endpoint(self.side).clone()), status, Some(kind.clone()))
+        AttemptError::from_response(
+            Some(shared.endpoint(self.side).clone()),
+            status,
+            Some(kind.clone()),
+        )
     }
 
     /// The attempt in flight found its endpoint down. Either `build` makes the re-send for the
@@ -357,7 +361,10 @@ impl CallState {
             "failover: endpoint down"
         );
         if let Some((first_kind, first)) = self.first.take() {
-            return Err(self.fail(shared, second_failure_error(&first_kind, first, Some(&kind), cause)));
+            return Err(self.fail(
+                shared,
+                second_failure_error(&first_kind, first, Some(&kind), cause),
+            ));
         }
         let resend = shared
             .after_down(&mut self.plan, &kind)

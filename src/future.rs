@@ -163,10 +163,7 @@ where
 impl<S: Clone, B, C> Routed<S, B, C> {
     fn on_down<Res>(&mut self, kind: DownKind, cause: AttemptError) -> Next<S, Request<ReplayBody<B>>, Res> {
         let Routed {
-            shared,
-            call,
-            resend,
-            ..
+            shared, call, resend, ..
         } = self;
         let build = |side| match resend {
             Ok(template) => template.build(shared, side),
@@ -184,10 +181,7 @@ impl<S: Clone, B, C> Routed<S, B, C> {
         answer: impl FnOnce(&mut Self) -> Result<Res, FailoverError>,
     ) -> Next<S, Request<ReplayBody<B>>, Res> {
         let Routed {
-            shared,
-            call,
-            resend,
-            ..
+            shared, call, resend, ..
         } = &mut *self;
         let build = |side| match resend {
             Ok(template) => template.build(shared, side),
@@ -346,9 +340,10 @@ where
                             let cause = routed.call.error_cause(&routed.shared, error);
                             match verdict {
                                 Verdict::EndpointDown(kind) => routed.on_down(kind, cause),
-                                Verdict::Throttled { retry_after } => routed.on_throttled(retry_after, |this| {
-                                    Err(this.call.on_inner_error(&this.shared, cause))
-                                }),
+                                Verdict::Throttled { retry_after } => routed
+                                    .on_throttled(retry_after, |this| {
+                                        Err(this.call.on_inner_error(&this.shared, cause))
+                                    }),
                                 _ => Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause))),
                             }
                         }

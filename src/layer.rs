@@ -140,10 +140,10 @@ impl<C> FailoverLayerBuilder<C> {
         }
     }
 
-    /// The most request-body bytes kept per call for a re-send (default 64 KiB). A body
-    /// declared larger keeps nothing (it can still be re-sent after a refused connection,
-    /// since none of it was read); one that grows past the cap streams on, and a re-send after
-    /// it was read is refused with [`NotResent::BodyOverCap`](crate::NotResent::BodyOverCap).
+    /// The most request-body bytes kept per call for a re-send (default 64 KiB). The cap bounds
+    /// what an attempt has *read* when it fails: a larger body refused at connect is re-sent
+    /// whole; once more than the cap has been read the body streams on, keeps nothing, and a
+    /// re-send is refused with [`NotResent::BodyOverCap`](crate::NotResent::BodyOverCap).
     pub fn replay_cap(mut self, bytes: usize) -> Self {
         self.replay_cap = bytes;
         self

@@ -79,11 +79,10 @@ struct Recording<B> {
     chunks: Vec<Bytes>,
     recorded_len: usize,
     cap: usize,
-    // Past the cap, nothing is kept. A body declared larger than the cap starts here: it can
-    // still be re-sent whole if no attempt read any of it (a refused connection).
+    // More than `cap` bytes were read: nothing is kept from here on. Only bytes read count, so a
+    // large body that was refused at connect, or cut off early, can still be re-sent: its
+    // unread rest is still in `rest`.
     over_cap: bool,
-    // Some frame of the caller's body has been read.
-    touched: bool,
     // The caller's body has ended: `rest` yields nothing more.
     finished: bool,
     failed: bool,
@@ -147,7 +146,7 @@ impl<B> ReplayHandle<B> {
         let Some(recording) = slot.as_ref() else {
             return Err(NotResent::BodyInUse);
         };
-        if recording.over_cap && recording.touched {
+        if recording.over_cap {
             return Err(NotResent::BodyOverCap { cap: recording.cap });
         }
         if recording.failed {
@@ -168,7 +167,7 @@ impl<B> ReplayHandle<B> {
         let slot = self.slot.recording.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
             None => Err(NotResent::BodyInUse),
-            Some(r) if r.over_cap && r.touched => Err(NotResent::BodyOverCap { cap: r.cap }),
+            Some(r) if r.over_cap => Err(NotResent::BodyOverCap { cap: r.cap }),
             Some(r) if r.failed => Err(NotResent::BodyFailed),
             Some(_) => Ok(()),
         }
@@ -202,10 +201,9 @@ impl<B> ReplayBody<B> {
 
 impl<B: Body> ReplayBody<B> {
     /// Wraps `body` for the first attempt, keeping up to `cap` bytes for a replay, and
-    /// returns the handle that makes the replay. A body declared larger than `cap` keeps
-    /// nothing, and can be replayed only if no attempt read any of it.
+    /// returns the handle that makes the replay. A replay is possible while the attempts
+    /// have read at most `cap` bytes, whatever the body's total size.
     pub fn recorded(body: B, cap: usize) -> (Self, ReplayHandle<B>) {
-        let over_cap = body.size_hint().lower() > cap as u64;
         let slot = Arc::new(Slot {
             recording: Mutex::new(None),
         });
@@ -214,8 +212,7 @@ impl<B: Body> ReplayBody<B> {
             chunks: Vec::new(),
             recorded_len: 0,
             cap,
-            over_cap,
-            touched: false,
+            over_cap: false,
             finished: false,
             failed: false,
             trailers: None,
@@ -350,11 +347,7 @@ where
         return Poll::Ready(None);
     }
     // Then read on from the caller's body, recording as we go.
-    let polled = Pin::new(&mut r.rest).poll_frame(cx);
-    if matches!(polled, Poll::Ready(Some(_))) {
-        r.touched = true;
-    }
-    match polled {
+    match Pin::new(&mut r.rest).poll_frame(cx) {
         Poll::Pending => Poll::Pending,
         Poll::Ready(None) => {
             r.finished = true;
