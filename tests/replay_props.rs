@@ -157,7 +157,7 @@ fn check_hint(hint: SizeHint, remaining: usize, exact: bool, when: &str) -> Resu
             when
         );
         prop_assert!(
-            hint.upper().map_or(true, |upper| upper >= remaining),
+            hint.upper().is_none_or(|upper| upper >= remaining),
             "size_hint upper {:?} < {} {}",
             hint.upper(),
             remaining,
