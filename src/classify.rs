@@ -330,6 +330,15 @@ fn classify_one(err: &(dyn StdError + 'static)) -> Option<DownKind> {
             return Some(DownKind::NotFound);
         }
     }
+    #[cfg(feature = "reqwest")]
+    if let Some(e) = err.downcast_ref::<reqwest::Error>() {
+        if e.is_connect() {
+            return Some(DownKind::NotFound);
+        }
+        if e.is_timeout() {
+            return Some(DownKind::Timeout);
+        }
+    }
     if err.is::<tower::timeout::error::Elapsed>() {
         return Some(DownKind::Timeout);
     }

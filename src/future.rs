@@ -218,6 +218,16 @@ impl<S: Clone, B, C> Routed<S, B, C> {
     }
 }
 
+/// Reads up to `limit` bytes of a response body for the classifier, keeping the rest unread.
+/// For drivers that are `async fn`s (the reqwest middleware); the tower future polls
+/// [`Peeking`] itself.
+#[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+pub(crate) async fn peek_body<RB: Body>(body: RB, limit: usize) -> Peeked<RB> {
+    let mut peeking = Peeking::new(body, limit);
+    std::future::poll_fn(|cx| peeking.poll_read(cx)).await;
+    peeking.finish()
+}
+
 /// Reads a small response body into memory for the classifier.
 pub(crate) struct Peeking<RB: Body> {
     body: Pin<Box<RB>>,

@@ -84,6 +84,11 @@ impl<C> FailoverLayer<C> {
     pub fn handle(&self) -> FailoverHandle {
         FailoverHandle::new(self.shared.clone())
     }
+
+    /// The classifier every service (and middleware) made from this layer uses.
+    pub fn classifier(&self) -> &C {
+        &self.classifier
+    }
 }
 
 impl<S, C: Clone> Layer<S> for FailoverLayer<C> {

@@ -78,6 +78,8 @@ mod layer;
 mod ledger;
 pub mod policy;
 mod replay;
+#[cfg(feature = "reqwest")]
+mod reqwest;
 mod service;
 mod state;
 mod throttle;
@@ -101,6 +103,8 @@ pub use ledger::{
 };
 pub use policy::RetryPolicy;
 pub use replay::{ReplayBody, ReplayHandle, DEFAULT_REPLAY_CAP};
+#[cfg(feature = "reqwest")]
+pub use reqwest::FailoverMiddleware;
 pub use service::Failover;
 pub use state::{EndpointState, FailoverHandle, SwitchCause, SwitchEvent};
 pub use throttle::{is_service_protection_code, parse_retry_after, SERVICE_PROTECTION_CODES};

@@ -1,0 +1,282 @@
+//! [`FailoverMiddleware`]: the same failover for reqwest, as a reqwest-middleware
+//! [`Middleware`].
+//!
+//! It translates, it does not re-decide: a reqwest request's head becomes an `http` head for
+//! the engine's routing and policy, the engine's [`CallState`] says what each attempt means,
+//! and the body goes through the same [`ReplayBody`], so streaming `reqwest::Body`s are
+//! re-sent too (what reqwest-retry refuses). A [`FailoverLayer`] and a middleware made from it
+//! share one switch state, so a tower stack and a reqwest client switch together.
+
+use std::sync::Arc;
+
+use http::{Extensions, Request as HttpRequest, Uri};
+use reqwest_middleware::{Middleware, Next};
+
+use crate::body::ResponseBody;
+use crate::classify::{Classifier, DefaultClassifier, Outcome, Verdict};
+use crate::endpoint::Side;
+use crate::engine::{BodyPlan, CallState};
+use crate::error::{BoxError, FailoverError, NotResent};
+use crate::future::{peek_body, ResendBody};
+use crate::layer::FailoverLayer;
+use crate::replay::ReplayBody;
+use crate::state::{FailoverHandle, Shared};
+
+/// Failover for a [`reqwest_middleware::ClientWithMiddleware`].
+///
+/// Errors it produces are `reqwest_middleware::Error::Middleware` carrying a
+/// [`FailoverError`]: `err.downcast_ref::<FailoverError>()` on the inner `anyhow::Error`.
+///
+/// ```
+/// use tower_failover::{Endpoints, FailoverLayer};
+///
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+///     .with(layer.middleware())
+///     .build();
+/// // `layer` can also wrap a tower stack: both share one switch state.
+/// # let _ = client;
+/// ```
+#[derive(Clone)]
+pub struct FailoverMiddleware<C = DefaultClassifier> {
+    shared: Arc<Shared>,
+    classifier: C,
+}
+
+impl<C: Clone> FailoverLayer<C> {
+    /// A reqwest middleware sharing this layer's switch state, classifier and policies.
+    pub fn middleware(&self) -> FailoverMiddleware<C> {
+        FailoverMiddleware {
+            shared: self.handle().shared,
+            classifier: self.classifier().clone(),
+        }
+    }
+}
+
+impl FailoverMiddleware {
+    /// A middleware over an existing switch state, with the default classifier.
+    pub fn from_handle(handle: &FailoverHandle) -> Self {
+        FailoverMiddleware {
+            shared: handle.shared.clone(),
+            classifier: DefaultClassifier::new(),
+        }
+    }
+}
+
+impl<C> FailoverMiddleware<C> {
+    /// The application's handle on the switch state.
+    pub fn handle(&self) -> FailoverHandle {
+        FailoverHandle::new(self.shared.clone())
+    }
+}
+
+impl<C> std::fmt::Debug for FailoverMiddleware<C> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FailoverMiddleware")
+            .field("endpoints", &self.shared.endpoints)
+            .finish_non_exhaustive()
+    }
+}
+
+/// What a re-send needs from the original reqwest request.
+struct Template {
+    head: http::request::Parts,
+    body: Result<ResendBody<reqwest::Body>, NotResent>,
+}
+
+impl Template {
+    fn build(&self, shared: &Shared, side: Side) -> Result<reqwest::Request, NotResent> {
+        let body = match &self.body {
+            Ok(ResendBody::Empty) => None,
+            Ok(ResendBody::Recorded(handle)) => Some(reqwest::Body::wrap(handle.replay()?)),
+            Err(reason) => return Err(*reason),
+        };
+        let mut head = HttpRequest::new(());
+        *head.method_mut() = self.head.method.clone();
+        *head.uri_mut() = self.head.uri.clone();
+        *head.version_mut() = self.head.version;
+        *head.headers_mut() = self.head.headers.clone();
+        let (mut parts, ()) = head.into_parts();
+        shared.point_at(side, &mut parts);
+        let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|_| NotResent::NotRouted)?;
+        let mut request = reqwest::Request::new(parts.method, url);
+        *request.headers_mut() = parts.headers;
+        *request.version_mut() = parts.version;
+        *request.body_mut() = body;
+        Ok(request)
+    }
+}
+
+/// Settles the call as abandoned if the caller drops the future mid-call.
+struct CallGuard {
+    shared: Arc<Shared>,
+    call: CallState,
+}
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        self.call.abandon(&self.shared);
+    }
+}
+
+fn failed(error: FailoverError) -> reqwest_middleware::Error {
+    reqwest_middleware::Error::middleware(error)
+}
+
+#[async_trait::async_trait]
+impl<C> Middleware for FailoverMiddleware<C>
+where
+    C: Classifier + Clone + Send + Sync + 'static,
+{
+    async fn handle(
+        &self,
+        mut request: reqwest::Request,
+        extensions: &mut Extensions,
+        next: Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        // The engine routes on an `http` head: build one from the reqwest request, with the
+        // middleware extensions (where a `RetryPolicy` or `WriteKey` may sit).
+        let Ok(uri) = request.url().as_str().parse::<Uri>() else {
+            return next.run(request, extensions).await;
+        };
+        let mut head = HttpRequest::new(());
+        *head.method_mut() = request.method().clone();
+        *head.uri_mut() = uri;
+        *head.version_mut() = request.version();
+        *head.headers_mut() = request.headers().clone();
+        *head.extensions_mut() = std::mem::take(extensions);
+        let (mut parts, ()) = head.into_parts();
+        let plan = self.shared.plan(&mut parts);
+        *extensions = std::mem::take(&mut parts.extensions);
+        let Some(plan) = plan else {
+            return next.run(request, extensions).await;
+        };
+        match reqwest::Url::parse(&parts.uri.to_string()) {
+            Ok(url) => *request.url_mut() = url,
+            Err(_) => return next.run(request, extensions).await,
+        }
+        *request.headers_mut() = parts.headers.clone();
+
+        let body = request.body_mut().take();
+        let is_empty = body
+            .as_ref()
+            .is_none_or(|b| b.as_bytes().is_some_and(<[u8]>::is_empty));
+        let resend_body = match self.shared.body_plan(&plan, is_empty) {
+            BodyPlan::Record(cap) => {
+                let (first, handle) = ReplayBody::recorded(body.unwrap_or_default(), cap);
+                *request.body_mut() = Some(reqwest::Body::wrap(first));
+                Ok(ResendBody::Recorded(handle))
+            }
+            BodyPlan::Empty => {
+                *request.body_mut() = body;
+                Ok(ResendBody::Empty)
+            }
+            BodyPlan::Unkept(reason) => {
+                *request.body_mut() = body;
+                Err(reason)
+            }
+        };
+        let template = Template {
+            head: parts,
+            body: resend_body,
+        };
+        let mut guard = CallGuard {
+            shared: self.shared.clone(),
+            call: CallState::new(plan),
+        };
+        let shared = &*self.shared;
+        let mut attempt = request;
+        loop {
+            let sent = next.clone().run(attempt, extensions);
+            let result = match guard.call.plan.deadline {
+                Some(deadline) => match tokio::time::timeout_at(deadline.into(), sent).await {
+                    Ok(result) => result,
+                    Err(_) => return Err(failed(guard.call.on_deadline(shared))),
+                },
+                None => sent.await,
+            };
+            let next_attempt = match result {
+                Ok(response) => {
+                    let (response, verdict) = self.judge(response).await;
+                    match verdict {
+                        Verdict::EndpointDown(kind) => {
+                            let cause = guard.call.status_cause(shared, response.status(), &kind);
+                            guard
+                                .call
+                                .on_down(shared, kind, cause, |side| template.build(shared, side))
+                                .map_err(failed)?
+                        }
+                        Verdict::Throttled { retry_after } => {
+                            match guard
+                                .call
+                                .on_throttled(shared, retry_after, |side| template.build(shared, side))
+                            {
+                                Some((wait, retry)) => {
+                                    tokio::time::sleep(wait).await;
+                                    retry
+                                }
+                                None => {
+                                    guard.call.respond(shared, response.status());
+                                    return Ok(response);
+                                }
+                            }
+                        }
+                        _ => {
+                            guard.call.respond(shared, response.status());
+                            return Ok(response);
+                        }
+                    }
+                }
+                Err(error) => {
+                    let error: BoxError = match error {
+                        reqwest_middleware::Error::Reqwest(e) => Box::new(e),
+                        reqwest_middleware::Error::Middleware(e) => e.into(),
+                    };
+                    let verdict = self.classifier.classify(Outcome::Error(&*error));
+                    let cause = guard.call.error_cause(shared, error);
+                    match verdict {
+                        Verdict::EndpointDown(kind) => guard
+                            .call
+                            .on_down(shared, kind, cause, |side| template.build(shared, side))
+                            .map_err(failed)?,
+                        _ => return Err(failed(guard.call.on_inner_error(shared, cause))),
+                    }
+                }
+            };
+            attempt = next_attempt;
+        }
+    }
+}
+
+impl<C: Classifier> FailoverMiddleware<C> {
+    /// Classifies a response, reading a small error body first when the classifier asks; the
+    /// response handed back carries every byte, read or not.
+    async fn judge(&self, response: reqwest::Response) -> (reqwest::Response, Verdict) {
+        let limit = self.classifier.peek_limit(response.status(), response.headers());
+        if limit == 0 {
+            let verdict = self.classifier.classify(Outcome::Response {
+                status: response.status(),
+                headers: response.headers(),
+                body: None,
+            });
+            return (response, verdict);
+        }
+        let url = response.url().clone();
+        let (mut head, body) = http::Response::<reqwest::Body>::from(response).into_parts();
+        let peeked = peek_body(body, limit).await;
+        let verdict = self.classifier.classify(Outcome::Response {
+            status: head.status,
+            headers: &head.headers,
+            body: peeked.complete_body(),
+        });
+        // reqwest keeps a response's URL in an extension only its builder can set.
+        if let Ok(carrier) = reqwest::ResponseBuilderExt::url(http::Response::builder(), url).body(()) {
+            head.extensions.extend(carrier.into_parts().0.extensions);
+        }
+        let body = reqwest::Body::wrap(ResponseBody::peeked(peeked));
+        (
+            reqwest::Response::from(http::Response::from_parts(head, body)),
+            verdict,
+        )
+    }
+}

@@ -1,0 +1,201 @@
+//! The reqwest-middleware adapter with a real `reqwest::Client` against real servers.
+#![cfg(feature = "reqwest")]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use http_body_util::{Full, StreamBody};
+use hyper::body::Frame;
+use support::*;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_failover::{
+    Endpoints, FailoverError, FailoverErrorKind, FailoverLayer, NotResent, ReplayBody, Side,
+};
+
+/// reqwest's own resolver overrides ignore ports, so the two servers share one port on two
+/// loopback addresses and the URL names the port.
+struct Setup {
+    primary: Server,
+    alternate: Server,
+    port: u16,
+    layer: FailoverLayer,
+    client: reqwest_middleware::ClientWithMiddleware,
+}
+
+async fn setup(
+    configure: impl FnOnce(tower_failover::FailoverLayerBuilder) -> tower_failover::FailoverLayerBuilder,
+) -> Setup {
+    let primary = Server::start(PRIMARY_HOST).await;
+    let port = primary.addr.port();
+    let alternate = Server::start_on(ALTERNATE_HOST, SocketAddr::from(([127, 0, 0, 2], port))).await;
+    let endpoints = Endpoints::dynamics(&format!("http://{PRIMARY_HOST}:{port}")).unwrap();
+    let layer = configure(FailoverLayer::builder(endpoints)).build().unwrap();
+    let reqwest = reqwest::Client::builder()
+        .resolve(PRIMARY_HOST, primary.addr)
+        .resolve(ALTERNATE_HOST, alternate.addr)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    let client = reqwest_middleware::ClientBuilder::new(reqwest)
+        .with(layer.middleware())
+        .build();
+    Setup {
+        primary,
+        alternate,
+        port,
+        layer,
+        client,
+    }
+}
+
+fn failover_error(error: &reqwest_middleware::Error) -> &FailoverError {
+    match error {
+        reqwest_middleware::Error::Middleware(e) => {
+            e.downcast_ref::<FailoverError>().expect("a FailoverError")
+        }
+        other => panic!("expected a FailoverError, got {other:?}"),
+    }
+}
+
+#[tokio::test]
+async fn a_killed_primary_fails_over_with_the_alternates_host() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        let url = format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port);
+        let first = s.client.get(&url).send().await.unwrap();
+        assert!(first.text().await.unwrap().contains(PRIMARY_HOST));
+        s.primary.kill().await;
+
+        let response = s.client.get(&url).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert!(response.text().await.unwrap().contains(ALTERNATE_HOST));
+        assert_eq!(s.layer.handle().active(), Side::Alternate);
+        let seen = s.alternate.seen();
+        assert_eq!(seen.len(), 1);
+        assert_eq!(
+            seen[0].host.as_deref(),
+            Some(format!("{ALTERNATE_HOST}:{}", s.port).as_str())
+        );
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_streamed_body_is_replayed_byte_for_byte_after_a_503() {
+    within(10, async {
+        let s = setup(|b| b.replay_cap(1 << 20)).await;
+        s.primary.set(Behavior::Status(503, r#"{"error":"down"}"#));
+        let chunks: Vec<Bytes> = (0..40u8).map(|i| Bytes::from(vec![i; 4096])).collect();
+        let all: Vec<u8> = chunks.iter().flat_map(|c| c.iter().copied()).collect();
+        let stream = futures_util::stream::iter(
+            chunks
+                .into_iter()
+                .map(|c| Ok::<_, std::io::Error>(Frame::data(c))),
+        );
+        let response = s
+            .client
+            .post(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/accounts", s.port))
+            .header("idempotency-key", "acct-7")
+            .body(reqwest::Body::wrap(StreamBody::new(stream)))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let primary = s.primary.seen();
+        let alternate = s.alternate.seen();
+        assert_eq!(primary.len(), 1);
+        assert_eq!(
+            primary[0].body_sha256,
+            digest(&all),
+            "the primary read it all before its 503"
+        );
+        assert_eq!(alternate.len(), 1);
+        assert_eq!(alternate[0].body_len, all.len());
+        assert_eq!(alternate[0].body_sha256, digest(&all), "replayed byte for byte");
+        assert_eq!(alternate[0].idempotency_key.as_deref(), Some("acct-7"));
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_tower_stack_and_a_reqwest_client_share_one_switch() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        // A hyper-util client through the same layer, resolving by the same names.
+        let resolver = Resolver::new();
+        resolver.map(PRIMARY_HOST, s.primary.addr);
+        resolver.map(ALTERNATE_HOST, s.alternate.addr);
+        let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build::<_, ReplayBody<Full<Bytes>>>(resolver.connector());
+        let mut tower_stack = ServiceBuilder::new().layer(s.layer.clone()).service(hyper_client);
+
+        s.primary.set(Behavior::Status(503, ""));
+        let url = format!("http://{PRIMARY_HOST}:{}/x", s.port);
+        assert_eq!(s.client.get(&url).send().await.unwrap().status(), 200);
+        assert_eq!(s.layer.handle().active(), Side::Alternate);
+
+        // The tower stack goes straight to the alternate: the primary sees nothing more.
+        let before = s.primary.count();
+        let request = http::Request::get(&url).body(Full::new(Bytes::new())).unwrap();
+        let response = tower_stack.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(s.primary.count(), before);
+        assert_eq!(s.alternate.count(), 2);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn errors_carry_a_failover_error_with_both_causes() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        s.primary.kill().await;
+        s.alternate.kill().await;
+        let error = s
+            .client
+            .get(format!("http://{PRIMARY_HOST}:{}/x", s.port))
+            .send()
+            .await
+            .unwrap_err();
+        let error = failover_error(&error);
+        assert_eq!(error.kind(), &FailoverErrorKind::EndpointNotFound);
+        assert!(error.was_resent());
+        assert!(!error.possibly_applied());
+        assert_eq!(
+            error.first_attempt().unwrap().endpoint().unwrap().host(),
+            PRIMARY_HOST
+        );
+        assert_eq!(error.last_attempt().endpoint().unwrap().host(), ALTERNATE_HOST);
+    })
+    .await
+}
+
+#[tokio::test]
+async fn a_post_that_timed_out_is_not_resent_and_may_have_been_applied() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        s.primary.set(Behavior::Delay(Duration::from_secs(3)));
+        let error = s
+            .client
+            .post(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/tasks", s.port))
+            .body("{}")
+            .timeout(Duration::from_millis(200))
+            .send()
+            .await
+            .unwrap_err();
+        let error = failover_error(&error);
+        assert_eq!(error.kind(), &FailoverErrorKind::Timeout);
+        assert!(error.possibly_applied());
+        assert_eq!(error.not_resent_because(), Some(NotResent::NotIdempotent));
+        assert_eq!(s.alternate.count(), 0);
+        assert_eq!(
+            s.layer.handle().active(),
+            Side::Alternate,
+            "the switch still happened"
+        );
+    })
+    .await
+}
