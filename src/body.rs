@@ -60,6 +60,20 @@ impl<B: Body> ResponseBody<B> {
     }
 }
 
+impl<B: Body> Default for ResponseBody<B> {
+    /// An empty body, for layers that answer on their own (tower-http's `TimeoutLayer`, say).
+    fn default() -> Self {
+        ResponseBody {
+            inner: Inner::Peeked {
+                prefix: None,
+                trailers: None,
+                error: None,
+                rest: None,
+            },
+        }
+    }
+}
+
 /// What a peek read from a response body.
 pub(crate) struct Peeked<B: Body> {
     pub(crate) data: Bytes,

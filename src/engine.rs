@@ -307,6 +307,9 @@ pub(crate) fn deadline_error(cause: AttemptError, first: Option<AttemptError>) -
 /// holds one and asks it what to do after each attempt.
 pub(crate) struct CallState {
     pub(crate) plan: CallPlan,
+    // One span per routed call, with OpenTelemetry HTTP field names; the call's events are its
+    // children. Disabled spans cost a callsite check.
+    span: tracing::Span,
     pub(crate) side: Side,
     throttle_retries: u32,
     // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
@@ -314,8 +317,17 @@ pub(crate) struct CallState {
 }
 
 impl CallState {
-    pub(crate) fn new(plan: CallPlan) -> Self {
+    pub(crate) fn new(shared: &Shared, plan: CallPlan, method: &http::Method) -> Self {
+        let span = tracing::debug_span!(
+            "failover.call",
+            server.address = %shared.endpoint(plan.active.side),
+            http.request.method = %method,
+            http.response.status_code = tracing::field::Empty,
+            error.type = tracing::field::Empty,
+        );
+        tracing::debug!(parent: &span, attempt = 1, "failover: sending");
         CallState {
+            span,
             side: plan.active.side,
             plan,
             throttle_retries: 0,
@@ -355,6 +367,7 @@ impl CallState {
         build: impl FnOnce(Side) -> Result<R, NotResent>,
     ) -> Result<R, FailoverError> {
         tracing::debug!(
+            parent: &self.span,
             server.address = %shared.endpoint(self.side),
             attempt = self.attempt(),
             error.type = %kind,
@@ -371,7 +384,12 @@ impl CallState {
             .and_then(|side| build(side).map(|resend| (side, resend)));
         match resend {
             Ok((side, resend)) => {
-                tracing::debug!(server.address = %shared.endpoint(side), attempt = 2, "failover: re-sending on the other endpoint");
+                tracing::debug!(
+                    parent: &self.span,
+                    server.address = %shared.endpoint(side),
+                    attempt = 2,
+                    "failover: re-sending on the other endpoint"
+                );
                 self.side = side;
                 self.first = Some((kind, cause));
                 Ok(resend)
@@ -394,6 +412,7 @@ impl CallState {
         match retry {
             Ok((wait, retry)) => {
                 tracing::debug!(
+                    parent: &self.span,
                     server.address = %shared.endpoint(self.side),
                     wait_ms = wait.as_millis() as u64,
                     retry = self.throttle_retries + 1,
@@ -403,7 +422,7 @@ impl CallState {
                 Some((wait, retry))
             }
             Err(reason) => {
-                tracing::debug!(reason = %reason, "failover: throttled, handing the answer back");
+                tracing::debug!(parent: &self.span, reason = %reason, "failover: throttled, handing the answer back");
                 None
             }
         }
@@ -427,10 +446,20 @@ impl CallState {
 
     /// The call ends with a response.
     pub(crate) fn respond(&mut self, shared: &Shared, status: StatusCode) {
+        self.span.record("http.response.status_code", status.as_u16());
+        tracing::debug!(parent: &self.span, http.response.status_code = status.as_u16(), "failover: answered");
         shared.finish(&mut self.plan, CallEnd::Response(status));
     }
 
     fn fail(&mut self, shared: &Shared, error: FailoverError) -> FailoverError {
+        self.span
+            .record("error.type", tracing::field::display(error.kind()));
+        tracing::debug!(
+            parent: &self.span,
+            error.type = %error.kind(),
+            possibly_applied = error.possibly_applied(),
+            "failover: failed"
+        );
         shared.finish(&mut self.plan, CallEnd::Error(&error));
         error
     }

@@ -17,7 +17,7 @@ use tower_service::Service;
 use crate::body::{Peeked, ResponseBody};
 use crate::classify::{Classifier, DownKind, Outcome, Verdict};
 use crate::endpoint::Side;
-use crate::engine::{inner_error, CallPlan, CallState};
+use crate::engine::{inner_error, CallState};
 use crate::error::{AttemptError, BoxError, FailoverError, NotResent};
 use crate::replay::{ReplayBody, ReplayHandle};
 use crate::state::Shared;
@@ -144,16 +144,16 @@ where
         future: S::Future,
         shared: Arc<Shared>,
         classifier: C,
-        plan: CallPlan,
+        call: CallState,
         resend: Result<ResendTemplate<S, B>, NotResent>,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
-            deadline: plan.deadline.map(|at| tokio::time::sleep_until(at.into())),
+            deadline: call.plan.deadline.map(|at| tokio::time::sleep_until(at.into())),
             routed: Some(Routed {
                 shared,
                 classifier,
-                call: CallState::new(plan),
+                call,
                 resend,
             }),
         }

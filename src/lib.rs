@@ -83,6 +83,8 @@ mod reqwest;
 mod service;
 mod state;
 mod throttle;
+#[cfg(feature = "tower-http")]
+mod tower_http;
 
 pub use body::ResponseBody;
 pub use budget::RetryBudget;
@@ -108,3 +110,5 @@ pub use reqwest::FailoverMiddleware;
 pub use service::Failover;
 pub use state::{EndpointState, FailoverHandle, SwitchCause, SwitchEvent};
 pub use throttle::{is_service_protection_code, parse_retry_after, SERVICE_PROTECTION_CODES};
+#[cfg(feature = "tower-http")]
+pub use tower_http::TowerHttpClassifier;

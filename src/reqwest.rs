@@ -182,7 +182,7 @@ where
         };
         let mut guard = CallGuard {
             shared: self.shared.clone(),
-            call: CallState::new(plan),
+            call: CallState::new(&self.shared, plan, &template.head.method),
         };
         let shared = &*self.shared;
         let mut attempt = request;

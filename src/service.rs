@@ -11,7 +11,7 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::classify::Classifier;
 use crate::endpoint::Side;
-use crate::engine::{inner_error, BodyPlan};
+use crate::engine::{inner_error, BodyPlan, CallState};
 use crate::error::{AttemptError, BoxError, FailoverError};
 use crate::failback::prober;
 use crate::future::{ResendBody, ResendTemplate, ResponseFuture};
@@ -137,13 +137,8 @@ where
             extensions: parts.extensions.clone(),
             body,
         });
-        tracing::debug!(
-            server.address = %self.shared.endpoint(plan.active.side),
-            http.request.method = %parts.method,
-            attempt = 1,
-            "failover: sending"
-        );
+        let call = CallState::new(&self.shared, plan, &parts.method);
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResponseFuture::routed(future, self.shared.clone(), self.classifier.clone(), plan, resend)
+        ResponseFuture::routed(future, self.shared.clone(), self.classifier.clone(), call, resend)
     }
 }

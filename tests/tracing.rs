@@ -1,0 +1,77 @@
+//! tracing spans and fields named after the OpenTelemetry HTTP conventions, and the counters
+//! on the handle. Alone in its test binary: a thread-local subscriber must be the only one
+//! that sees the crate's callsites first, or tracing caches "no interest" for them.
+
+mod support;
+
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+
+use bytes::Bytes;
+use http_body_util::Full;
+use support::*;
+use tower::{Service, ServiceBuilder, ServiceExt};
+use tower_failover::{Endpoints, FailoverLayer};
+
+/// Collects what the fmt subscriber writes.
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+fn get(path: &str) -> http::Request<Full<Bytes>> {
+    http::Request::get(format!("{PRIMARY_URL}{path}"))
+        .body(Full::new(Bytes::new()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn calls_are_traced_with_opentelemetry_field_names_and_counted() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::DEBUG)
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    // The test runs on one thread, so a thread-local default sees every event of the call.
+    let _guard = tracing::subscriber::set_default(subscriber);
+    within(10, async {
+        let pair = Pair::start().await;
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let handle = layer.handle();
+        let mut service = ServiceBuilder::new()
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+        service.ready().await.unwrap().call(get("/ok")).await.unwrap();
+        pair.primary.kill().await;
+        service.ready().await.unwrap().call(get("/after")).await.unwrap();
+
+        let counters = handle.counters();
+        assert_eq!(counters.calls, 2);
+        assert_eq!(counters.switches, 1);
+        assert_eq!(counters.failover_resends, 1);
+        assert_eq!(counters.possibly_applied, 0);
+    })
+    .await;
+    let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
+    for expected in [
+        "failover.call",
+        "server.address=http://contoso.api.crm.dynamics.com",
+        "http.request.method=GET",
+        "http.response.status_code=200",
+        "error.type=endpoint not found",
+        "failover: switching endpoint",
+        "failover: re-sending on the other endpoint",
+    ] {
+        assert!(log.contains(expected), "missing `{expected}` in:\n{log}");
+    }
+}
