@@ -61,7 +61,31 @@
 //! # }
 //! ```
 //!
-//! See the README for the events, what "possibly applied" means, and how to run the demo.
+//! # Three ways in
+//!
+//! * **A tower layer**, as above: [`FailoverLayer`] wraps any `Service<http::Request<B>>`
+//!   whose body is [`ReplayBody<B>`] (hyper-util's legacy client, a tower stack, axum's
+//!   outbound calls). Put tower's `TimeoutLayer` *inside* it for per-attempt timeouts that
+//!   fail over, and any timeout *outside* it for an overall limit.
+//! * **reqwest**, with the `reqwest` feature: [`FailoverLayer::middleware`] gives a
+//!   `FailoverMiddleware` for `reqwest_middleware::ClientBuilder::with`, sharing the layer's
+//!   switch state, policies and ledger, and replaying streaming `reqwest::Body`s.
+//! * **Any language**, through the proxy example (`cargo run --example failover_proxy --
+//!   --dynamics https://contoso.api.crm.dynamics.com`): programs point at the proxy, which
+//!   forwards to the active endpoint and serves `GET /_failover/status` and Server-Sent
+//!   Events of every switch on `GET /_failover/events`.
+//!
+//! # Features
+//!
+//! | feature | gives |
+//! |---|---|
+//! | `hyper-util` (default) | the default classifier recognises hyper-util's connect errors |
+//! | `reqwest` | `FailoverMiddleware` for reqwest-middleware |
+//! | `tower-http` | `TowerHttpClassifier`: a tower-http `ClassifyResponse` as the classifier |
+//! | `metrics` | `FailoverHandle::publish_metrics` through the `metrics` facade |
+//!
+//! See the README for the events, what "possibly applied" means, the data-loss report,
+//! failback, and how to run the demo.
 #![deny(missing_docs, unsafe_code)]
 #![warn(rust_2018_idioms)]
 
