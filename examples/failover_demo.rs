@@ -4,8 +4,10 @@
 //! `contoso.api.crm.dynamics.com` (primary) and `contoso--s.api.crm.dynamics.com` (alternate).
 //! Eight workers send 400 reads and writes through one failover-wrapped hyper-util client;
 //! once 40% of the calls have completed the primary is killed (listener closed, open
-//! connections dropped). The demo prints the `SwitchRequired` / `Switched` events as they are
-//! raised and ends with what happened to every call.
+//! connections dropped). Once the workload is done the primary is brought back and a few more
+//! calls are made while failback probes find it healthy and calls return to it. The demo
+//! prints the `SwitchRequired` / `Switched` events as they are raised and ends with what
+//! happened to every call, the writes each switch put at risk, and how long the return took.
 //!
 //! ```text
 //! cargo run --example failover_demo
@@ -32,7 +34,8 @@ use http_body_util::{BodyExt, Full, StreamBody};
 use tokio::sync::Notify;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_failover::{
-    policy, Endpoints, FailoverError, FailoverHandle, FailoverLayer, NotResent, ReplayBody, SwitchEvent,
+    policy, Endpoints, Failback, FailoverError, FailoverHandle, FailoverLayer, NotResent, ReplayBody, Side,
+    SwitchEvent,
 };
 
 use support::{Behavior, Pair, ALTERNATE_HOST, PRIMARY_HOST, PRIMARY_URL};
@@ -47,6 +50,17 @@ const SERVER_DELAY: Duration = Duration::from_millis(3);
 /// Pause between the chunks of a streamed body, so a kill can also land mid-upload.
 const CHUNK_PAUSE: Duration = Duration::from_millis(1);
 const DEADLINE: Duration = Duration::from_secs(9);
+/// Failback, with intervals short enough for a demo (the defaults are 5 s between probes, 30 s
+/// on the alternate at least, and a 60 s hold between two failbacks).
+const PROBE_INTERVAL: Duration = Duration::from_millis(50);
+const MIN_TIME_ON_ALTERNATE: Duration = Duration::from_millis(300);
+const HEALTHY_PROBES: u32 = 3;
+const FAILBACK_HOLD: Duration = Duration::from_secs(1);
+/// After the primary is back: pause between calls, calls made once back on the primary, and how
+/// long to wait for the failback before giving up.
+const AFTER_RESTART_PAUSE: Duration = Duration::from_millis(20);
+const CALLS_BACK_ON_PRIMARY: usize = 5;
+const FAILBACK_LIMIT: Duration = Duration::from_secs(4);
 
 /// One body type for every request: hyper-util's client is typed by its body, and the layer
 /// hands it `ReplayBody<ReqBody>`.
@@ -71,17 +85,24 @@ async fn main() -> ExitCode {
 
 async fn run() -> Result<(), BoxError> {
     let clock = Clock(Instant::now());
-    let pair = Pair::start().await;
+    let mut pair = Pair::start().await;
     pair.primary.set(Behavior::Delay(SERVER_DELAY));
     pair.alternate.set(Behavior::Delay(SERVER_DELAY));
     println!("primary   {PRIMARY_HOST} -> {}", pair.primary.addr);
     println!("alternate {ALTERNATE_HOST} -> {}", pair.alternate.addr);
 
     let completed = Arc::new(AtomicUsize::new(0));
-    let events = Arc::new(Mutex::new(Vec::new()));
+    let events: Events = Arc::new(Mutex::new(Vec::new()));
     let layer = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL)?)
         .on_switch_required(announce(clock, completed.clone(), events.clone()))
         .on_switched(announce(clock, completed.clone(), events.clone()))
+        .failback(
+            Failback::new()
+                .interval(PROBE_INTERVAL)
+                .min_time_on_alternate(MIN_TIME_ON_ALTERNATE)
+                .healthy_probes(HEALTHY_PROBES)
+                .hold(FAILBACK_HOLD, FAILBACK_HOLD * 8),
+        )
         .build()?;
     let handle = layer.handle();
     println!("auto_switch_enabled: {}", handle.auto_switch_enabled());
@@ -130,9 +151,45 @@ async fn run() -> Result<(), BoxError> {
     }
     records.sort_by_key(|r| r.id);
     println!("{clock} all {} calls done", records.len());
+    // What the primary read before it died (restarting it starts a fresh server).
+    let read_by_primary: HashSet<Fingerprint> = pair
+        .primary
+        .seen()
+        .into_iter()
+        .map(|seen| (seen.path, seen.body_sha256))
+        .collect();
 
-    report(&records, &pair, &handle, &events.lock().unwrap());
-    Ok(())
+    // The primary comes back. Calls carry on (on the alternate) while the probes count healthy
+    // answers; once the failback is made they go to the primary again.
+    pair.restart_primary().await;
+    pair.primary.set(Behavior::Delay(SERVER_DELAY));
+    let restarted = Instant::now();
+    println!(
+        "{clock} primary restarted on {}; failback once {HEALTHY_PROBES} probes in a row (every ~{} ms) find it \
+         healthy, after at least {} ms on the alternate",
+        pair.primary.addr,
+        PROBE_INTERVAL.as_millis(),
+        MIN_TIME_ON_ALTERNATE.as_millis()
+    );
+    let mut service = service.clone();
+    let mut after_restart = Vec::new();
+    let mut calls_at_failback = None;
+    while calls_at_failback.is_none_or(|at| after_restart.len() < at + CALLS_BACK_ON_PRIMARY) {
+        if restarted.elapsed() > FAILBACK_LIMIT {
+            return Err(format!("no failback within {FAILBACK_LIMIT:?} of the primary's restart").into());
+        }
+        after_restart.push(call(&mut service, CALLS + after_restart.len()).await);
+        completed.fetch_add(1, Ordering::Relaxed);
+        if calls_at_failback.is_none() && handle.active() == Side::Primary {
+            calls_at_failback = Some(after_restart.len());
+        }
+        tokio::time::sleep(AFTER_RESTART_PAUSE).await;
+    }
+    println!("{clock} {} calls made since the restart", after_restart.len());
+
+    let events = events.lock().unwrap().clone();
+    report(&records, &read_by_primary, &handle, &events);
+    report_failback(&after_restart, &handle, &events, restarted)
 }
 
 /// Milliseconds since the demo started, for the log lines.
@@ -145,26 +202,45 @@ impl fmt::Display for Clock {
     }
 }
 
-/// Prints an event as it is raised (callbacks run synchronously in the call that switches)
-/// and keeps its name for the summary.
+/// Every event raised, with when it was raised.
+type Events = Arc<Mutex<Vec<(Instant, SwitchEvent)>>>;
+
+/// Prints an event as it is raised (callbacks run synchronously in the call, or the failback
+/// probe, that switches) and keeps it for the summary.
 fn announce(
     clock: Clock,
     completed: Arc<AtomicUsize>,
-    names: Arc<Mutex<Vec<&'static str>>>,
+    events: Events,
 ) -> impl Fn(&SwitchEvent) + Send + Sync + 'static {
     move |event| {
-        let cause = match event {
+        let mut events = events.lock().unwrap();
+        let detail = match event {
             SwitchEvent::SwitchRequired { cause, .. } => format!(", cause: {cause}"),
+            // `Switched` follows its `SwitchRequired` at once (switches are serialized).
+            SwitchEvent::Switched { report, .. } => {
+                let cause = match events.last() {
+                    Some((_, SwitchEvent::SwitchRequired { cause, .. })) => cause.to_string(),
+                    _ => "?".to_string(),
+                };
+                let at_risk = report.as_ref().map_or(String::new(), |r| {
+                    format!(
+                        "; at risk: {} acknowledged, {} unknown",
+                        r.acknowledged.len(),
+                        r.unknown.len()
+                    )
+                });
+                format!(" ({cause}){at_risk}")
+            }
             _ => String::new(),
         };
         println!(
-            "{clock} event {:<14} {} -> {}{cause} ({} calls done)",
+            "{clock} event {:<14} {} -> {}{detail} ({} calls done)",
             event.name(),
             event.previous(),
             event.new_endpoint(),
             completed.load(Ordering::Relaxed)
         );
-        names.lock().unwrap().push(event.name());
+        events.push((Instant::now(), event.clone()));
     }
 }
 
@@ -452,7 +528,12 @@ impl Row {
     }
 }
 
-fn report(records: &[Record], pair: &Pair, handle: &FailoverHandle, events: &[&str]) {
+fn report(
+    records: &[Record],
+    read_by_primary: &HashSet<Fingerprint>,
+    handle: &FailoverHandle,
+    events: &[(Instant, SwitchEvent)],
+) {
     let mut rows: BTreeMap<Op, Row> = BTreeMap::new();
     let mut total = Row::default();
     // Kind -> (count, first call that failed so, its message).
@@ -489,12 +570,6 @@ fn report(records: &[Record], pair: &Pair, handle: &FailoverHandle, events: &[&s
 
     // Check the report against what the primary really read: "possibly applied" is an upper
     // bound, and a re-sent call the primary had read reached the servers twice.
-    let read_by_primary: HashSet<Fingerprint> = pair
-        .primary
-        .seen()
-        .into_iter()
-        .map(|seen| (seen.path, seen.body_sha256))
-        .collect();
     let count = |pick: fn(&Outcome) -> bool| {
         let picked = records.iter().filter(|r| pick(&r.outcome));
         let read = picked
@@ -528,15 +603,97 @@ fn report(records: &[Record], pair: &Pair, handle: &FailoverHandle, events: &[&s
         "possibly applied on the primary: {possibly} calls (an upper bound: the primary had in fact read \
          {possibly_read} of them)"
     );
-    println!("events raised: {}", events.join(", "));
+    println!(
+        "  (\"possibly applied\": the call failed after the request may have reached the primary, so it may \
+         have been carried out there; read it back before sending it again.)"
+    );
+    // The data-loss report of each switch: writes the endpoint left behind acknowledged within
+    // the replication window (the other one may not have them yet), and writes whose outcome
+    // was unknown when calls moved.
+    for (_, event) in events {
+        if let SwitchEvent::Switched { previous, report, .. } = event {
+            let left = if previous == handle.endpoints().primary() {
+                "the primary"
+            } else {
+                "the alternate"
+            };
+            match report {
+                Some(report) => println!(
+                    "at-risk writes when calls left {left}: {} acknowledged within the {} s replication window, \
+                     {} with unknown outcome{}",
+                    report.acknowledged.len(),
+                    report.window.as_secs(),
+                    report.unknown.len(),
+                    if report.dropped > 0 {
+                        format!(" ({} dropped from the ledger)", report.dropped)
+                    } else {
+                        String::new()
+                    }
+                ),
+                None => println!("at-risk writes when calls left {left}: no report"),
+            }
+        }
+    }
+    let names: Vec<&str> = events.iter().map(|(_, event)| event.name()).collect();
+    println!("events raised: {}", names.join(", "));
+    let counters = handle.counters();
+    println!(
+        "layer counters: {} calls, {} re-sent, {} switches, {} possibly applied",
+        counters.calls, counters.failover_resends, counters.switches, counters.possibly_applied
+    );
+}
+
+/// The calls made after the primary came back, and the failback.
+fn report_failback(
+    after_restart: &[Record],
+    handle: &FailoverHandle,
+    events: &[(Instant, SwitchEvent)],
+    restarted: Instant,
+) -> Result<(), BoxError> {
+    let failed = after_restart
+        .iter()
+        .filter(|r| matches!(r.outcome, Outcome::Failed { .. }))
+        .count();
+    let by_alternate = after_restart.iter().filter(|r| r.outcome.by_alternate()).count();
+    println!(
+        "after the restart: {} calls, {} succeeded ({by_alternate} answered by the alternate, {} by the primary), \
+         {failed} failed",
+        after_restart.len(),
+        after_restart.len() - failed,
+        after_restart.len() - failed - by_alternate
+    );
     let state = handle.state();
     println!(
-        "final active endpoint: {} ({}), generation {}",
-        state.endpoint, state.active, state.generation
+        "final active endpoint: {} ({}), generation {}, cause of the last switch: {}",
+        state.endpoint,
+        state.active,
+        state.generation,
+        state
+            .cause
+            .as_ref()
+            .map_or("none".to_string(), ToString::to_string)
     );
-    println!();
+    // The switch to the alternate, and the one back.
+    let switched_at = |to: Side| {
+        events.iter().rev().find_map(|(at, event)| match event {
+            SwitchEvent::Switched { new, .. } if Some(new) == handle.endpoints().get(to) => Some(*at),
+            _ => None,
+        })
+    };
+    let (Some(left), Some(back)) = (switched_at(Side::Alternate), switched_at(Side::Primary)) else {
+        return Err("no failback was made".into());
+    };
+    if state.active != Side::Primary || failed > 0 {
+        return Err(format!(
+            "after the restart: active {}, {failed} calls failed",
+            state.active
+        )
+        .into());
+    }
     println!(
-        "\"possibly applied\": the call failed after the request may have reached the primary, so it may \
-         have been carried out there; read it back before sending it again."
+        "back on the primary after {} ms (from its restart; {} ms on the alternate in all)",
+        back.saturating_duration_since(restarted).as_millis(),
+        back.saturating_duration_since(left).as_millis()
     );
+    Ok(())
 }

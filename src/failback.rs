@@ -241,8 +241,12 @@ impl Shared {
 
     /// Keeps the first prober offered; later ones are the same service, cloned.
     pub(crate) fn offer_prober(&self, make: impl FnOnce() -> Prober) {
-        if self.prober.get().is_none() {
-            let _ = self.prober.set(make());
+        if self.prober.get().is_none() && self.prober.set(make()).is_ok() {
+            // Calls may have moved to the alternate (by hand, or by a maintenance window)
+            // before any call could hand over a prober: start probing now.
+            if self.active().side == Side::Alternate {
+                self.start_probe_task();
+            }
         }
     }
 
@@ -301,7 +305,11 @@ impl Shared {
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
         if let Some(at) = damping.last_failback {
-            if at.elapsed() < damping.hold {
+            if at.elapsed() >= damping.hold {
+                // The primary held for a whole hold after the last return: that return
+                // worked, so the next one waits only the configured hold again.
+                damping.hold = config.hold;
+            } else {
                 damping.hold = (damping.hold * 2).min(config.max_hold);
                 tracing::warn!(
                     hold_ms = damping.hold.as_millis() as u64,

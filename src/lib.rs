@@ -136,3 +136,8 @@ pub use state::{EndpointState, FailoverHandle, SwitchCause, SwitchEvent};
 pub use throttle::{is_service_protection_code, parse_retry_after, SERVICE_PROTECTION_CODES};
 #[cfg(feature = "tower-http")]
 pub use tower_http::TowerHttpClassifier;
+
+/// The README's code blocks, compiled and run as doc-tests so the README stays true.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

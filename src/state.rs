@@ -408,17 +408,18 @@ impl Shared {
         SwitchOutcome::Refused
     }
 
-    /// Raises one event everywhere: callbacks first (they see every event, synchronously),
-    /// then the `watch` state, then the broadcast stream. Called only under `switching`, so
+    /// Raises one event everywhere: the `watch` state, then the callbacks (they see every
+    /// event, synchronously), then the broadcast stream. Called only under `switching`, so
     /// every listener sees the events in the same order.
     fn publish(&self, event: SwitchEvent, update: impl FnOnce(&mut EndpointState)) {
-        self.run_callbacks(&event);
-        // `send_modify` stores the value even with no receiver, so a late subscriber still
-        // sees the latest state.
+        // The state first, so a callback reading `handle.state()` or `last_report()` sees the
+        // event it is called for. `send_modify` stores the value even with no receiver, so a
+        // late subscriber still sees the latest state.
         self.state.send_modify(|state| {
             update(state);
             state.last_event = Some(event.clone());
         });
+        self.run_callbacks(&event);
         let _ = self.events.send(event);
     }
 
