@@ -82,7 +82,10 @@ pub struct WriteRecord {
     pub outcome: WriteOutcome,
 }
 
-/// The writes at risk when calls moved off an endpoint. Carried by every
+/// The writes at risk when calls moved off an endpoint. A write stays in the ledger until it
+/// leaves the replication window, so a later switch off the same endpoint within the window
+/// lists it again: reconciling by key (read back, upsert if missing) makes that harmless.
+/// Carried by every
 /// [`SwitchEvent::Switched`](crate::SwitchEvent) and kept in
 /// [`FailoverHandle::last_report`](crate::FailoverHandle::last_report).
 #[derive(Debug, Clone, PartialEq, Eq)]

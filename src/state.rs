@@ -66,6 +66,8 @@ pub enum SwitchEvent {
         previous: Endpoint,
         /// The endpoint calls go to now.
         new: Endpoint,
+        /// Why, as in the `SwitchRequired` just before.
+        cause: SwitchCause,
         /// The writes at risk from this switch (`None` when the data-loss report is off).
         report: Option<Arc<DataLossReport>>,
     },
@@ -87,6 +89,13 @@ impl SwitchEvent {
         }
     }
 
+    /// Why the switch was asked for.
+    pub fn cause(&self) -> &SwitchCause {
+        match self {
+            SwitchEvent::SwitchRequired { cause, .. } | SwitchEvent::Switched { cause, .. } => cause,
+        }
+    }
+
     /// The endpoint after.
     pub fn new_endpoint(&self) -> &Endpoint {
         match self {
@@ -104,9 +113,10 @@ impl fmt::Display for SwitchEvent {
             SwitchEvent::Switched {
                 previous,
                 new,
+                cause,
                 report,
             } => {
-                write!(f, "Switched {previous} -> {new}")?;
+                write!(f, "Switched {previous} -> {new} ({cause})")?;
                 if let Some(report) = report {
                     write!(f, "; at risk: {report}")?;
                 }
@@ -370,6 +380,7 @@ impl Shared {
             SwitchEvent::Switched {
                 previous,
                 new: new.clone(),
+                cause: switch_cause.clone(),
                 report: report.clone(),
             },
             |state| {
