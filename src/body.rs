@@ -16,6 +16,40 @@ pin_project! {
     ///
     /// Nothing is lost by peeking: the bytes the classifier read, then the trailers, the error
     /// or the unread rest, come out exactly as the inner service produced them.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, ResponseBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// const ERROR: &str = r#"{"error":{"code":"0x80040217","message":"account does not exist"}}"#;
+    /// // A 500 with a small declared body: the default classifier reads it for a fault code.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     let response = http::Response::builder()
+    ///         .status(500)
+    ///         .header("content-length", ERROR.len())
+    ///         .body(Full::new(Bytes::from_static(ERROR.as_bytes())))
+    ///         .unwrap();
+    ///     Ok::<_, Infallible>(response)
+    /// });
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    ///
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts(42)")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let response: http::Response<ResponseBody<Full<Bytes>>> =
+    ///     service.ready().await.unwrap().call(request).await.unwrap();
+    /// // Not the failover code, so not an outage: the caller gets the answer, every byte of it.
+    /// assert_eq!(response.status(), 500);
+    /// let body = response.into_body().collect().await.unwrap().to_bytes();
+    /// assert_eq!(body, ERROR.as_bytes());
+    /// # }
+    /// ```
     pub struct ResponseBody<B: Body> {
         #[pin]
         inner: Inner<B>,

@@ -18,6 +18,26 @@ use crate::throttle::{is_service_protection_code, parse_retry_after};
 pub const FAILOVER_FAULT_CODE: i64 = -2147176347;
 
 /// How an endpoint was found to be down.
+///
+/// Only [`DownKind::NotFound`] proves the request never left the client; every other kind
+/// means the server may have received it, and decides whether a write may be sent again.
+///
+/// ```
+/// use std::io;
+/// use tower_failover::{classify_error, DownKind};
+///
+/// let refused = io::Error::from(io::ErrorKind::ConnectionRefused);
+/// let kind = classify_error(&refused).unwrap();
+/// assert_eq!(kind, DownKind::NotFound);
+/// // Refused at connect: nothing was sent, so even a POST may go to the other endpoint.
+/// assert!(!kind.request_may_have_been_sent());
+///
+/// let reset = io::Error::from(io::ErrorKind::ConnectionReset);
+/// let kind = classify_error(&reset).unwrap();
+/// assert_eq!(kind, DownKind::ConnectionLost);
+/// assert!(kind.request_may_have_been_sent());
+/// assert_eq!(kind.to_string(), "connection lost");
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DownKind {
@@ -62,6 +82,33 @@ impl fmt::Display for DownKind {
 }
 
 /// A classifier's judgement of one attempt.
+///
+/// ```
+/// use std::time::Duration;
+/// use http::{HeaderMap, StatusCode};
+/// use tower_failover::{Classifier, DefaultClassifier, DownKind, Outcome, Verdict};
+///
+/// let classifier = DefaultClassifier::new();
+/// let judge = |status: StatusCode, headers: &HeaderMap| {
+///     classifier.classify(Outcome::Response { status, headers, body: None })
+/// };
+/// let none = HeaderMap::new();
+/// assert_eq!(judge(StatusCode::OK, &none), Verdict::Success);
+/// // The caller's mistake, not an outage: handed back, no switch.
+/// assert_eq!(judge(StatusCode::NOT_FOUND, &none), Verdict::Fail);
+/// assert_eq!(
+///     judge(StatusCode::BAD_GATEWAY, &none),
+///     Verdict::EndpointDown(DownKind::Unavailable { status: StatusCode::BAD_GATEWAY })
+/// );
+///
+/// // A 503 that says when to come back is throttling: retried on the same endpoint.
+/// let mut slow_down = HeaderMap::new();
+/// slow_down.insert("retry-after", "2".parse().unwrap());
+/// assert_eq!(
+///     judge(StatusCode::SERVICE_UNAVAILABLE, &slow_down),
+///     Verdict::Throttled { retry_after: Some(Duration::from_secs(2)) }
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum Verdict {
@@ -82,6 +129,33 @@ pub enum Verdict {
 
 /// What a classifier looks at: a response head (with its body when the classifier asked to
 /// peek at it), or the inner service's error.
+///
+/// ```
+/// use std::io;
+/// use tower_failover::{Classifier, DefaultClassifier, DownKind, Outcome, Verdict};
+///
+/// // Also fail over when the gateway in front of the endpoint says it is in maintenance;
+/// // leave the rest to the default.
+/// let classifier = |outcome: Outcome<'_>| match outcome {
+///     Outcome::Response { status, headers, .. } if headers.contains_key("x-maintenance") => {
+///         Verdict::EndpointDown(DownKind::Unavailable { status })
+///     }
+///     other => DefaultClassifier::new().classify(other),
+/// };
+///
+/// let mut headers = http::HeaderMap::new();
+/// headers.insert("x-maintenance", "until 02:30".parse().unwrap());
+/// let verdict = classifier.classify(Outcome::Response {
+///     status: http::StatusCode::OK,
+///     headers: &headers,
+///     body: None,
+/// });
+/// assert!(matches!(verdict, Verdict::EndpointDown(_)));
+///
+/// // An error comes with its whole `source()` chain.
+/// let timed_out = io::Error::from(io::ErrorKind::TimedOut);
+/// assert_eq!(classifier.classify(Outcome::Error(&timed_out)), Verdict::EndpointDown(DownKind::Timeout));
+/// ```
 #[derive(Clone, Copy)]
 pub enum Outcome<'a> {
     /// The inner service answered.
@@ -129,8 +203,11 @@ pub trait Classifier {
     fn classify(&self, outcome: Outcome<'_>) -> Verdict;
 
     /// How many bytes of this response's body to read before judging it; `0` (the default)
-    /// judges on the head alone. The body is read only when its declared length is at most
-    /// this, and is handed back to the caller intact.
+    /// judges on the head alone. Any other value makes the layer read the body until it ends
+    /// or holds more than this; [`Outcome::Response`] carries it only when it was read whole.
+    /// The caller gets every byte either way. Reading waits for the body, so ask only for
+    /// small bodies that matter (the default classifier asks only when the declared
+    /// `Content-Length` is within its limit).
     fn peek_limit(&self, status: StatusCode, headers: &HeaderMap) -> usize {
         let _ = (status, headers);
         0
@@ -154,12 +231,16 @@ where
 ///   [`DownKind::Timeout`];
 /// * resets and connections closed before the response: [`DownKind::ConnectionLost`];
 /// * 502, 503, 504: [`DownKind::Unavailable`];
-/// * a 500 or 503 whose small JSON body is `{"error":{"code":"0x8004B065"}}` (hex or decimal
-///   `-2147176347`): [`DownKind::ServiceFault`];
+/// * any other 5xx (a 500, say) whose small JSON body is `{"error":{"code":"0x8004B065"}}`
+///   (hex or decimal `-2147176347`): [`DownKind::ServiceFault`]; other 5xx are
+///   [`Verdict::Fail`];
 /// * 429, 503 with `Retry-After`, and an error body with a service-protection code
 ///   (`0x80072322`, `0x80072321`, `0x80072326`, hex or decimal): [`Verdict::Throttled`],
 ///   retried on the same endpoint, never a switch;
-/// * every other 4xx: never a switch.
+/// * every other 4xx: [`Verdict::Fail`], never a switch.
+///
+/// Bodies are read only when their declared `Content-Length` is within the peek limit
+/// (16 KiB by default), so a chunked error body is judged on its status alone.
 ///
 /// ```
 /// use tower_failover::{Classifier, DefaultClassifier, DownKind, Outcome, Verdict};
@@ -265,6 +346,15 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 
 /// Reads `{"error":{"code":...}}` and returns the code as a signed 32-bit value. Codes come
 /// as `"0x8004B065"`, `"-2147176347"`, or a JSON number.
+///
+/// ```
+/// use tower_failover::{fault_code, FAILOVER_FAULT_CODE};
+///
+/// let body = br#"{"error":{"code":"0x8004B065","message":"The organization is failing over"}}"#;
+/// assert_eq!(fault_code(body), Some(FAILOVER_FAULT_CODE));
+/// assert_eq!(fault_code(br#"{"error":{"code":-2147176347}}"#), Some(FAILOVER_FAULT_CODE));
+/// assert_eq!(fault_code(b"<html>Bad Gateway</html>"), None);
+/// ```
 pub fn fault_code(body: &[u8]) -> Option<i64> {
     let value: serde_json::Value = serde_json::from_slice(body).ok()?;
     let code = value.get("error")?.get("code")?;
@@ -277,6 +367,14 @@ pub fn fault_code(body: &[u8]) -> Option<i64> {
 
 /// Parses a Dynamics error code in hex (`0x8004B065`) or decimal (`-2147176347`,
 /// `2147790949`) and returns it as a signed 32-bit value.
+///
+/// ```
+/// use tower_failover::{parse_code, FAILOVER_FAULT_CODE};
+///
+/// assert_eq!(parse_code("0x8004B065"), Some(FAILOVER_FAULT_CODE));
+/// assert_eq!(parse_code("2147790949"), Some(FAILOVER_FAULT_CODE)); // the same bits, unsigned
+/// assert_eq!(parse_code("0x1_0000_0000"), None);
+/// ```
 pub fn parse_code(text: &str) -> Option<i64> {
     let text = text.trim();
     let value = match text.strip_prefix("0x").or_else(|| text.strip_prefix("0X")) {
@@ -300,7 +398,17 @@ fn to_signed32(value: i64) -> i64 {
 /// Walks an error's `source()` chain and says which outage it shows, if any.
 ///
 /// Connect-phase failures win over the others, since they are the only proof that the
-/// request never left the client.
+/// request never left the client. A machine out of file descriptors, memory or local ports
+/// anywhere in the chain is not an outage (the alternate would need them too): `None`.
+///
+/// ```
+/// use std::io;
+/// use tower_failover::{classify_error, DownKind};
+///
+/// assert_eq!(classify_error(&io::Error::from(io::ErrorKind::TimedOut)), Some(DownKind::Timeout));
+/// assert_eq!(classify_error(&tower::timeout::error::Elapsed::new()), Some(DownKind::Timeout));
+/// assert_eq!(classify_error(&io::Error::other("bad certificate")), None);
+/// ```
 pub fn classify_error(error: &(dyn StdError + 'static)) -> Option<DownKind> {
     let mut found: Option<DownKind> = None;
     let mut current: Option<&(dyn StdError + 'static)> = Some(error);

@@ -47,6 +47,38 @@ impl Counters {
 }
 
 /// The counters at one moment, from [`FailoverHandle::counters`](crate::FailoverHandle::counters).
+///
+/// Each counts from the layer's build; take two snapshots and subtract for a rate.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// // The primary answers 503, the alternate 200.
+/// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+///     let status = if request.uri().host() == Some("contoso.api.crm.dynamics.com") { 503 } else { 200 };
+///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// service.ready().await.unwrap().call(request).await.unwrap();
+///
+/// let counters = handle.counters();
+/// assert_eq!(counters.calls, 1);
+/// assert_eq!(counters.switches, 1);
+/// assert_eq!(counters.failover_resends, 1);
+/// assert_eq!(counters.possibly_applied, 0);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CountersSnapshot {
@@ -56,9 +88,10 @@ pub struct CountersSnapshot {
     pub failover_resends: u64,
     /// Throttling retries made on the same endpoint.
     pub throttle_retries: u64,
-    /// Switches made (automatic and manual).
+    /// Switches made, whatever their cause (outage, manual, failback, maintenance, start-up).
     pub switches: u64,
-    /// Throttling answers seen (429, 503 with `Retry-After`, service-protection codes).
+    /// Throttled attempts seen (429, 503 with `Retry-After`, service-protection codes), retried
+    /// or not.
     pub throttled: u64,
     /// Re-sends refused because the retry budget was spent.
     pub refused_by_budget: u64,

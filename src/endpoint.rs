@@ -38,6 +38,20 @@ impl Endpoint {
     ///
     /// A path other than `/`, a query, user information, or any other scheme is refused with
     /// an error that says what to change.
+    ///
+    /// ```
+    /// use tower_failover::Endpoint;
+    ///
+    /// let endpoint = Endpoint::parse("https://dr.example.net:8443").unwrap();
+    /// assert_eq!(endpoint.host(), "dr.example.net");
+    /// assert_eq!(endpoint.port(), 8443);
+    /// assert_eq!(Endpoint::parse("http://api.example.com/").unwrap().port(), 80);
+    ///
+    /// // Requests keep their own paths, so an endpoint has none.
+    /// let err = Endpoint::parse("https://contoso.api.crm.dynamics.com/api/data/v9.2").unwrap_err();
+    /// assert!(err.to_string().contains("scheme and a host only"));
+    /// assert!(Endpoint::parse("ftp://files.example.com").is_err());
+    /// ```
     pub fn parse(uri: &str) -> Result<Self, ConfigError> {
         let parsed: Uri = uri.parse().map_err(|e| {
             ConfigError::new(format!(
@@ -48,6 +62,19 @@ impl Endpoint {
     }
 
     /// Builds an endpoint from an already parsed URI; see [`Endpoint::parse`].
+    ///
+    /// ```
+    /// use http::Uri;
+    /// use tower_failover::Endpoint;
+    ///
+    /// let uri: Uri = "https://API.example.com".parse().unwrap();
+    /// let endpoint = Endpoint::from_uri(&uri).unwrap();
+    /// assert_eq!(endpoint.authority().as_str(), "api.example.com");
+    ///
+    /// // A request URI is not an endpoint: it has a path.
+    /// let request_uri: Uri = "https://api.example.com/v1/orders".parse().unwrap();
+    /// assert!(Endpoint::from_uri(&request_uri).is_err());
+    /// ```
     pub fn from_uri(uri: &Uri) -> Result<Self, ConfigError> {
         let scheme = match uri.scheme() {
             Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
@@ -125,6 +152,19 @@ impl Endpoint {
 
     /// True when `uri` names this endpoint's host and port (any case, trailing dot allowed,
     /// default port implied by the URI's scheme).
+    ///
+    /// ```
+    /// use tower_failover::Endpoint;
+    ///
+    /// let endpoint = Endpoint::parse("https://contoso.api.crm.dynamics.com").unwrap();
+    /// assert!(endpoint.matches(&"https://CONTOSO.api.crm.dynamics.com./api/data".parse().unwrap()));
+    /// assert!(endpoint.matches(&"https://contoso.api.crm.dynamics.com:443/".parse().unwrap()));
+    /// // Another port is another endpoint; so is plain http (port 80).
+    /// assert!(!endpoint.matches(&"https://contoso.api.crm.dynamics.com:8443/".parse().unwrap()));
+    /// assert!(!endpoint.matches(&"http://contoso.api.crm.dynamics.com/".parse().unwrap()));
+    /// // A relative URI names no endpoint.
+    /// assert!(!endpoint.matches(&"/api/data".parse().unwrap()));
+    /// ```
     pub fn matches(&self, uri: &Uri) -> bool {
         match uri.authority() {
             Some(authority) => self.matches_authority(authority, uri.scheme()),
@@ -211,6 +251,19 @@ impl fmt::Debug for Endpoint {
 }
 
 /// Which side of the pair a request goes to.
+///
+/// ```
+/// use tower_failover::{Endpoints, FailoverLayer, Side};
+///
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// assert_eq!(handle.active(), Side::Primary);
+///
+/// handle.switch_to(Side::Primary.other());
+/// assert_eq!(handle.active(), Side::Alternate);
+/// assert_eq!(handle.endpoints().get(Side::Alternate), Some(handle.active_endpoint()));
+/// assert_eq!(Side::Alternate.to_string(), "alternate");
+/// ```
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
 pub enum Side {
     /// The primary endpoint, where calls go while it is healthy.
@@ -270,6 +323,18 @@ pub struct Endpoints {
 
 impl Endpoints {
     /// A primary and an alternate, each an absolute `http(s)://host[:port]` URI.
+    ///
+    /// ```
+    /// use tower_failover::Endpoints;
+    ///
+    /// let pair = Endpoints::new("https://api.example.com", "https://dr.example.net:8443").unwrap();
+    /// assert_eq!(pair.primary().to_string(), "https://api.example.com");
+    /// assert_eq!(pair.alternate().unwrap().port(), 8443);
+    ///
+    /// // Each URI is checked, and the error says which one is wrong.
+    /// let err = Endpoints::new("https://api.example.com", "dr.example.net").unwrap_err();
+    /// assert!(err.to_string().starts_with("alternate endpoint:"));
+    /// ```
     pub fn new(primary: &str, alternate: &str) -> Result<Self, ConfigError> {
         let primary = Endpoint::parse(primary).map_err(|e| e.context("primary endpoint"))?;
         let alternate = Endpoint::parse(alternate).map_err(|e| e.context("alternate endpoint"))?;
@@ -278,7 +343,17 @@ impl Endpoints {
 
     /// A primary with the alternate derived by the Dynamics 365 `--s` rule:
     /// `https://contoso.api.crm.dynamics.com` has the alternate
-    /// `https://contoso--s.api.crm.dynamics.com`.
+    /// `https://contoso--s.api.crm.dynamics.com`. Scheme and port carry over.
+    ///
+    /// ```
+    /// use tower_failover::Endpoints;
+    ///
+    /// let pair = Endpoints::dynamics("https://contoso.crm4.dynamics.com:8443").unwrap();
+    /// assert_eq!(pair.alternate().unwrap().to_string(), "https://contoso--s.crm4.dynamics.com:8443");
+    ///
+    /// // The rule needs an organization host name.
+    /// assert!(Endpoints::dynamics("https://10.0.0.1").unwrap_err().to_string().contains("IP address"));
+    /// ```
     pub fn dynamics(primary: &str) -> Result<Self, ConfigError> {
         let primary = Endpoint::parse(primary).map_err(|e| e.context("primary endpoint"))?;
         let alternate = primary.dynamics_alternate()?;
@@ -286,13 +361,38 @@ impl Endpoints {
     }
 
     /// A primary alone: calls are classified and failures typed, but nothing can switch
-    /// (the seed's "organization not enabled for failover").
+    /// (the Dynamics 365 SDK's "organization not enabled for failover"). `SwitchRequired` is
+    /// raised once per generation, and with no alternate the generation never moves: only the
+    /// first outage raises it.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// let pair = Endpoints::primary_only("https://api.example.com").unwrap();
+    /// assert!(pair.alternate().is_none());
+    ///
+    /// let handle = FailoverLayer::new(pair).handle();
+    /// assert!(!handle.auto_switch_enabled());
+    /// assert_eq!(handle.switch_endpoint(), Side::Primary); // nowhere to go
+    /// ```
     pub fn primary_only(primary: &str) -> Result<Self, ConfigError> {
         let primary = Endpoint::parse(primary).map_err(|e| e.context("primary endpoint"))?;
         Self::from_parts(primary, None)
     }
 
-    /// Pairs two parsed endpoints.
+    /// Pairs two parsed endpoints. The alternate must differ from the primary in host or port.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoint, Endpoints};
+    ///
+    /// let primary = Endpoint::parse("https://api.example.com").unwrap();
+    /// let alternate = Endpoint::parse("https://api.example.com:8443").unwrap();
+    /// let pair = Endpoints::from_parts(primary.clone(), Some(alternate)).unwrap();
+    /// assert_eq!(pair.primary(), &primary);
+    ///
+    /// let err = Endpoints::from_parts(primary.clone(), Some(primary)).unwrap_err();
+    /// assert!(err.to_string().contains("same endpoint"));
+    /// ```
     pub fn from_parts(primary: Endpoint, alternate: Option<Endpoint>) -> Result<Self, ConfigError> {
         if let Some(alt) = &alternate {
             if alt.host == primary.host && alt.port == primary.port {
@@ -322,7 +422,18 @@ impl Endpoints {
         }
     }
 
-    /// Which side `uri` names, if either.
+    /// Which side `uri` names, if either. Requests naming neither pass through the layer
+    /// untouched.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, Side};
+    ///
+    /// let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    /// let side = |uri: &str| pair.side_of(&uri.parse().unwrap());
+    /// assert_eq!(side("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI"), Some(Side::Primary));
+    /// assert_eq!(side("https://contoso--s.api.crm.dynamics.com/"), Some(Side::Alternate));
+    /// assert_eq!(side("https://login.microsoftonline.com/token"), None);
+    /// ```
     pub fn side_of(&self, uri: &Uri) -> Option<Side> {
         if self.primary.matches(uri) {
             Some(Side::Primary)

@@ -12,6 +12,20 @@ use crate::endpoint::Endpoint;
 pub type BoxError = Box<dyn StdError + Send + Sync>;
 
 /// A configuration mistake, found when the layer is built. The message says what to fix.
+///
+/// ```
+/// use http::Method;
+/// use tower_failover::{Endpoints, FailoverLayer, RetryPolicy};
+///
+/// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+///     .route(Method::GET, "api/data/*", RetryPolicy::reads_only())
+///     .build()
+///     .unwrap_err();
+/// assert_eq!(
+///     err.to_string(),
+///     "route pattern `api/data/*` must start with `/` (it matches the request path)"
+/// );
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     message: String,
@@ -39,7 +53,39 @@ impl fmt::Display for ConfigError {
 
 impl StdError for ConfigError {}
 
-/// Why a call that failed on an endpoint was not re-sent.
+/// Why a call that failed on an endpoint was not re-sent, from
+/// [`FailoverError::not_resent_because`].
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, FailoverLayer, NotResent, ReplayBody, Side};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// // The primary answers 503, the alternate 200.
+/// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+///     let status = if request.uri().host() == Some("contoso.api.crm.dynamics.com") { 503 } else { 200 };
+///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+///
+/// // A POST that reached a failing primary may have been applied there: not sent again.
+/// let request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
+///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
+///     .unwrap();
+/// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+/// assert_eq!(err.not_resent_because(), Some(NotResent::NotIdempotent));
+/// assert!(!NotResent::NotIdempotent.is_body());
+/// assert!(err.possibly_applied());
+/// // Later calls go to the alternate all the same.
+/// assert_eq!(handle.active(), Side::Alternate);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum NotResent {
@@ -70,7 +116,15 @@ pub enum NotResent {
 }
 
 impl NotResent {
-    /// True for the reasons that are about the body rather than the request's semantics.
+    /// True for the reasons that are about the body rather than the request's semantics; a
+    /// call refused for one fails with [`FailoverErrorKind::NotReplayable`].
+    ///
+    /// ```
+    /// use tower_failover::NotResent;
+    ///
+    /// assert!(NotResent::BodyOverCap { cap: 65536 }.is_body());
+    /// assert!(!NotResent::BudgetExhausted.is_body());
+    /// ```
     pub fn is_body(&self) -> bool {
         matches!(
             self,
@@ -101,20 +155,55 @@ impl fmt::Display for NotResent {
     }
 }
 
-/// What went wrong with a call, in the terms of the seed's three exceptions plus the cases a
-/// replaying client adds.
+/// What went wrong with a call, in the terms of the Dynamics 365 SDK's three exceptions plus
+/// the cases a replaying client adds.
+///
+/// After a re-send, the kind is the second attempt's failure.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, ReplayBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Both endpoints refuse the connection.
+/// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+///     Err::<http::Response<Full<Bytes>>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+/// });
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+///
+/// fn advice(kind: &FailoverErrorKind) -> &'static str {
+///     match kind {
+///         FailoverErrorKind::EndpointNotFound => "check DNS and the network",
+///         FailoverErrorKind::Timeout | FailoverErrorKind::DeadlineExceeded => "try again later",
+///         FailoverErrorKind::NotReplayable { .. } => "send it again yourself",
+///         _ => "see the error's source",
+///     }
+/// }
+/// assert_eq!(err.kind(), &FailoverErrorKind::EndpointNotFound);
+/// assert_eq!(advice(err.kind()), "check DNS and the network");
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum FailoverErrorKind {
-    /// The endpoint could not be reached (connect refused, DNS failure): the seed's
+    /// The endpoint could not be reached (connect refused, DNS failure): the SDK's
     /// `EndpointNotFoundException`.
     EndpointNotFound,
     /// The connection was lost after the request may have been sent (reset, closed early).
     ConnectionLost,
-    /// The attempt timed out: the seed's `TimeoutException`.
+    /// The attempt timed out: the SDK's `TimeoutException`.
     Timeout,
     /// The service answered with the failover fault code (`0x8004B065` / `-2147176347`):
-    /// the seed's `FaultException<OrganizationServiceFault>`.
+    /// the SDK's `FaultException<OrganizationServiceFault>`.
     ServiceFault {
         /// The fault code as a signed 32-bit value (`-2147176347`).
         code: i64,
@@ -124,7 +213,7 @@ pub enum FailoverErrorKind {
         /// The status it answered with.
         status: StatusCode,
     },
-    /// The call failed on the primary and could have gone to the alternate, but its body
+    /// The call found its endpoint down and could have gone to the other one, but its body
     /// could not be replayed.
     NotReplayable {
         /// Why not.
@@ -132,7 +221,8 @@ pub enum FailoverErrorKind {
     },
     /// The call's overall deadline passed (across attempts and waits).
     DeadlineExceeded,
-    /// The inner service failed in a way that is not an endpoint outage; see `source()`.
+    /// The inner service failed in a way that is not an endpoint outage (its readiness
+    /// included); see `source()`. A response, whatever its status, is never an error.
     Inner,
 }
 
@@ -165,7 +255,35 @@ impl fmt::Display for FailoverErrorKind {
     }
 }
 
-/// The cause recorded when a call's deadline passes.
+/// The cause recorded when a call's deadline passes: the error of its last attempt.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use std::time::Duration;
+/// use tower_failover::{DeadlineElapsed, Endpoints, FailoverErrorKind, FailoverLayer, ReplayBody, RetryPolicy};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // An endpoint that never answers.
+/// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+///     std::future::pending::<Result<http::Response<Full<Bytes>>, Infallible>>().await
+/// });
+/// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+///     .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(50)))
+///     .build()
+///     .unwrap();
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+/// assert_eq!(err.kind(), &FailoverErrorKind::DeadlineExceeded);
+/// assert!(err.last_attempt().error().unwrap().is::<DeadlineElapsed>());
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DeadlineElapsed;
 
@@ -178,7 +296,46 @@ impl fmt::Display for DeadlineElapsed {
 impl StdError for DeadlineElapsed {}
 
 /// How one attempt failed: the endpoint it went to and either the error or the response
-/// status the classifier judged a failure. Reached through [`FailoverError`]'s `source()`.
+/// status the classifier judged a failure. Reached through [`FailoverError::last_attempt`],
+/// [`FailoverError::first_attempt`], and [`FailoverError`]'s `source()`.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use std::io;
+/// use http::StatusCode;
+/// use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // The primary answers 503; the alternate's connection is reset.
+/// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+///     if request.uri().host() == Some("contoso.api.crm.dynamics.com") {
+///         Ok(http::Response::builder().status(503).body(Full::new(Bytes::new())).unwrap())
+///     } else {
+///         Err(io::Error::from(io::ErrorKind::ConnectionReset))
+///     }
+/// });
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+///
+/// let first = err.first_attempt().unwrap();
+/// assert_eq!(first.endpoint().unwrap().host(), "contoso.api.crm.dynamics.com");
+/// assert_eq!(first.status(), Some(StatusCode::SERVICE_UNAVAILABLE));
+/// assert!(first.error().is_none());
+///
+/// let last = err.last_attempt();
+/// assert_eq!(last.endpoint().unwrap().host(), "contoso--s.api.crm.dynamics.com");
+/// assert_eq!(last.status(), None);
+/// assert!(last.error().unwrap().is::<io::Error>());
+/// # }
+/// ```
 #[derive(Debug)]
 pub struct AttemptError {
     endpoint: Option<Endpoint>,
@@ -275,12 +432,19 @@ impl StdError for AttemptError {
 /// The error of a call through [`Failover`](crate::Failover).
 ///
 /// `kind()` says what failed, `possibly_applied()` whether the server may have applied the
-/// request anyway, `not_resent()` why it was not tried again, and `source()` leads to the
-/// last attempt's cause; `first_attempt()` keeps the first attempt's cause when there were two.
+/// request anyway, `not_resent_because()` why it was not tried again, and `source()` leads to
+/// the last attempt's cause; `first_attempt()` keeps the first attempt's cause when there were
+/// two.
 ///
 /// ```
-/// use tower_failover::{FailoverError, FailoverErrorKind};
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, FailoverError, FailoverErrorKind, FailoverLayer, ReplayBody};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// fn explain(err: &FailoverError) -> String {
 ///     match err.kind() {
 ///         FailoverErrorKind::EndpointNotFound => "both endpoints unreachable".into(),
@@ -288,7 +452,19 @@ impl StdError for AttemptError {
 ///         _ => err.to_string(),
 ///     }
 /// }
-/// # let _ = explain;
+///
+/// // Both endpoints answer 503.
+/// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+///     Ok::<_, Infallible>(http::Response::builder().status(503).body(Full::new(Bytes::new())).unwrap())
+/// });
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
+///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
+///     .unwrap();
+/// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+/// assert!(explain(&err).starts_with("check before retrying: unavailable (503 Service Unavailable)"));
+/// # }
 /// ```
 #[derive(Debug)]
 pub struct FailoverError {
@@ -329,6 +505,29 @@ impl FailoverError {
     }
 
     /// What failed.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http_body_util::Full;
+    /// # use tower::{Service, ServiceBuilder, ServiceExt};
+    /// # use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, ReplayBody};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Both endpoints answer 503.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     Ok::<_, Infallible>(http::Response::builder().status(503).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+    /// // Re-sent on the alternate, which failed too.
+    /// assert_eq!(err.kind(), &FailoverErrorKind::Unavailable { status: http::StatusCode::SERVICE_UNAVAILABLE });
+    /// # }
+    /// ```
     pub fn kind(&self) -> &FailoverErrorKind {
         &self.inner.kind
     }
@@ -338,26 +537,152 @@ impl FailoverError {
     /// request left the client (connect refused, DNS) proves it was not applied.
     ///
     /// The caller should check (read back by key) before sending a write again.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http_body_util::Full;
+    /// # use tower::{Service, ServiceBuilder, ServiceExt};
+    /// # use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Both endpoints refuse the connection.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     Err::<http::Response<Full<Bytes>>, _>(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+    /// });
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
+    ///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
+    ///     .unwrap();
+    /// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+    /// // Refused at connect on both sides: the POST was re-sent, and never applied.
+    /// assert!(err.was_resent());
+    /// assert!(!err.possibly_applied());
+    /// # }
+    /// ```
     pub fn possibly_applied(&self) -> bool {
         self.inner.possibly_applied
     }
 
-    /// Why the call was not re-sent on the other endpoint, when it could have been.
+    /// Why the call was not re-sent on the other endpoint after its endpoint was found down.
+    /// `None` when it was re-sent, or when the failure was not an outage.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http_body_util::Full;
+    /// # use tower::{Service, ServiceBuilder, ServiceExt};
+    /// # use tower_failover::{Endpoints, FailoverLayer, NotResent, ReplayBody};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // The primary answers 503, the alternate 200.
+    /// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+    ///     let status = if request.uri().host() == Some("contoso.api.crm.dynamics.com") { 503 } else { 200 };
+    ///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .auto_switch(false)
+    ///     .build()
+    ///     .unwrap();
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+    /// assert_eq!(err.not_resent_because(), Some(NotResent::AutoSwitchOff));
+    /// # }
+    /// ```
     pub fn not_resent_because(&self) -> Option<NotResent> {
         self.inner.not_resent
     }
 
     /// The last attempt's failure.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http_body_util::Full;
+    /// # use tower::{Service, ServiceBuilder, ServiceExt};
+    /// # use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Both endpoints answer 503.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     Ok::<_, Infallible>(http::Response::builder().status(503).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+    /// let last = err.last_attempt();
+    /// assert_eq!(last.endpoint().unwrap().to_string(), "https://contoso--s.api.crm.dynamics.com");
+    /// assert_eq!(last.status(), Some(http::StatusCode::SERVICE_UNAVAILABLE));
+    /// # }
+    /// ```
     pub fn last_attempt(&self) -> &AttemptError {
         &self.inner.last
     }
 
     /// The first attempt's failure, when the call was re-sent and failed again.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http_body_util::Full;
+    /// # use tower::{Service, ServiceBuilder, ServiceExt};
+    /// # use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Both endpoints answer 503.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     Ok::<_, Infallible>(http::Response::builder().status(503).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+    /// let first = err.first_attempt().expect("re-sent on the alternate");
+    /// assert_eq!(first.endpoint().unwrap().to_string(), "https://contoso.api.crm.dynamics.com");
+    /// # }
+    /// ```
     pub fn first_attempt(&self) -> Option<&AttemptError> {
         self.inner.first.as_ref()
     }
 
     /// True when the call was tried on both endpoints.
+    ///
+    /// ```
+    /// # use std::convert::Infallible;
+    /// # use bytes::Bytes;
+    /// # use http_body_util::Full;
+    /// # use tower::{Service, ServiceBuilder, ServiceExt};
+    /// # use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // Both endpoints answer 503.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     Ok::<_, Infallible>(http::Response::builder().status(503).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let read = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let write = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let read_err = service.ready().await.unwrap().call(read).await.unwrap_err();
+    /// let write_err = service.ready().await.unwrap().call(write).await.unwrap_err();
+    /// // The GET is idempotent, so it was re-sent; the POST may have been applied, so it was not.
+    /// assert!(read_err.was_resent());
+    /// assert!(!write_err.was_resent());
+    /// # }
+    /// ```
     pub fn was_resent(&self) -> bool {
         self.inner.first.is_some()
     }

@@ -26,17 +26,62 @@ use crate::state::{Shared, SwitchCause};
 /// jitter). The client fails back only after `min_time_on_alternate` *and* `healthy_probes`
 /// healthy probes in a row; a failed probe resets the count. Flap damping: at most one
 /// failback per `hold` (60 s by default), and the hold doubles (up to `max_hold`) each time
-/// the primary fails again within the hold after a failback.
+/// the primary fails again within the hold after a failback; a return that lasts a whole hold
+/// brings it back to `hold`.
+///
+/// Probes go through the inner service of a [`Failover`](crate::Failover), lent by its first
+/// call (or by [`Failover::check_startup`](crate::Failover::check_startup)), and run as a tokio
+/// task. A layer used only through the reqwest middleware has no service to probe with, so it
+/// does not fail back by itself.
 ///
 /// ```
+/// use std::convert::Infallible;
+/// use std::sync::atomic::{AtomicBool, Ordering};
+/// use std::sync::Arc;
 /// use std::time::Duration;
-/// use tower_failover::{Endpoints, Failback, FailoverLayer};
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, Failback, FailoverLayer, ReplayBody, Side, SwitchCause};
 ///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
-///     .failback(Failback::dynamics().interval(Duration::from_secs(10)).healthy_probes(5))
+///     .failback(
+///         Failback::dynamics()
+///             .interval(Duration::from_millis(20)) // seconds in production
+///             .min_time_on_alternate(Duration::ZERO)
+///             .healthy_probes(2),
+///     )
 ///     .build()
 ///     .unwrap();
-/// # let _ = layer;
+/// let handle = layer.handle();
+///
+/// // The primary answers 503 until it is back up.
+/// let primary_up = Arc::new(AtomicBool::new(false));
+/// let up = primary_up.clone();
+/// let client = tower::service_fn(move |request: http::Request<ReplayBody<Full<Bytes>>>| {
+///     let primary = request.uri().host() == Some("contoso.api.crm.dynamics.com");
+///     let status = if primary && !up.load(Ordering::SeqCst) { 503 } else { 200 };
+///     async move { Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap()) }
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// service.ready().await.unwrap().call(request).await.unwrap();
+/// assert_eq!(handle.active(), Side::Alternate);
+/// assert!(handle.probing());
+///
+/// // The primary recovers: after two healthy probes in a row, calls go back to it.
+/// primary_up.store(true, Ordering::SeqCst);
+/// let mut state = handle.subscribe();
+/// tokio::time::timeout(Duration::from_secs(5), state.wait_for(|s| s.active == Side::Primary))
+///     .await
+///     .expect("failed back")
+///     .unwrap();
+/// assert_eq!(handle.state().cause, Some(SwitchCause::Failback));
+/// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Failback {
@@ -69,16 +114,54 @@ impl Default for Failback {
 
 impl Failback {
     /// Probe `GET /` every 5 s; fail back after 30 s on the alternate and 3 healthy probes.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_failover::Failback;
+    ///
+    /// assert_eq!(Failback::new(), Failback::default());
+    /// // The same as the defaults, spelled out.
+    /// let spelled_out = Failback::new()
+    ///     .probe(http::Method::GET, "/")
+    ///     .interval(Duration::from_secs(5))
+    ///     .jitter_percent(20)
+    ///     .min_time_on_alternate(Duration::from_secs(30))
+    ///     .healthy_probes(3)
+    ///     .probe_timeout(Duration::from_secs(5))
+    ///     .hold(Duration::from_secs(60), Duration::from_secs(3600));
+    /// assert_eq!(spelled_out, Failback::new());
+    /// ```
     pub fn new() -> Self {
         Self::default()
     }
 
     /// As [`Failback::new`], probing the Dynamics 365 Web API's `WhoAmI`.
+    ///
+    /// ```
+    /// use tower_failover::Failback;
+    ///
+    /// assert_eq!(Failback::dynamics(), Failback::new().probe(http::Method::GET, "/api/data/v9.2/WhoAmI"));
+    /// ```
     pub fn dynamics() -> Self {
         Self::default().probe(Method::GET, "/api/data/v9.2/WhoAmI")
     }
 
     /// The probe request: a method and a path (with query) on the primary.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// // A cheap read that needs the database, not just the web front end.
+    /// let failback = Failback::new().probe(http::Method::GET, "/api/health?deep=true");
+    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(failback).build().is_ok());
+    ///
+    /// // The path is relative to the primary, so it must start with `/`.
+    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::new().probe(http::Method::GET, "api/health"))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("must start with `/`"));
+    /// ```
     pub fn probe(mut self, method: Method, path: &str) -> Self {
         self.method = method;
         self.path = path.to_string();
@@ -86,30 +169,89 @@ impl Failback {
     }
 
     /// Time between probes (default 5 s), spread by ±`jitter_percent` %.
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// let failback = Failback::dynamics().interval(Duration::from_secs(10));
+    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(failback).build().is_ok());
+    ///
+    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::dynamics().interval(Duration::ZERO))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "failback: interval must be above zero");
+    /// ```
     pub fn interval(mut self, interval: Duration) -> Self {
         self.interval = interval;
         self
     }
 
     /// How much each interval varies, in percent (default 20), so clients do not probe in step.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// // Many clients behind one primary: spread their probes wider.
+    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(Failback::dynamics().jitter_percent(50)).build().is_ok());
+    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(Failback::dynamics().jitter_percent(150)).build().is_err());
+    /// ```
     pub fn jitter_percent(mut self, percent: u8) -> Self {
         self.jitter_percent = percent;
         self
     }
 
     /// The least time on the alternate before failing back (default 30 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// // Stay on the alternate at least 10 minutes, however healthy the primary looks: a region
+    /// // that just came back often goes down again.
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::dynamics().min_time_on_alternate(Duration::from_secs(600)))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
     pub fn min_time_on_alternate(mut self, time: Duration) -> Self {
         self.min_time_on_alternate = time;
         self
     }
 
     /// Healthy probes in a row needed to fail back (default 3).
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(Failback::dynamics().healthy_probes(5)).build().is_ok());
+    ///
+    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::dynamics().healthy_probes(0))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("would fail back blind"));
+    /// ```
     pub fn healthy_probes(mut self, count: u32) -> Self {
         self.healthy_probes = count;
         self
     }
 
     /// How long one probe may take before it counts as failed (default 5 s).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// // A primary that answers slowly is not healthy yet.
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::dynamics().probe_timeout(Duration::from_secs(2)))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
     pub fn probe_timeout(mut self, timeout: Duration) -> Self {
         self.probe_timeout = timeout;
         self
@@ -117,6 +259,20 @@ impl Failback {
 
     /// The least time between two automatic failbacks (default 60 s), and the most it can
     /// grow to after repeated failed returns (default 1 h).
+    ///
+    /// ```
+    /// use std::time::Duration;
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// let failback = Failback::dynamics().hold(Duration::from_secs(300), Duration::from_secs(4 * 3600));
+    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(failback).build().is_ok());
+    ///
+    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::dynamics().hold(Duration::from_secs(300), Duration::from_secs(60)))
+    ///     .build()
+    ///     .unwrap_err();
+    /// assert_eq!(err.to_string(), "failback: max_hold must be at least hold");
+    /// ```
     pub fn hold(mut self, hold: Duration, max_hold: Duration) -> Self {
         self.hold = hold;
         self.max_hold = max_hold;

@@ -74,6 +74,43 @@ type InnerBody<S, B> = <<S as Service<Request<ReplayBody<B>>>>::Response as Http
 
 pin_project! {
     /// The future of a call through [`Failover`](crate::Failover).
+    ///
+    /// Dropping it before it completes abandons the call: no re-send is made, and a write it
+    /// carried is reported with an unknown outcome at the next switch.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use std::time::Duration;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_failover::{DefaultClassifier, Endpoints, FailoverLayer, ReplayBody, ResponseFuture, WriteOutcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let handle = layer.handle();
+    /// // A primary that takes its time.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     tokio::time::sleep(Duration::from_secs(60)).await;
+    ///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    ///
+    /// let request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
+    ///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
+    ///     .unwrap();
+    /// let future: ResponseFuture<_, Full<Bytes>, DefaultClassifier> = service.ready().await.unwrap().call(request);
+    /// // The caller gives up after 10 ms, dropping the future mid-call.
+    /// assert!(tokio::time::timeout(Duration::from_millis(10), future).await.is_err());
+    ///
+    /// // The primary may have applied that POST: the next switch's report says so.
+    /// handle.switch_endpoint();
+    /// let report = handle.last_report().unwrap();
+    /// assert_eq!(report.unknown.len(), 1);
+    /// assert_eq!(report.unknown[0].outcome, WriteOutcome::Unknown);
+    /// # }
+    /// ```
     pub struct ResponseFuture<S, B, C>
     where
         S: Service<Request<ReplayBody<B>>>,

@@ -50,11 +50,57 @@ impl WriteKey {
 }
 
 /// What became of a recorded write.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, WriteOutcome};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+///     let status = match request.uri().path() {
+///         "/api/data/v9.2/slow" => std::future::pending::<u16>().await, // never answers
+///         "/api/data/v9.2/broken" => 500,
+///         _ => 201,
+///     };
+///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let post = |path: &str| {
+///     http::Request::post(format!("https://contoso.api.crm.dynamics.com/api/data/v9.2/{path}"))
+///         .body(Full::new(Bytes::new()))
+///         .unwrap()
+/// };
+///
+/// service.ready().await.unwrap().call(post("accounts")).await.unwrap();
+/// // A 500 is not an outage, and says nothing of whether the write was applied.
+/// service.ready().await.unwrap().call(post("broken")).await.unwrap();
+/// let in_flight = service.ready().await.unwrap().call(post("slow"));
+///
+/// handle.switch_endpoint();
+/// let report = handle.last_report().unwrap();
+/// let outcomes: Vec<_> = report.at_risk().map(|write| (write.path.as_str(), write.outcome)).collect();
+/// assert_eq!(
+///     outcomes,
+///     [
+///         ("/api/data/v9.2/accounts", WriteOutcome::Acknowledged),
+///         ("/api/data/v9.2/broken", WriteOutcome::Unknown),
+///         ("/api/data/v9.2/slow", WriteOutcome::InFlight),
+///     ]
+/// );
+/// # drop(in_flight);
+/// # }
+/// ```
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum WriteOutcome {
     /// Still in flight.
     InFlight,
-    /// The endpoint answered with a success status.
+    /// The endpoint answered with a status below 400.
     Acknowledged,
     /// Failed after it may have been sent, or was cut off: it may or may not have been applied.
     Unknown,
@@ -64,6 +110,40 @@ pub enum WriteOutcome {
 }
 
 /// One write, as the report shows it.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, Side, WriteOutcome};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// // Both endpoints answer 200.
+/// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts?$select=name")
+///     .header("idempotency-key", "create-contoso")
+///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
+///     .unwrap();
+/// let response = service.ready().await.unwrap().call(request).await.unwrap();
+///
+/// handle.switch_endpoint();
+/// let report = handle.last_report().unwrap();
+/// let write = &report.acknowledged[0];
+/// assert_eq!(write.method, http::Method::POST);
+/// assert_eq!(write.path, "/api/data/v9.2/accounts"); // no query: it may carry secrets
+/// assert_eq!(write.key.as_deref(), Some("create-contoso"));
+/// assert_eq!(write.side, Side::Primary);
+/// assert_eq!(write.outcome, WriteOutcome::Acknowledged);
+/// assert!(write.acknowledged_at.unwrap() >= write.sent_at);
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct WriteRecord {
     /// The method.
@@ -72,7 +152,8 @@ pub struct WriteRecord {
     pub path: String,
     /// The request's key: the configured header, or a [`WriteKey`] from its extensions.
     pub key: Option<String>,
-    /// The side it was sent to first.
+    /// The side that may hold it: where it was sent first, unless that attempt provably never
+    /// left the client and the write was re-sent on the other side.
     pub side: Side,
     /// When it was sent.
     pub sent_at: SystemTime,
@@ -82,12 +163,57 @@ pub struct WriteRecord {
     pub outcome: WriteOutcome,
 }
 
-/// The writes at risk when calls moved off an endpoint. A write stays in the ledger until it
-/// leaves the replication window, so a later switch off the same endpoint within the window
-/// lists it again: reconciling by key (read back, upsert if missing) makes that harmless.
-/// Carried by every
+/// The writes at risk when calls moved off an endpoint. Carried by every
 /// [`SwitchEvent::Switched`](crate::SwitchEvent) and kept in
-/// [`FailoverHandle::last_report`](crate::FailoverHandle::last_report).
+/// [`FailoverHandle::last_report`](crate::FailoverHandle::last_report) until the next switch.
+///
+/// A write stays in the ledger until it leaves the replication window, so a later switch off
+/// the same endpoint within the window lists it again: reconciling by key (read back, upsert
+/// if missing) makes that harmless.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tokio::sync::broadcast;
+/// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, SwitchEvent};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// let mut events = handle.events();
+/// // Both endpoints answer 200.
+/// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
+///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
+///     .unwrap();
+/// let response = service.ready().await.unwrap().call(request).await.unwrap();
+///
+/// handle.switch_endpoint();
+/// let report = loop {
+///     match events.recv().await {
+///         Ok(SwitchEvent::Switched { report: Some(report), .. }) => break report,
+///         Ok(_) => continue,
+///         // Fell behind: the latest report is still on the handle.
+///         Err(broadcast::error::RecvError::Lagged(_)) => break handle.last_report().unwrap(),
+///         Err(broadcast::error::RecvError::Closed) => unreachable!("the handle keeps the sender"),
+///     }
+/// };
+/// assert_eq!(report.from.host(), "contoso.api.crm.dynamics.com");
+/// assert_eq!(report.to.host(), "contoso--s.api.crm.dynamics.com");
+/// assert!(!report.is_empty());
+/// assert_eq!(
+///     report.to_string(),
+///     "1 acknowledged by https://contoso.api.crm.dynamics.com within 300s \
+///      (may be missing on https://contoso--s.api.crm.dynamics.com), 0 with unknown outcome"
+/// );
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DataLossReport {
     /// The endpoint calls moved off.
@@ -98,10 +224,10 @@ pub struct DataLossReport {
     pub at: SystemTime,
     /// The replication window the acknowledged writes were taken from.
     pub window: Duration,
-    /// Writes `from` acknowledged within the window: the alternate may not have them yet.
+    /// Writes `from` acknowledged within the window: `to` may not have them yet.
     pub acknowledged: Vec<WriteRecord>,
-    /// Writes sent to `from` whose outcome is unknown (in flight, or failed after sending):
-    /// `from` may or may not have applied them.
+    /// Writes sent to `from` whose outcome is unknown (in flight, or failed after sending,
+    /// including those then re-sent on `to`): `from` may or may not have applied them.
     pub unknown: Vec<WriteRecord>,
     /// Writes the ledger dropped, oldest first, to stay within its capacity since the
     /// previous report. Non-zero means the lists above may be incomplete.
@@ -110,6 +236,47 @@ pub struct DataLossReport {
 
 impl DataLossReport {
     /// Every write at risk: acknowledged, then unknown.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, WriteOutcome};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let handle = layer.handle();
+    /// // The primary applies accounts, and answers 500 for tasks.
+    /// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+    ///     let status = if request.uri().path().ends_with("/tasks") { 500 } else { 204 };
+    ///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// for (path, key) in [("accounts", "account-1"), ("tasks", "task-1")] {
+    ///     let request = http::Request::post(format!("https://contoso.api.crm.dynamics.com/api/data/v9.2/{path}"))
+    ///         .header("idempotency-key", key)
+    ///         .body(Full::new(Bytes::new()))
+    ///         .unwrap();
+    ///     service.ready().await.unwrap().call(request).await.unwrap();
+    /// }
+    ///
+    /// handle.switch_endpoint();
+    /// let report = handle.last_report().unwrap();
+    /// let mut to_check = Vec::new();
+    /// for write in report.at_risk() {
+    ///     let key = write.key.as_deref().unwrap();
+    ///     match write.outcome {
+    ///         // Applied on `from`: read it back on `to`, apply it again (same key) if missing.
+    ///         WriteOutcome::Acknowledged => to_check.push(format!("{key}: re-apply if missing")),
+    ///         // Maybe applied: once the call has ended, read it back before sending it again.
+    ///         _ => to_check.push(format!("{key}: read back")),
+    ///     }
+    /// }
+    /// assert_eq!(to_check, ["account-1: re-apply if missing", "task-1: read back"]);
+    /// # }
+    /// ```
     pub fn at_risk(&self) -> impl Iterator<Item = &WriteRecord> {
         self.acknowledged.iter().chain(self.unknown.iter())
     }

@@ -34,7 +34,16 @@ pub fn is_idempotent(method: &Method, headers: &HeaderMap) -> bool {
     ) || headers.contains_key(IDEMPOTENCY_KEY)
 }
 
-/// True for the methods that change data: POST, PUT, PATCH, DELETE.
+/// True for the methods that change data: POST, PUT, PATCH, DELETE. These are the writes the
+/// data-loss report records, unless a [`RetryPolicy::write`] says otherwise.
+///
+/// ```
+/// use http::Method;
+/// use tower_failover::policy::is_write_method;
+///
+/// assert!(is_write_method(&Method::PATCH));
+/// assert!(!is_write_method(&Method::GET));
+/// ```
 pub fn is_write_method(method: &Method) -> bool {
     matches!(
         *method,
@@ -114,6 +123,24 @@ impl RetryPolicy {
     /// The default: a call that never left the client is always re-sent; one that may have
     /// been received is re-sent only when idempotent (by method or `Idempotency-Key`).
     /// Throttled calls are retried up to 3 times, waiting at most 60 s each.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use tower_failover::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::by_method();
+    /// assert_eq!(policy, RetryPolicy::default());
+    /// let no_headers = HeaderMap::new();
+    /// // Refused at connect: nothing was sent, so even a POST goes to the other endpoint.
+    /// assert!(policy.may_resend(&Method::POST, &no_headers, false));
+    /// // Maybe received: only what is safe to apply twice.
+    /// assert!(!policy.may_resend(&Method::POST, &no_headers, true));
+    /// assert!(policy.may_resend(&Method::PUT, &no_headers, true));
+    ///
+    /// let mut keyed = HeaderMap::new();
+    /// keyed.insert("idempotency-key", "order-42".parse().unwrap());
+    /// assert!(policy.may_resend(&Method::POST, &keyed, true));
+    /// ```
     pub const fn by_method() -> Self {
         RetryPolicy {
             resend: Resend::ByMethod,
@@ -127,6 +154,20 @@ impl RetryPolicy {
 
     /// Never re-send: no failover re-send and no throttling retry. The endpoint still switches
     /// for later calls.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use tower_failover::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::never();
+    /// assert!(!policy.may_resend(&Method::GET, &HeaderMap::new(), false));
+    /// // Still a write for the data-loss report.
+    /// assert!(policy.is_write(&Method::POST));
+    ///
+    /// // A payment is sent once, whatever happens to it.
+    /// let mut request = http::Request::post("https://api.example.com/payments").body(()).unwrap();
+    /// request.extensions_mut().insert(RetryPolicy::never());
+    /// ```
     pub const fn never() -> Self {
         RetryPolicy {
             resend: Resend::Never,
@@ -135,7 +176,21 @@ impl RetryPolicy {
         }
     }
 
-    /// Re-send reads (GET, HEAD, OPTIONS, TRACE) after any failure; never re-send a write.
+    /// Re-send reads (GET, HEAD, OPTIONS, TRACE) on the other endpoint after any failure;
+    /// never re-send a write there. Throttled calls, reads or writes, are still retried on the
+    /// same endpoint as with [`by_method`](Self::by_method); add `.throttle_retries(0)` to stop
+    /// that too.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use tower_failover::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::reads_only();
+    /// let no_headers = HeaderMap::new();
+    /// assert!(policy.may_resend(&Method::GET, &no_headers, true));
+    /// // Not even a PUT, and not even when it provably never left the client.
+    /// assert!(!policy.may_resend(&Method::PUT, &no_headers, false));
+    /// ```
     pub const fn reads_only() -> Self {
         RetryPolicy {
             resend: Resend::ReadsOnly,
@@ -145,6 +200,15 @@ impl RetryPolicy {
 
     /// Treat the route as safe to send twice whatever its method, e.g. a PATCH upsert by
     /// alternate key.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use tower_failover::RetryPolicy;
+    ///
+    /// let policy = RetryPolicy::idempotent();
+    /// assert!(policy.may_resend(&Method::PATCH, &HeaderMap::new(), true));
+    /// assert!(policy.may_resend(&Method::POST, &HeaderMap::new(), true));
+    /// ```
     pub const fn idempotent() -> Self {
         RetryPolicy {
             resend: Resend::Always,
@@ -153,26 +217,117 @@ impl RetryPolicy {
     }
 
     /// Counts the request as a write (or not) for the data-loss report, whatever its method.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_failover::RetryPolicy;
+    ///
+    /// // A POST that only queries (an OData `$batch` of GETs, say) is no write at risk.
+    /// let query = RetryPolicy::by_method().write(false);
+    /// assert!(!query.is_write(&Method::POST));
+    /// // A GET that triggers an action is one.
+    /// assert!(RetryPolicy::by_method().write(true).is_write(&Method::GET));
+    /// ```
     pub const fn write(mut self, is_write: bool) -> Self {
         self.write = Some(is_write);
         self
     }
 
     /// The replay cap for these requests, in place of the layer's.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_failover::{Endpoints, FailoverLayer, RetryPolicy};
+    ///
+    /// // Attachments are large but must survive a failover; everything else keeps 64 KiB.
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .route(Method::PUT, "/api/data/v9.2/annotations*", RetryPolicy::by_method().replay_cap(8 * 1024 * 1024))
+    ///     .build()
+    ///     .unwrap();
+    /// # let _ = layer;
+    /// ```
     pub const fn replay_cap(mut self, bytes: usize) -> Self {
         self.replay_cap = Some(bytes);
         self
     }
 
-    /// How many times a throttled call (429, or 503 with `Retry-After`) is retried on the same
-    /// endpoint. `0` hands the throttling response straight back.
+    /// How many times a throttled call (429, 503 with `Retry-After`, or a service-protection
+    /// code) is retried on the same endpoint (default 3). `0` hands the throttling response
+    /// straight back. Without a `Retry-After` the wait is a jittered exponential backoff from
+    /// 500 ms, capped at [`max_throttle_delay`](Self::max_throttle_delay).
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use std::sync::atomic::{AtomicUsize, Ordering};
+    /// use std::sync::Arc;
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, RetryPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .default_policy(RetryPolicy::by_method().throttle_retries(5))
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// // The first two attempts are throttled ("come back in 0 s").
+    /// let attempts = Arc::new(AtomicUsize::new(0));
+    /// let seen = attempts.clone();
+    /// let client = tower::service_fn(move |_request: http::Request<ReplayBody<Full<Bytes>>>| {
+    ///     let response = match seen.fetch_add(1, Ordering::SeqCst) {
+    ///         0 | 1 => http::Response::builder().status(429).header("retry-after", "0"),
+    ///         _ => http::Response::builder().status(200),
+    ///     };
+    ///     async move { Ok::<_, Infallible>(response.body(Full::new(Bytes::new())).unwrap()) }
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let response = service.ready().await.unwrap().call(request).await.unwrap();
+    /// assert_eq!(response.status(), 200);
+    /// assert_eq!(handle.counters().throttle_retries, 2);
+    /// # }
+    /// ```
     pub const fn throttle_retries(mut self, retries: u32) -> Self {
         self.throttle_retries = retries;
         self
     }
 
-    /// The longest wait before a throttling retry. A server asking for longer gets its
-    /// response handed back instead.
+    /// The longest wait before a throttling retry (default 60 s). A server asking for longer
+    /// gets its response handed back instead.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use std::time::Duration;
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, RetryPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .default_policy(RetryPolicy::by_method().max_throttle_delay(Duration::from_secs(30)))
+    ///     .build()
+    ///     .unwrap();
+    /// // Asks for two minutes.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     let response = http::Response::builder().status(429).header("retry-after", "120");
+    ///     Ok::<_, Infallible>(response.body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let response = service.ready().await.unwrap().call(request).await.unwrap();
+    /// // Longer than this caller will wait: the 429 comes back at once, for the caller to decide.
+    /// assert_eq!(response.status(), 429);
+    /// assert_eq!(response.headers()["retry-after"], "120");
+    /// # }
+    /// ```
     pub const fn max_throttle_delay(mut self, delay: Duration) -> Self {
         self.max_throttle_delay = delay;
         self
@@ -182,6 +337,33 @@ impl RetryPolicy {
     /// would pass it is not started; an attempt still running when it passes is dropped and
     /// the call fails with [`FailoverErrorKind::DeadlineExceeded`](crate::FailoverErrorKind::DeadlineExceeded).
     /// Needs a tokio runtime with its timer enabled.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use std::time::Duration;
+    /// use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, ReplayBody, RetryPolicy};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// // An endpoint that answers after ten seconds.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     tokio::time::sleep(Duration::from_secs(10)).await;
+    ///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let mut request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// request.extensions_mut().insert(RetryPolicy::by_method().deadline(Duration::from_millis(50)));
+    /// let err = service.ready().await.unwrap().call(request).await.unwrap_err();
+    /// assert_eq!(err.kind(), &FailoverErrorKind::DeadlineExceeded);
+    /// assert!(err.possibly_applied());
+    /// # }
+    /// ```
     pub const fn deadline(mut self, limit: Duration) -> Self {
         self.deadline = Some(limit);
         self
@@ -210,6 +392,14 @@ impl RetryPolicy {
 
     /// Whether a request may be sent again. `maybe_received` is false only when the failure
     /// proves the request never left the client.
+    ///
+    /// ```
+    /// use http::{HeaderMap, Method};
+    /// use tower_failover::RetryPolicy;
+    ///
+    /// // A DELETE is idempotent: safe to send again even if the first one arrived.
+    /// assert!(RetryPolicy::by_method().may_resend(&Method::DELETE, &HeaderMap::new(), true));
+    /// ```
     pub fn may_resend(&self, method: &Method, headers: &HeaderMap, maybe_received: bool) -> bool {
         match self.resend {
             Resend::Never => false,
@@ -220,6 +410,14 @@ impl RetryPolicy {
     }
 
     /// Whether the request counts as a write for the data-loss report.
+    ///
+    /// ```
+    /// use http::Method;
+    /// use tower_failover::RetryPolicy;
+    ///
+    /// assert!(RetryPolicy::by_method().is_write(&Method::DELETE));
+    /// assert!(!RetryPolicy::by_method().is_write(&Method::GET));
+    /// ```
     pub fn is_write(&self, method: &Method) -> bool {
         self.write.unwrap_or_else(|| is_write_method(method))
     }

@@ -37,16 +37,14 @@ pub const DEFAULT_REPLAY_CAP: usize = 64 * 1024;
 /// use http_body_util::{BodyExt, Full};
 /// use tower_failover::ReplayBody;
 ///
-/// # tokio_test_block_on(async {
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
 /// let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from_static(b"hello")), 1024);
 /// let sent = first.collect().await.unwrap().to_bytes();
 ///
 /// let second = handle.replay().expect("the first attempt has ended and the body fitted");
 /// assert_eq!(second.size_hint().exact(), Some(5));
 /// assert_eq!(second.collect().await.unwrap().to_bytes(), sent);
-/// # });
-/// # fn tokio_test_block_on<F: std::future::Future>(f: F) -> F::Output {
-/// #     tokio::runtime::Builder::new_current_thread().build().unwrap().block_on(f)
 /// # }
 /// ```
 pub struct ReplayBody<B> {
@@ -131,6 +129,28 @@ impl<B> Drop for Attempt<B> {
 }
 
 /// The right to re-send a recorded body, kept by the layer while the first attempt runs.
+///
+/// Made by [`ReplayBody::recorded`]. Exactly one body holds the recording at a time: a replay
+/// is possible only once the attempt before it has ended (its body dropped).
+///
+/// ```
+/// use bytes::Bytes;
+/// use http_body_util::{BodyExt, Full};
+/// use tower_failover::{NotResent, ReplayBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from_static(b"{\"name\":\"Contoso\"}")), 1024);
+/// // The first attempt is still running: its body cannot be in two places.
+/// assert_eq!(handle.check(), Err(NotResent::BodyInUse));
+///
+/// drop(first); // the connection was refused before anything was read
+/// let second = handle.replay().unwrap();
+/// assert_eq!(second.collect().await.unwrap().to_bytes(), "{\"name\":\"Contoso\"}");
+/// // And again, once the second attempt has ended.
+/// assert!(handle.replay().is_ok());
+/// # }
+/// ```
 pub struct ReplayHandle<B> {
     slot: Arc<Slot<B>>,
 }
@@ -141,6 +161,25 @@ impl<B> ReplayHandle<B> {
     /// Refused when the last attempt still holds the body ([`NotResent::BodyInUse`]), when the
     /// body grew past the cap ([`NotResent::BodyOverCap`]), or when reading it failed
     /// ([`NotResent::BodyFailed`]).
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_failover::ReplayBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (mut first, handle) = ReplayBody::recorded(Full::new(Bytes::from_static(b"hello")), 1024);
+    /// // The first attempt sends the body, then the connection is lost.
+    /// let sent = first.frame().await.unwrap().unwrap().into_data().unwrap();
+    /// drop(first);
+    ///
+    /// let second = handle.replay().unwrap();
+    /// assert_eq!(second.size_hint().exact(), Some(5));
+    /// assert_eq!(second.collect().await.unwrap().to_bytes(), sent);
+    /// # }
+    /// ```
     pub fn replay(&self) -> Result<ReplayBody<B>, NotResent> {
         let mut slot = self.slot.recording.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(recording) = slot.as_ref() else {
@@ -163,6 +202,19 @@ impl<B> ReplayHandle<B> {
     }
 
     /// Why a replay would be refused now, without taking the body.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_failover::{NotResent, ReplayBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from(vec![0u8; 4096])), 1024);
+    /// first.collect().await.unwrap(); // the whole body was sent: more than the cap
+    /// assert_eq!(handle.check(), Err(NotResent::BodyOverCap { cap: 1024 }));
+    /// # }
+    /// ```
     pub fn check(&self) -> Result<(), NotResent> {
         let slot = self.slot.recording.lock().unwrap_or_else(PoisonError::into_inner);
         match slot.as_ref() {
@@ -182,6 +234,19 @@ impl<B> fmt::Debug for ReplayHandle<B> {
 
 impl<B> ReplayBody<B> {
     /// The caller's body, passed through with nothing kept.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_failover::ReplayBody;
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let body = ReplayBody::plain(Full::new(Bytes::from_static(b"hello")));
+    /// assert!(!body.is_recorded());
+    /// assert_eq!(body.collect().await.unwrap().to_bytes(), "hello");
+    /// # }
+    /// ```
     pub fn plain(body: B) -> Self {
         ReplayBody {
             kind: Kind::Plain(body),
@@ -189,11 +254,33 @@ impl<B> ReplayBody<B> {
     }
 
     /// An empty body.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body::Body;
+    /// use http_body_util::Full;
+    /// use tower_failover::ReplayBody;
+    ///
+    /// // What a failback probe sends.
+    /// let body = ReplayBody::<Full<Bytes>>::empty();
+    /// assert!(body.is_end_stream());
+    /// assert_eq!(body.size_hint().exact(), Some(0));
+    /// ```
     pub fn empty() -> Self {
         ReplayBody { kind: Kind::Empty }
     }
 
     /// True when this body keeps a recording for a replay.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower_failover::ReplayBody;
+    ///
+    /// let (recorded, _handle) = ReplayBody::recorded(Full::new(Bytes::from_static(b"hello")), 1024);
+    /// assert!(recorded.is_recorded());
+    /// assert!(!ReplayBody::plain(Full::new(Bytes::from_static(b"hello"))).is_recorded());
+    /// ```
     pub fn is_recorded(&self) -> bool {
         matches!(self.kind, Kind::Recorded(_))
     }
@@ -203,6 +290,23 @@ impl<B: Body> ReplayBody<B> {
     /// Wraps `body` for the first attempt, keeping up to `cap` bytes for a replay, and
     /// returns the handle that makes the replay. A replay is possible while the attempts
     /// have read at most `cap` bytes, whatever the body's total size.
+    ///
+    /// ```
+    /// use bytes::Bytes;
+    /// use http_body_util::{BodyExt, Full};
+    /// use tower_failover::{NotResent, ReplayBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// // A 4 KiB body with a 1 KiB cap: refused at connect, it can still be re-sent whole.
+    /// let (first, handle) = ReplayBody::recorded(Full::new(Bytes::from(vec![7u8; 4096])), 1024);
+    /// drop(first);
+    /// let second = handle.replay().unwrap();
+    /// // This attempt reads all of it, so nothing is kept past the cap.
+    /// assert_eq!(second.collect().await.unwrap().to_bytes().len(), 4096);
+    /// assert_eq!(handle.replay().unwrap_err(), NotResent::BodyOverCap { cap: 1024 });
+    /// # }
+    /// ```
     pub fn recorded(body: B, cap: usize) -> (Self, ReplayHandle<B>) {
         let slot = Arc::new(Slot {
             recording: Mutex::new(None),

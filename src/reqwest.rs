@@ -26,6 +26,11 @@ use crate::state::{FailoverHandle, Shared};
 ///
 /// Errors it produces are `reqwest_middleware::Error::Middleware` carrying a
 /// [`FailoverError`]: `err.downcast_ref::<FailoverError>()` on the inner `anyhow::Error`.
+/// Requests that name neither endpoint pass through untouched, errors included.
+///
+/// Failback probes and the start-up check go through a tower [`Failover`](crate::Failover)'s
+/// inner service; the middleware has none to lend, so with reqwest alone calls come back to
+/// the primary only by hand ([`FailoverHandle::fail_back`]) or after a maintenance window.
 ///
 /// ```
 /// use tower_failover::{Endpoints, FailoverLayer};
@@ -45,6 +50,19 @@ pub struct FailoverMiddleware<C = DefaultClassifier> {
 
 impl<C: Clone> FailoverLayer<C> {
     /// A reqwest middleware sharing this layer's switch state, classifier and policies.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let middleware = layer.middleware();
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(middleware.clone()).build();
+    /// # let _ = client;
+    ///
+    /// // A switch made through the layer's handle moves the reqwest client too.
+    /// layer.handle().switch_endpoint();
+    /// assert_eq!(middleware.handle().active(), Side::Alternate);
+    /// ```
     pub fn middleware(&self) -> FailoverMiddleware<C> {
         FailoverMiddleware {
             shared: self.handle().shared,
@@ -55,6 +73,16 @@ impl<C: Clone> FailoverLayer<C> {
 
 impl FailoverMiddleware {
     /// A middleware over an existing switch state, with the default classifier.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, FailoverMiddleware};
+    ///
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// // Elsewhere in the application, with only the handle at hand:
+    /// let handle = layer.handle();
+    /// let middleware = FailoverMiddleware::from_handle(&handle);
+    /// assert_eq!(middleware.handle().endpoints(), handle.endpoints());
+    /// ```
     pub fn from_handle(handle: &FailoverHandle) -> Self {
         FailoverMiddleware {
             shared: handle.shared.clone(),
@@ -65,6 +93,14 @@ impl FailoverMiddleware {
 
 impl<C> FailoverMiddleware<C> {
     /// The application's handle on the switch state.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let middleware = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).middleware();
+    /// let handle = middleware.handle();
+    /// assert_eq!(handle.active_endpoint().host(), "contoso.api.crm.dynamics.com");
+    /// ```
     pub fn handle(&self) -> FailoverHandle {
         FailoverHandle::new(self.shared.clone())
     }

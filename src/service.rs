@@ -21,7 +21,48 @@ use crate::state::{FailoverHandle, Shared};
 /// An HTTP service with failover; made by [`FailoverLayer`](crate::FailoverLayer).
 ///
 /// Requests whose URI names the primary or the alternate go to the active endpoint; all
-/// others pass through untouched. The inner service receives [`ReplayBody`]s.
+/// others pass through untouched. The inner service receives [`ReplayBody`]s. Clones share
+/// the switch state.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use std::sync::{Arc, Mutex};
+/// use tower_failover::{Endpoints, Failover, FailoverLayer, ReplayBody};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// // Stands in for the HTTP client: answers 200 and notes where each request went.
+/// let sent_to = Arc::new(Mutex::new(Vec::new()));
+/// let log = sent_to.clone();
+/// let client = tower::service_fn(move |request: http::Request<ReplayBody<Full<Bytes>>>| {
+///     log.lock().unwrap().push(request.uri().to_string());
+///     async { Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new()))) }
+/// });
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let mut service: Failover<_, _> = ServiceBuilder::new().layer(layer).service(client);
+/// service.handle().switch_endpoint();
+///
+/// for uri in [
+///     "https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI",
+///     "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+/// ] {
+///     let request = http::Request::get(uri).body(Full::new(Bytes::new())).unwrap();
+///     service.ready().await.unwrap().call(request).await.unwrap();
+/// }
+/// assert_eq!(
+///     *sent_to.lock().unwrap(),
+///     [
+///         // Rewritten to the active endpoint, path and query kept.
+///         "https://contoso--s.api.crm.dynamics.com/api/data/v9.2/WhoAmI",
+///         // Not one of the pair: untouched.
+///         "https://login.microsoftonline.com/common/oauth2/v2.0/token",
+///     ]
+/// );
+/// # }
+/// ```
 #[derive(Clone)]
 pub struct Failover<S, C> {
     inner: S,
@@ -39,15 +80,54 @@ impl<S, C> Failover<S, C> {
     }
 
     /// The application's handle on the switch state this service shares.
+    ///
+    /// ```
+    /// use tower::ServiceBuilder;
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+    ///
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let layer_handle = layer.handle();
+    /// let service = ServiceBuilder::new().layer(layer).service(tower::service_fn(
+    ///     |_request: http::Request<ReplayBody<String>>| async {
+    ///         Ok::<_, std::convert::Infallible>(http::Response::new(String::new()))
+    ///     },
+    /// ));
+    /// service.handle().switch_endpoint();
+    /// assert_eq!(layer_handle.generation(), 1);
+    /// ```
     pub fn handle(&self) -> FailoverHandle {
         FailoverHandle::new(self.shared.clone())
     }
 
     /// The start-up check: when the primary is down and the alternate healthy, start on the
     /// alternate (cause [`SwitchCause::StartupCheck`](crate::SwitchCause::StartupCheck)), as the
-    /// seed's SDK does when the service marks the primary disabled. Probes as failback does
-    /// (its probe request, or `GET /`), through this service's inner service. Returns the side
-    /// now active. Name the caller's request body type: `service.check_startup::<MyBody, _>()`.
+    /// Dynamics 365 SDK does when the service marks the primary disabled. Probes as failback
+    /// does (its probe request, or `GET /`), through this service's inner service. Returns the
+    /// side now active. Name the caller's request body type: `service.check_startup::<MyBody, _>()`.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, Side, SwitchCause};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let handle = layer.handle();
+    /// // The primary answers 503, the alternate 200.
+    /// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+    ///     let status = if request.uri().host() == Some("contoso.api.crm.dynamics.com") { 503 } else { 200 };
+    ///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let service = ServiceBuilder::new().layer(layer).service(client);
+    ///
+    /// let side = service.check_startup::<Full<Bytes>, _>().await;
+    /// assert_eq!(side, Side::Alternate);
+    /// assert_eq!(handle.state().cause, Some(SwitchCause::StartupCheck));
+    /// # }
+    /// ```
     pub fn check_startup<B, ResB>(&self) -> impl std::future::Future<Output = Side> + Send + 'static
     where
         S: Service<Request<ReplayBody<B>>, Response = Response<ResB>> + Clone + Send + 'static,

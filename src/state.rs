@@ -19,6 +19,38 @@ use crate::ledger::{DataLossReport, Ledger};
 use crate::policy::{RetryPolicy, RouteTable};
 
 /// Why a switch was asked for.
+///
+/// ```
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use http::StatusCode;
+/// use tower_failover::{DownKind, Endpoints, FailoverLayer, ReplayBody, SwitchCause};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// // The primary answers 503, the alternate 200.
+/// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+///     let status = if request.uri().host() == Some("contoso.api.crm.dynamics.com") { 503 } else { 200 };
+///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
+/// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+///     .body(Full::new(Bytes::new()))
+///     .unwrap();
+/// let response = service.ready().await.unwrap().call(request).await.unwrap();
+///
+/// let outage = SwitchCause::EndpointDown(DownKind::Unavailable { status: StatusCode::SERVICE_UNAVAILABLE });
+/// assert_eq!(handle.state().cause, Some(outage));
+///
+/// handle.fail_back();
+/// assert_eq!(handle.state().cause, Some(SwitchCause::Manual));
+/// assert_eq!(SwitchCause::Manual.to_string(), "manual");
+/// # }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SwitchCause {
@@ -46,16 +78,40 @@ impl fmt::Display for SwitchCause {
     }
 }
 
-/// The two notifications of the seed's SDK, in the order they are raised.
+/// The Dynamics 365 SDK's two notifications, in the order they are raised.
+///
+/// ```
+/// use tower_failover::{Endpoints, FailoverLayer, SwitchCause, SwitchEvent};
+///
+/// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+/// let mut events = handle.events();
+/// handle.switch_endpoint();
+///
+/// let required = events.try_recv().unwrap();
+/// assert_eq!(required.name(), "SwitchRequired");
+/// assert_eq!(required.cause(), &SwitchCause::Manual);
+/// assert_eq!(required.previous().host(), "contoso.api.crm.dynamics.com");
+/// assert_eq!(required.new_endpoint().host(), "contoso--s.api.crm.dynamics.com");
+///
+/// match events.try_recv().unwrap() {
+///     SwitchEvent::Switched { new, report, .. } => {
+///         assert_eq!(&new, handle.active_endpoint());
+///         // Nothing was written, so nothing is at risk.
+///         assert!(report.unwrap().is_empty());
+///     }
+///     other => panic!("expected Switched, got {other}"),
+/// }
+/// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum SwitchEvent {
     /// The active endpoint is down (or a switch was asked for). Raised before the switch; with
-    /// automatic switching off it is raised alone and the application decides.
+    /// automatic switching off, or no alternate, it is raised alone (once until the next
+    /// switch) and the application decides.
     SwitchRequired {
-        /// The endpoint that failed.
+        /// The endpoint calls go to now: for an outage, the one that failed.
         previous: Endpoint,
-        /// The endpoint a switch goes to.
+        /// The endpoint a switch goes to (with no alternate configured, `previous` again).
         new: Endpoint,
         /// Why.
         cause: SwitchCause,
@@ -130,6 +186,25 @@ impl fmt::Display for SwitchEvent {
 ///
 /// `watch` keeps only the latest value; `generation` tells a slow reader how many switches
 /// it missed, and [`FailoverHandle::events`] or the callbacks give every event.
+///
+/// ```
+/// use tower_failover::{Endpoints, FailoverLayer, Side, SwitchCause};
+///
+/// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+/// let before = handle.state();
+/// assert_eq!((before.active, before.generation, before.cause), (Side::Primary, 0, None));
+/// assert!(before.last_event.is_none());
+///
+/// handle.switch_endpoint();
+/// let after = handle.state();
+/// assert_eq!(after.active, Side::Alternate);
+/// assert_eq!(after.endpoint.host(), "contoso--s.api.crm.dynamics.com");
+/// assert_eq!(after.generation, 1);
+/// assert_eq!(after.cause, Some(SwitchCause::Manual));
+/// assert!(after.since >= before.since);
+/// assert_eq!(after.last_event.unwrap().name(), "Switched");
+/// assert!(after.last_report.is_some());
+/// ```
 #[derive(Debug, Clone)]
 pub struct EndpointState {
     /// The side calls go to now.
@@ -142,7 +217,8 @@ pub struct EndpointState {
     pub last_event: Option<SwitchEvent>,
     /// When the active endpoint became active.
     pub since: SystemTime,
-    /// The data-loss report of the latest switch.
+    /// The data-loss report of the latest switch (`None` before the first, or with the report
+    /// off).
     pub last_report: Option<Arc<DataLossReport>>,
     /// Why the latest switch was made (`None` before the first).
     pub cause: Option<SwitchCause>,
@@ -475,65 +551,208 @@ impl FailoverHandle {
         FailoverHandle { shared }
     }
 
-    /// The seed's `EndpointAutoSwitchEnabled`: true when an alternate is configured and
-    /// automatic switching is on.
+    /// The Dynamics 365 SDK's `EndpointAutoSwitchEnabled`: true when an alternate is
+    /// configured and automatic switching is on.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    /// assert!(FailoverLayer::new(pair.clone()).handle().auto_switch_enabled());
+    /// assert!(!FailoverLayer::builder(pair).auto_switch(false).build().unwrap().handle().auto_switch_enabled());
+    ///
+    /// let alone = Endpoints::primary_only("https://contoso.api.crm.dynamics.com").unwrap();
+    /// assert!(!FailoverLayer::new(alone).handle().auto_switch_enabled());
+    /// ```
     pub fn auto_switch_enabled(&self) -> bool {
         self.shared.auto_switch_enabled()
     }
 
     /// The configured pair.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// assert_eq!(handle.endpoints().alternate().unwrap().host(), "contoso--s.api.crm.dynamics.com");
+    /// ```
     pub fn endpoints(&self) -> &Endpoints {
         &self.shared.endpoints
     }
 
     /// The side calls go to now.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, Side};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let handle = layer.handle();
+    /// assert_eq!(handle.active(), Side::Primary);
+    ///
+    /// // The primary answers 503, the alternate 200.
+    /// let client = tower::service_fn(|request: http::Request<ReplayBody<Full<Bytes>>>| async move {
+    ///     let status = if request.uri().host() == Some("contoso.api.crm.dynamics.com") { 503 } else { 200 };
+    ///     Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap())
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let response = service.ready().await.unwrap().call(request).await.unwrap();
+    /// assert_eq!(handle.active(), Side::Alternate);
+    /// # }
+    /// ```
     pub fn active(&self) -> Side {
         self.shared.active().side
     }
 
     /// The endpoint calls go to now.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// handle.switch_to(Side::Alternate);
+    /// assert_eq!(handle.active_endpoint().to_string(), "https://contoso--s.api.crm.dynamics.com");
+    /// ```
     pub fn active_endpoint(&self) -> &Endpoint {
         self.shared.endpoint(self.shared.active().side)
     }
 
     /// The number of switches made so far.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// let seen = handle.generation();
+    /// handle.switch_endpoint();
+    /// handle.fail_back();
+    /// // Two switches since: whatever was decided at `seen` is out of date.
+    /// assert_eq!(handle.generation(), seen + 2);
+    /// ```
     pub fn generation(&self) -> u64 {
         self.shared.active().generation
     }
 
     /// A copy of the current state.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// let state = handle.state();
+    /// assert_eq!(&state.endpoint, handle.active_endpoint());
+    /// assert_eq!(state.healthy_probes, 0);
+    /// ```
     pub fn state(&self) -> EndpointState {
         self.shared.state.borrow().clone()
     }
 
     /// A `watch` receiver of the state: wakes on every change, keeps only the latest.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// let mut state = handle.subscribe();
+    /// let watcher = tokio::spawn(async move {
+    ///     let now = state.wait_for(|s| s.active == Side::Alternate).await.unwrap().clone();
+    ///     (now.endpoint.to_string(), now.generation)
+    /// });
+    ///
+    /// handle.switch_endpoint();
+    /// assert_eq!(watcher.await.unwrap(), ("https://contoso--s.api.crm.dynamics.com".to_string(), 1));
+    /// # }
+    /// ```
     pub fn subscribe(&self) -> watch::Receiver<EndpointState> {
         self.shared.state.subscribe()
     }
 
     /// Every event from now on, in order (`SwitchRequired` then `Switched`). A receiver that
     /// falls more than 64 events behind gets `RecvError::Lagged` and the latest ones.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// let mut events = handle.events();
+    /// handle.switch_endpoint();
+    /// handle.fail_back();
+    ///
+    /// let names: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).map(|e| e.name()).collect();
+    /// assert_eq!(names, ["SwitchRequired", "Switched", "SwitchRequired", "Switched"]);
+    /// ```
     pub fn events(&self) -> broadcast::Receiver<SwitchEvent> {
         self.shared.events.subscribe()
     }
 
     /// The data-loss report of the latest switch, if any (and if the report is on).
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// assert!(handle.last_report().is_none());
+    /// handle.switch_endpoint();
+    /// let report = handle.last_report().unwrap();
+    /// assert_eq!(report.from.host(), "contoso.api.crm.dynamics.com");
+    /// ```
     pub fn last_report(&self) -> Option<Arc<DataLossReport>> {
         self.shared.state.borrow().last_report.clone()
     }
 
     /// The layer's counters: calls, re-sends, switches, throttling, budget refusals.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// handle.switch_endpoint();
+    /// let counters = handle.counters();
+    /// assert_eq!((counters.calls, counters.switches), (0, 1));
+    /// ```
     pub fn counters(&self) -> crate::counters::CountersSnapshot {
         self.shared.counters.snapshot(self.shared.calls.get())
     }
 
     /// Returns to the primary by hand (`SwitchRequired` then `Switched`, cause
-    /// [`SwitchCause::Manual`]). Returns the side now active.
+    /// Returns to the primary by hand (`SwitchRequired` then `Switched`, cause
+    /// [`SwitchCause::Manual`]); nothing happens when it is already active. Returns the side
+    /// now active.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// handle.switch_endpoint();
+    /// assert_eq!(handle.fail_back(), Side::Primary);
+    /// // Already there: nothing moves.
+    /// assert_eq!(handle.fail_back(), Side::Primary);
+    /// assert_eq!(handle.generation(), 2);
+    /// ```
     pub fn fail_back(&self) -> Side {
         self.shared.switch_to(Side::Primary, SwitchCause::Manual)
     }
 
     /// Makes `side` active by hand, if it is not already. Returns the side now active.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+    /// assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+    /// assert_eq!(handle.generation(), 1); // one switch: the second call found it done
+    /// ```
     pub fn switch_to(&self, side: Side) -> Side {
         self.shared.switch_to(side, SwitchCause::Manual)
     }
@@ -541,13 +760,74 @@ impl FailoverHandle {
     /// Plans a maintenance window on the primary: calls move to the alternate just before
     /// `start` (one second before; calls already in flight on the primary finish there) with
     /// cause [`SwitchCause::Planned`], and come back after `end` once the primary probes
-    /// healthy. Must be called inside a tokio runtime.
+    /// Plans a maintenance window on the primary: calls move to the alternate just before
+    /// `start` (one second before; calls already in flight on the primary finish there) with
+    /// cause [`SwitchCause::Planned`], and come back after `end` once the primary probes
+    /// healthy (with failback configured, its probe and count; otherwise one healthy probe).
+    /// With no probe to send (no call has gone through a [`Failover`](crate::Failover)
+    /// service yet), calls come back at `end` unprobed. Must be called inside a tokio
+    /// runtime.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, Side, SwitchCause};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let handle = layer.handle();
+    /// // Both endpoints answer 200.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let response = service.ready().await.unwrap().call(request).await.unwrap();
+    ///
+    /// // A window starting now, 100 ms long.
+    /// let start = SystemTime::now();
+    /// handle.schedule_maintenance(start, start + Duration::from_millis(100)).unwrap();
+    /// let mut state = handle.subscribe();
+    /// state.wait_for(|s| s.active == Side::Alternate).await.unwrap();
+    /// assert_eq!(handle.state().cause, Some(SwitchCause::Planned));
+    /// // After the window, once the primary probes healthy.
+    /// state.wait_for(|s| s.active == Side::Primary).await.unwrap();
+    /// assert_eq!(handle.state().cause, Some(SwitchCause::Planned));
+    ///
+    /// assert!(handle.schedule_maintenance(start, start).is_err()); // ends before it starts
+    /// # }
+    /// ```
     pub fn schedule_maintenance(&self, start: SystemTime, end: SystemTime) -> Result<(), ConfigError> {
         self.shared
             .schedule_maintenance(start, end, std::time::Duration::from_secs(1))
     }
 
     /// Like [`schedule_maintenance`](Self::schedule_maintenance), moving `lead` before `start`.
+    ///
+    /// ```
+    /// use std::time::{Duration, SystemTime};
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// // Tonight's window, moving calls ten minutes ahead so long calls finish on the primary.
+    /// let start = SystemTime::now() + Duration::from_secs(6 * 3600);
+    /// let lead = Duration::from_secs(600);
+    /// handle.schedule_maintenance_with_lead(start, start + Duration::from_secs(1800), lead).unwrap();
+    /// assert_eq!(handle.active(), Side::Primary); // not yet
+    ///
+    /// let alone = FailoverLayer::new(Endpoints::primary_only("https://api.example.com").unwrap()).handle();
+    /// let err = alone.schedule_maintenance_with_lead(start, start + Duration::from_secs(1800), lead).unwrap_err();
+    /// assert!(err.to_string().contains("no alternate"));
+    /// # }
+    /// ```
     pub fn schedule_maintenance_with_lead(
         &self,
         start: SystemTime,
@@ -557,7 +837,39 @@ impl FailoverHandle {
         self.shared.schedule_maintenance(start, end, lead)
     }
 
-    /// True while a failback probe task is running.
+    /// True while a failback probe task is running: failback is configured, calls go to the
+    /// alternate, and a call has lent the inner service for probes.
+    ///
+    /// ```
+    /// use std::convert::Infallible;
+    /// use bytes::Bytes;
+    /// use http_body_util::Full;
+    /// use tower::{Service, ServiceBuilder, ServiceExt};
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer, ReplayBody};
+    ///
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() {
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::dynamics())
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// // Both endpoints answer 200.
+    /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+    ///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+    /// });
+    /// let mut service = ServiceBuilder::new().layer(layer).service(client);
+    /// assert!(!handle.probing());
+    ///
+    /// // The first call lends the service for probes; calls then move to the alternate.
+    /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
+    ///     .body(Full::new(Bytes::new()))
+    ///     .unwrap();
+    /// let response = service.ready().await.unwrap().call(request).await.unwrap();
+    /// handle.switch_endpoint();
+    /// assert!(handle.probing());
+    /// # }
+    /// ```
     pub fn probing(&self) -> bool {
         self.shared.probe_running.load(Ordering::Acquire)
     }
@@ -566,14 +878,31 @@ impl FailoverHandle {
     /// facade (absolute values, so call it as often as you scrape). Names:
     /// `failover_calls_total`, `failover_resends_total`, `failover_throttle_retries_total`,
     /// `failover_switches_total`, `failover_throttled_total`, `failover_refused_by_budget_total`,
-    /// `failover_possibly_applied_total`, `failover_deadline_exceeded_total` (counters, labelled
-    /// with `primary`), `failover_active_alternate` (gauge, 1 on the alternate) and
-    /// `failover_generation` (gauge).
+    /// `failover_possibly_applied_total`, `failover_deadline_exceeded_total` (counters),
+    /// `failover_active_alternate` (gauge, 1 on the alternate) and `failover_generation`
+    /// (gauge), each labelled `primary` with the primary's host.
     ///
     /// ```
-    /// # let layer = tower_failover::FailoverLayer::new(tower_failover::Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
-    /// // With a recorder installed (metrics-exporter-prometheus, say), on each scrape:
-    /// layer.handle().publish_metrics();
+    /// use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    /// use tower_failover::{Endpoints, FailoverLayer};
+    ///
+    /// let handle = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).handle();
+    /// handle.switch_endpoint();
+    ///
+    /// // In production a recorder such as metrics-exporter-prometheus is installed once, and this
+    /// // runs on each scrape.
+    /// let recorder = DebuggingRecorder::new();
+    /// let snapshotter = recorder.snapshotter();
+    /// metrics::with_local_recorder(&recorder, || handle.publish_metrics());
+    ///
+    /// let metrics = snapshotter.snapshot().into_vec();
+    /// let value = |name: &str| {
+    ///     let (key, _, _, value) = metrics.iter().find(|(key, ..)| key.key().name() == name).unwrap();
+    ///     assert_eq!(key.key().labels().next().unwrap().value(), "contoso.api.crm.dynamics.com");
+    ///     value.clone()
+    /// };
+    /// assert_eq!(value("failover_switches_total"), DebugValue::Counter(1));
+    /// assert!(matches!(value("failover_active_alternate"), DebugValue::Gauge(on) if on.into_inner() == 1.0));
     /// ```
     #[cfg(feature = "metrics")]
     pub fn publish_metrics(&self) {
@@ -603,7 +932,22 @@ impl FailoverHandle {
 
     /// Switches to the other endpoint by hand, raising both events with cause
     /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
-    /// active; with no alternate configured nothing moves.
+    /// Switches to the other endpoint by hand, raising both events with cause
+    /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
+    /// active; with no alternate configured nothing moves, and only `SwitchRequired` may be
+    /// raised.
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, FailoverLayer, Side};
+    ///
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .auto_switch(false) // the application decides
+    ///     .build()
+    ///     .unwrap();
+    /// let handle = layer.handle();
+    /// assert_eq!(handle.switch_endpoint(), Side::Alternate);
+    /// assert_eq!(handle.switch_endpoint(), Side::Primary);
+    /// ```
     pub fn switch_endpoint(&self) -> Side {
         let current = self.shared.active();
         match self.shared.switch_from(current, SwitchCause::Manual, false) {
