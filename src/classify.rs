@@ -47,6 +47,10 @@ pub enum DownKind {
     /// The connection broke after the request may have been sent (reset, closed before the
     /// response).
     ConnectionLost,
+    /// The endpoint refused the request before processing any of it: HTTP/2 `REFUSED_STREAM`,
+    /// or a `GOAWAY` whose last stream id is below the request's stream. It reached the server
+    /// but provably was not applied, so it may be sent again whatever its method.
+    Refused,
     /// The attempt timed out.
     Timeout,
     /// The service answered with a failover fault code.
@@ -62,10 +66,11 @@ pub enum DownKind {
 }
 
 impl DownKind {
-    /// False only when the failure proves the request never left the client, so it cannot
-    /// have been applied and may be sent again whatever its method.
+    /// False only when the failure proves the request was not processed (it never left the
+    /// client, or the server refused it unprocessed), so it cannot have been applied and may be
+    /// sent again whatever its method.
     pub fn request_may_have_been_sent(&self) -> bool {
-        !matches!(self, DownKind::NotFound)
+        !matches!(self, DownKind::NotFound | DownKind::Refused)
     }
 }
 
@@ -74,6 +79,7 @@ impl fmt::Display for DownKind {
         match self {
             DownKind::NotFound => f.write_str("endpoint not found"),
             DownKind::ConnectionLost => f.write_str("connection lost"),
+            DownKind::Refused => f.write_str("refused before processing"),
             DownKind::Timeout => f.write_str("timeout"),
             DownKind::ServiceFault { code } => write!(f, "service fault {code}"),
             DownKind::Unavailable { status } => write!(f, "unavailable {}", status.as_u16()),
@@ -230,6 +236,9 @@ where
 /// * `tower::timeout::error::Elapsed`, `io::ErrorKind::TimedOut`, hyper timeouts:
 ///   [`DownKind::Timeout`];
 /// * resets and connections closed before the response: [`DownKind::ConnectionLost`];
+/// * HTTP/2 (feature `h2`, on by default): `RST_STREAM(REFUSED_STREAM)`, or a `GOAWAY` whose
+///   last stream id is below the request's stream, [`DownKind::Refused`] (not processed, so
+///   re-sent whatever the method); any other stream reset: [`DownKind::ConnectionLost`];
 /// * 502, 503, 504: [`DownKind::Unavailable`];
 /// * any other 5xx (a 500, say) whose small JSON body is `{"error":{"code":"0x8004B065"}}`
 ///   (hex or decimal `-2147176347`): [`DownKind::ServiceFault`]; other 5xx are
@@ -417,11 +426,20 @@ pub fn classify_error(error: &(dyn StdError + 'static)) -> Option<DownKind> {
         if err.downcast_ref::<io::Error>().is_some_and(is_local_exhaustion) {
             return None;
         }
+        // hyper's "user" errors are this side's: the caller's request body failed, the request
+        // was malformed, the runtime dropped the connection task. The errors below them (the
+        // body's own `io::Error`, say) must not be read as the endpoint's.
+        if err
+            .downcast_ref::<hyper::Error>()
+            .is_some_and(hyper::Error::is_user)
+        {
+            return None;
+        }
         chain = err.source();
     }
     while let Some(err) = current {
         if let Some(kind) = classify_one(err) {
-            if kind == DownKind::NotFound {
+            if !kind.request_may_have_been_sent() {
                 return Some(kind);
             }
             found.get_or_insert(kind);
@@ -458,8 +476,37 @@ fn classify_one(err: &(dyn StdError + 'static)) -> Option<DownKind> {
             return Some(DownKind::ConnectionLost);
         }
     }
+    #[cfg(feature = "h2")]
+    if let Some(e) = err.downcast_ref::<h2::Error>() {
+        return classify_h2(e);
+    }
     if let Some(e) = err.downcast_ref::<io::Error>() {
         return classify_io(e);
+    }
+    None
+}
+
+/// An HTTP/2 stream or connection error (hyper keeps the `h2::Error` in its source chain; I/O
+/// errors reach the classifier as `io::Error`).
+///
+/// * `RST_STREAM(REFUSED_STREAM)` from the server: "refused before any application processing"
+///   (RFC 9113 §8.7), so [`DownKind::Refused`].
+/// * A `GOAWAY` from the server that ends this stream: h2 ends that way only the streams above
+///   the frame's last stream id, which the server did not process (RFC 9113 §6.8), so
+///   [`DownKind::Refused`] too, whatever the GOAWAY's error code.
+/// * Any other reset or GOAWAY from the server (`INTERNAL_ERROR`, `CANCEL`, ...), or one h2
+///   raised on a protocol error from it: the stream broke after it may have been processed, as
+///   a reset connection does over HTTP/1, so [`DownKind::ConnectionLost`].
+/// * A reset this client made itself (its request body failed, say): not the endpoint's doing.
+#[cfg(feature = "h2")]
+fn classify_h2(error: &h2::Error) -> Option<DownKind> {
+    if error.is_remote()
+        && ((error.is_reset() && error.reason() == Some(h2::Reason::REFUSED_STREAM)) || error.is_go_away())
+    {
+        return Some(DownKind::Refused);
+    }
+    if (error.is_remote() || error.is_library()) && (error.is_reset() || error.is_go_away()) {
+        return Some(DownKind::ConnectionLost);
     }
     None
 }
@@ -560,5 +607,128 @@ mod tests {
             None,
             "out of descriptors is not an outage"
         );
+    }
+
+    /// Real `h2` errors, from a client and a server talking over an in-memory pipe.
+    #[cfg(feature = "h2")]
+    mod h2_errors {
+        use super::*;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+        fn block_on<F: std::future::Future>(f: F) -> F::Output {
+            tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap()
+                .block_on(f)
+        }
+
+        /// The error a client request gets when the server answers its stream with
+        /// RST_STREAM(`reason`).
+        async fn reset_with(reason: h2::Reason) -> h2::Error {
+            let (client_io, server_io) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let mut connection = h2::server::handshake(server_io).await.unwrap();
+                while let Some(Ok((_request, mut respond))) = connection.accept().await {
+                    respond.send_reset(reason);
+                }
+            });
+            let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let request = http::Request::post("http://example.com/").body(()).unwrap();
+            let (response, _body) = client.send_request(request, true).unwrap();
+            response.await.unwrap_err()
+        }
+
+        /// The error a client request gets when the server sends GOAWAY(NO_ERROR) with last
+        /// stream id 0 after the request arrived (hand-written frames: the `h2` server counts a
+        /// stream as processed as soon as it reads its headers).
+        async fn go_away_below_the_stream() -> h2::Error {
+            let (client_io, mut server_io) = tokio::io::duplex(64 * 1024);
+            tokio::spawn(async move {
+                let mut buffer = vec![0u8; 4096];
+                let mut seen = Vec::new();
+                // SETTINGS, then wait for the request's HEADERS frame (type 1) after the preface.
+                server_io.write_all(&[0, 0, 0, 4, 0, 0, 0, 0, 0]).await.unwrap();
+                loop {
+                    let n = server_io.read(&mut buffer).await.unwrap();
+                    seen.extend_from_slice(&buffer[..n]);
+                    if has_headers_frame(&seen[24.min(seen.len())..]) {
+                        break;
+                    }
+                }
+                // GOAWAY: length 8, type 7, stream 0; last stream id 0, NO_ERROR.
+                let go_away = [0, 0, 8, 7, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0];
+                server_io.write_all(&go_away).await.unwrap();
+                let _ = server_io.read(&mut buffer).await;
+            });
+            let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
+            tokio::spawn(async move {
+                let _ = connection.await;
+            });
+            let request = http::Request::post("http://example.com/").body(()).unwrap();
+            let (response, _body) = client.send_request(request, true).unwrap();
+            response.await.unwrap_err()
+        }
+
+        fn has_headers_frame(mut frames: &[u8]) -> bool {
+            while frames.len() >= 9 {
+                let len = (frames[0] as usize) << 16 | (frames[1] as usize) << 8 | frames[2] as usize;
+                if frames[3] == 1 {
+                    return true;
+                }
+                frames = &frames[(9 + len).min(frames.len())..];
+            }
+            false
+        }
+
+        /// hyper puts the `h2::Error` under its own error; a wrapper stands in for it.
+        #[derive(Debug)]
+        struct Wrap(h2::Error);
+        impl fmt::Display for Wrap {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("http2 error")
+            }
+        }
+        impl StdError for Wrap {
+            fn source(&self) -> Option<&(dyn StdError + 'static)> {
+                Some(&self.0)
+            }
+        }
+
+        #[test]
+        fn refused_stream_and_go_away_below_the_stream_were_not_processed() {
+            block_on(async {
+                let refused = reset_with(h2::Reason::REFUSED_STREAM).await;
+                assert_eq!(classify_error(&Wrap(refused)), Some(DownKind::Refused));
+                let go_away = go_away_below_the_stream().await;
+                assert!(go_away.is_go_away() && go_away.is_remote(), "{go_away:?}");
+                assert_eq!(classify_error(&Wrap(go_away)), Some(DownKind::Refused));
+                assert!(!DownKind::Refused.request_may_have_been_sent());
+            });
+        }
+
+        #[test]
+        fn other_resets_may_have_been_processed() {
+            block_on(async {
+                for reason in [
+                    h2::Reason::INTERNAL_ERROR,
+                    h2::Reason::CANCEL,
+                    h2::Reason::NO_ERROR,
+                ] {
+                    let error = reset_with(reason).await;
+                    assert_eq!(
+                        classify_error(&Wrap(error)),
+                        Some(DownKind::ConnectionLost),
+                        "{reason:?}"
+                    );
+                }
+                // A bare reason (hyper makes these for its own failures) says nothing.
+                let bare = h2::Error::from(h2::Reason::REFUSED_STREAM);
+                assert_eq!(classify_error(&Wrap(bare)), None);
+            });
+        }
     }
 }

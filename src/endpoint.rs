@@ -110,12 +110,30 @@ impl Endpoint {
         if host.is_empty() {
             return Err(ConfigError::new(format!("`{uri}` has an empty host")));
         }
-        let port = authority
-            .port_u16()
-            .unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
-        // Lower-casing keeps the authority valid: it only changes ASCII letters.
+        // `http` accepts any digits as a port, and reads one outside the range as none at all:
+        // that would silently become the scheme's default (and be dropped from a derived
+        // alternate). The host is a prefix of the authority (user information is refused above).
+        let after_host = &authority.as_str()[authority.host().len()..];
+        let port_text = after_host.strip_prefix(':').unwrap_or(after_host);
+        let given_port = match port_text {
+            "" => None,
+            text => match text.parse::<u16>() {
+                Ok(port) if port > 0 => Some(port),
+                _ => {
+                    return Err(ConfigError::new(format!(
+                        "`{uri}` has the port `{text}`; a port is a number from 1 to 65535"
+                    )))
+                }
+            },
+        };
+        let port = given_port.unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
+        // Lower case, and the port as plain digits (`:08443` is `:8443`). Lower-casing keeps the
+        // authority valid: it only changes ASCII letters.
+        let authority = match given_port {
+            Some(port) => format!("{}:{port}", authority.host()),
+            None => authority.as_str().to_string(),
+        };
         let authority: Authority = authority
-            .as_str()
             .to_ascii_lowercase()
             .parse()
             .map_err(|e| ConfigError::new(format!("`{uri}`: bad authority ({e})")))?;
@@ -153,6 +171,10 @@ impl Endpoint {
     /// True when `uri` names this endpoint's host and port (any case, trailing dot allowed,
     /// default port implied by the URI's scheme).
     ///
+    /// A URI without a scheme (authority-form, `contoso.api.crm.dynamics.com`) names no
+    /// endpoint: only `CONNECT` may use that form, and rewriting it would turn it into a
+    /// request for `/`.
+    ///
     /// ```
     /// use tower_failover::Endpoint;
     ///
@@ -166,9 +188,9 @@ impl Endpoint {
     /// assert!(!endpoint.matches(&"/api/data".parse().unwrap()));
     /// ```
     pub fn matches(&self, uri: &Uri) -> bool {
-        match uri.authority() {
-            Some(authority) => self.matches_authority(authority, uri.scheme()),
-            None => false,
+        match (uri.scheme(), uri.authority()) {
+            (Some(scheme), Some(authority)) => self.matches_authority(authority, Some(scheme)),
+            _ => false,
         }
     }
 
@@ -229,11 +251,23 @@ impl Endpoint {
     }
 }
 
+/// Lower case, without a trailing dot; an IPv6 literal in its canonical spelling (`[::1]` for
+/// `[0:0:0:0:0:0:0:1]`), so one address has one name.
 fn normalize_host(host: &str) -> String {
+    if let Some(ip) = ipv6_literal(host) {
+        return format!("[{ip}]");
+    }
     host.strip_suffix('.').unwrap_or(host).to_ascii_lowercase()
 }
 
+fn ipv6_literal(host: &str) -> Option<std::net::Ipv6Addr> {
+    host.strip_prefix('[')?.strip_suffix(']')?.parse().ok()
+}
+
 fn host_eq(given: &str, normalized: &str) -> bool {
+    if given.starts_with('[') {
+        return normalize_host(given) == normalized;
+    }
     let given = given.strip_suffix('.').unwrap_or(given);
     given.eq_ignore_ascii_case(normalized)
 }

@@ -94,7 +94,10 @@ impl Shared {
             write,
             resent_after_received: false,
             settled: false,
-            deadline: policy.deadline_limit().map(|limit| Instant::now() + limit),
+            // A limit too far away to be an instant (`Duration::MAX`, say) is no limit.
+            deadline: policy
+                .deadline_limit()
+                .and_then(|limit| Instant::now().checked_add(limit)),
         })
     }
 
@@ -191,7 +194,11 @@ impl Shared {
             Some(wait) => wait,
             None => backoff(retries_so_far, THROTTLE_BASE_BACKOFF, max_delay),
         };
-        if plan.deadline.is_some_and(|d| Instant::now() + wait >= d) {
+        // A wait too long to add to now (a huge `Retry-After` with no maximum) passes any deadline.
+        if plan
+            .deadline
+            .is_some_and(|d| Instant::now().checked_add(wait).is_none_or(|end| end >= d))
+        {
             return Err(NotResent::DeadlineTooClose);
         }
         if !self.throttle_budget.withdraw(self.calls.get()) {

@@ -200,6 +200,9 @@ pub enum FailoverErrorKind {
     EndpointNotFound,
     /// The connection was lost after the request may have been sent (reset, closed early).
     ConnectionLost,
+    /// The endpoint refused the request before processing it (HTTP/2 `REFUSED_STREAM`, or a
+    /// `GOAWAY` below its stream): not applied.
+    Refused,
     /// The attempt timed out: the SDK's `TimeoutException`.
     Timeout,
     /// The service answered with the failover fault code (`0x8004B065` / `-2147176347`):
@@ -231,6 +234,7 @@ impl FailoverErrorKind {
         match kind {
             DownKind::NotFound => FailoverErrorKind::EndpointNotFound,
             DownKind::ConnectionLost => FailoverErrorKind::ConnectionLost,
+            DownKind::Refused => FailoverErrorKind::Refused,
             DownKind::Timeout => FailoverErrorKind::Timeout,
             DownKind::ServiceFault { code } => FailoverErrorKind::ServiceFault { code: *code },
             DownKind::Unavailable { status } => FailoverErrorKind::Unavailable { status: *status },
@@ -243,6 +247,7 @@ impl fmt::Display for FailoverErrorKind {
         match self {
             FailoverErrorKind::EndpointNotFound => f.write_str("endpoint not found"),
             FailoverErrorKind::ConnectionLost => f.write_str("connection lost"),
+            FailoverErrorKind::Refused => f.write_str("refused before processing"),
             FailoverErrorKind::Timeout => f.write_str("timed out"),
             FailoverErrorKind::ServiceFault { code } => {
                 write!(f, "service fault {code} (0x{:08X})", *code as u32)
@@ -534,7 +539,8 @@ impl FailoverError {
 
     /// True when the request may have been applied by a server even though the call failed:
     /// it was sent (or partly sent) and the outcome is unknown. Only a failure before the
-    /// request left the client (connect refused, DNS) proves it was not applied.
+    /// request left the client (connect refused, DNS), or an HTTP/2 refusal that says the
+    /// server did not process it, proves it was not applied.
     ///
     /// The caller should check (read back by key) before sending a write again.
     ///

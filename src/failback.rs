@@ -309,14 +309,15 @@ impl Failback {
     }
 
     fn next_interval(&self) -> Duration {
-        let spread = self.interval.as_millis() as u64 * self.jitter_percent as u64 / 100;
-        let base = self.interval.as_millis() as u64;
+        // In u128 so that no interval, however long, overflows (`Duration::MAX` included).
+        let base = self.interval.as_millis();
+        let spread = base * self.jitter_percent as u128 / 100;
         let millis = if spread == 0 {
             base
         } else {
-            base - spread + fastrand::u64(0..=2 * spread)
+            base - spread + fastrand::u128(0..=2 * spread)
         };
-        Duration::from_millis(millis.max(1))
+        Duration::from_millis(u64::try_from(millis).unwrap_or(u64::MAX).max(1))
     }
 }
 
@@ -466,7 +467,7 @@ impl Shared {
                 // worked, so the next one waits only the configured hold again.
                 damping.hold = config.hold;
             } else {
-                damping.hold = (damping.hold * 2).min(config.max_hold);
+                damping.hold = damping.hold.saturating_mul(2).min(config.max_hold);
                 tracing::warn!(
                     hold_ms = damping.hold.as_millis() as u64,
                     "failover: failback failed, holding longer"
@@ -648,5 +649,28 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
             .maintenance_until
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn intervals_stay_within_the_jitter_and_never_overflow() {
+        for _ in 0..1000 {
+            let failback = Failback::new()
+                .interval(Duration::from_millis(1000))
+                .jitter_percent(20);
+            let interval = failback.next_interval();
+            assert!((800..=1200).contains(&interval.as_millis()), "{interval:?}");
+        }
+        // The longest intervals saturate rather than overflow.
+        for jitter in [0, 20, 100] {
+            let failback = Failback::new().interval(Duration::MAX).jitter_percent(jitter);
+            assert!(failback.next_interval() >= Duration::from_millis(u64::MAX / 2));
+        }
+        let failback = Failback::new().interval(Duration::from_nanos(1));
+        assert_eq!(failback.next_interval(), Duration::from_millis(1));
     }
 }
