@@ -46,8 +46,8 @@ use serde_json::{json, Value};
 use tower::timeout::{Timeout, TimeoutLayer};
 use tower::{ServiceBuilder, ServiceExt};
 use tower_failover::{
-    ConfigError, DefaultClassifier, Endpoints, Failover, FailoverError, FailoverErrorKind, FailoverHandle,
-    FailoverLayer, ReplayBody, RetryPolicy, Side, SwitchEvent,
+    ConfigError, DefaultClassifier, Endpoints, Failover, FailoverError, FailoverHandle, FailoverLayer,
+    ReplayBody, RetryPolicy, Side, SwitchEvent,
 };
 
 use support::{Behavior, Pair, ALTERNATE_HOST, PRIMARY_URL};
@@ -261,7 +261,7 @@ impl IntoResponse for UpstreamFailure {
         let (possibly_applied, kind, detail, resent, not_resent) = match &self {
             UpstreamFailure::Call(error) => (
                 error.possibly_applied(),
-                kind_name(error.kind()),
+                error.kind().name(),
                 error.to_string(),
                 error.was_resent(),
                 error.not_resent_because().map(|reason| reason.to_string()),
@@ -294,22 +294,6 @@ impl IntoResponse for UpstreamFailure {
             "detail": detail,
         });
         (status, Json(body)).into_response()
-    }
-}
-
-/// A stable name for the error kind: the `Display` text is for people, this is for programs.
-pub fn kind_name(kind: &FailoverErrorKind) -> &'static str {
-    match kind {
-        FailoverErrorKind::EndpointNotFound => "endpoint_not_found",
-        FailoverErrorKind::ConnectionLost => "connection_lost",
-        FailoverErrorKind::Timeout => "timeout",
-        FailoverErrorKind::ServiceFault { .. } => "service_fault",
-        FailoverErrorKind::Unavailable { .. } => "unavailable",
-        FailoverErrorKind::NotReplayable { .. } => "not_replayable",
-        FailoverErrorKind::DeadlineExceeded => "deadline_exceeded",
-        FailoverErrorKind::Inner => "inner",
-        // The enum is non-exhaustive; a kind added later still gets a JSON answer.
-        _ => "other",
     }
 }
 

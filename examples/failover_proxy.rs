@@ -64,8 +64,8 @@ use tokio::sync::broadcast;
 use tower::ServiceExt;
 use tower_failover::{
     ConfigError, CountersSnapshot, DataLossReport, DefaultClassifier, Endpoint, Endpoints, Failover,
-    FailoverError, FailoverErrorKind, FailoverHandle, FailoverLayer, ReplayBody, RetryPolicy, Side,
-    SwitchEvent, WriteOutcome, WriteRecord,
+    FailoverError, FailoverHandle, FailoverLayer, ReplayBody, RetryPolicy, Side, SwitchEvent, WriteOutcome,
+    WriteRecord,
 };
 
 use support::{Pair, PRIMARY_URL};
@@ -239,7 +239,7 @@ fn failure(error: &FailoverError, handle: &FailoverHandle) -> Response {
     };
     let body = json!({
         "error": "failover proxy: upstream call failed",
-        "kind": kind_name(error.kind()),
+        "kind": error.kind().name(),
         "possibly_applied": possibly_applied,
         "resent": error.was_resent(),
         "not_resent_because": error.not_resent_because().map(|reason| reason.to_string()),
@@ -257,21 +257,6 @@ fn failure(error: &FailoverError, handle: &FailoverHandle) -> Response {
 
 fn plain_error(status: StatusCode, message: &str) -> Response {
     (status, Json(json!({ "error": message }))).into_response()
-}
-
-fn kind_name(kind: &FailoverErrorKind) -> &'static str {
-    match kind {
-        FailoverErrorKind::EndpointNotFound => "endpoint_not_found",
-        FailoverErrorKind::ConnectionLost => "connection_lost",
-        FailoverErrorKind::Timeout => "timeout",
-        FailoverErrorKind::ServiceFault { .. } => "service_fault",
-        FailoverErrorKind::Unavailable { .. } => "unavailable",
-        FailoverErrorKind::NotReplayable { .. } => "not_replayable",
-        FailoverErrorKind::DeadlineExceeded => "deadline_exceeded",
-        FailoverErrorKind::Inner => "inner",
-        // Non-exhaustive: a kind added later still gets an answer.
-        _ => "other",
-    }
 }
 
 // ----- status and events -------------------------------------------------------------------

@@ -536,6 +536,23 @@ fn classify_io(error: &io::Error) -> Option<DownKind> {
 
 #[cfg(test)]
 mod tests {
+    /// An error whose source is `E`, as hyper and hyper-util put the cause under their own
+    /// error.
+    #[derive(Debug)]
+    pub(super) struct Wrap<E>(pub(super) E);
+
+    impl<E> fmt::Display for Wrap<E> {
+        fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("wrapped")
+        }
+    }
+
+    impl<E: StdError + 'static> StdError for Wrap<E> {
+        fn source(&self) -> Option<&(dyn StdError + 'static)> {
+            Some(&self.0)
+        }
+    }
+
     use super::*;
 
     #[test]
@@ -581,18 +598,6 @@ mod tests {
 
     #[test]
     fn error_chains() {
-        #[derive(Debug)]
-        struct Wrap(io::Error);
-        impl fmt::Display for Wrap {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("wrapped")
-            }
-        }
-        impl StdError for Wrap {
-            fn source(&self) -> Option<&(dyn StdError + 'static)> {
-                Some(&self.0)
-            }
-        }
         let refused = Wrap(io::Error::from(io::ErrorKind::ConnectionRefused));
         assert_eq!(classify_error(&refused), Some(DownKind::NotFound));
         let reset = Wrap(io::Error::from(io::ErrorKind::ConnectionReset));
@@ -682,20 +687,6 @@ mod tests {
                 frames = &frames[(9 + len).min(frames.len())..];
             }
             false
-        }
-
-        /// hyper puts the `h2::Error` under its own error; a wrapper stands in for it.
-        #[derive(Debug)]
-        struct Wrap(h2::Error);
-        impl fmt::Display for Wrap {
-            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-                f.write_str("http2 error")
-            }
-        }
-        impl StdError for Wrap {
-            fn source(&self) -> Option<&(dyn StdError + 'static)> {
-                Some(&self.0)
-            }
         }
 
         #[test]

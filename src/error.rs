@@ -242,6 +242,31 @@ impl FailoverErrorKind {
     }
 }
 
+impl FailoverErrorKind {
+    /// A stable snake-case name for programs (logs, JSON, metrics labels); `Display` is for
+    /// people.
+    ///
+    /// ```
+    /// use tower_failover::FailoverErrorKind;
+    ///
+    /// assert_eq!(FailoverErrorKind::EndpointNotFound.name(), "endpoint_not_found");
+    /// assert_eq!(FailoverErrorKind::Timeout.name(), "timeout");
+    /// ```
+    pub fn name(&self) -> &'static str {
+        match self {
+            FailoverErrorKind::EndpointNotFound => "endpoint_not_found",
+            FailoverErrorKind::ConnectionLost => "connection_lost",
+            FailoverErrorKind::Refused => "refused",
+            FailoverErrorKind::Timeout => "timeout",
+            FailoverErrorKind::ServiceFault { .. } => "service_fault",
+            FailoverErrorKind::Unavailable { .. } => "unavailable",
+            FailoverErrorKind::NotReplayable { .. } => "not_replayable",
+            FailoverErrorKind::DeadlineExceeded => "deadline_exceeded",
+            FailoverErrorKind::Inner => "inner",
+        }
+    }
+}
+
 impl fmt::Display for FailoverErrorKind {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
