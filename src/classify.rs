@@ -19,8 +19,9 @@ pub const FAILOVER_FAULT_CODE: i64 = -2147176347;
 
 /// How an endpoint was found to be down.
 ///
-/// Only [`DownKind::NotFound`] proves the request never left the client; every other kind
-/// means the server may have received it, and decides whether a write may be sent again.
+/// Only [`DownKind::NotFound`] (the request never left the client) and [`DownKind::Refused`]
+/// (the server refused it unprocessed) prove it was not applied; every other kind means the
+/// server may have applied it, and decides whether a write may be sent again.
 ///
 /// ```
 /// use std::io;
@@ -406,8 +407,8 @@ fn to_signed32(value: i64) -> i64 {
 
 /// Walks an error's `source()` chain and says which outage it shows, if any.
 ///
-/// Connect-phase failures win over the others, since they are the only proof that the
-/// request never left the client. A machine out of file descriptors, memory or local ports
+/// Failures that prove the request was not processed (connect-phase failures, HTTP/2
+/// refusals) win over the others. A machine out of file descriptors, memory or local ports
 /// anywhere in the chain is not an outage (the alternate would need them too): `None`.
 ///
 /// ```

@@ -63,7 +63,8 @@ use crate::state::{Shared, SwitchCause};
 /// let client = tower::service_fn(move |request: http::Request<ReplayBody<Full<Bytes>>>| {
 ///     let primary = request.uri().host() == Some("contoso.api.crm.dynamics.com");
 ///     let status = if primary && !up.load(Ordering::SeqCst) { 503 } else { 200 };
-///     async move { Ok::<_, Infallible>(http::Response::builder().status(status).body(Full::new(Bytes::new())).unwrap()) }
+///     let response = http::Response::builder().status(status).body(Full::new(Bytes::new()));
+///     async move { Ok::<_, Infallible>(response.unwrap()) }
 /// });
 /// let mut service = ServiceBuilder::new().layer(layer).service(client);
 /// let request = http::Request::get("https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI")
@@ -151,15 +152,13 @@ impl Failback {
     /// ```
     /// use tower_failover::{Endpoints, Failback, FailoverLayer};
     ///
+    /// let endpoints = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    /// let layer_with = |failback| FailoverLayer::builder(endpoints.clone()).failback(failback).build();
     /// // A cheap read that needs the database, not just the web front end.
-    /// let failback = Failback::new().probe(http::Method::GET, "/api/health?deep=true");
-    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(failback).build().is_ok());
+    /// assert!(layer_with(Failback::new().probe(http::Method::GET, "/api/health?deep=true")).is_ok());
     ///
     /// // The path is relative to the primary, so it must start with `/`.
-    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
-    ///     .failback(Failback::new().probe(http::Method::GET, "api/health"))
-    ///     .build()
-    ///     .unwrap_err();
+    /// let err = layer_with(Failback::new().probe(http::Method::GET, "api/health")).unwrap_err();
     /// assert!(err.to_string().contains("must start with `/`"));
     /// ```
     pub fn probe(mut self, method: Method, path: &str) -> Self {
@@ -174,13 +173,11 @@ impl Failback {
     /// use std::time::Duration;
     /// use tower_failover::{Endpoints, Failback, FailoverLayer};
     ///
-    /// let failback = Failback::dynamics().interval(Duration::from_secs(10));
-    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(failback).build().is_ok());
+    /// let endpoints = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    /// let layer_with = |failback| FailoverLayer::builder(endpoints.clone()).failback(failback).build();
+    /// assert!(layer_with(Failback::dynamics().interval(Duration::from_secs(10))).is_ok());
     ///
-    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
-    ///     .failback(Failback::dynamics().interval(Duration::ZERO))
-    ///     .build()
-    ///     .unwrap_err();
+    /// let err = layer_with(Failback::dynamics().interval(Duration::ZERO)).unwrap_err();
     /// assert_eq!(err.to_string(), "failback: interval must be above zero");
     /// ```
     pub fn interval(mut self, interval: Duration) -> Self {
@@ -193,9 +190,11 @@ impl Failback {
     /// ```
     /// use tower_failover::{Endpoints, Failback, FailoverLayer};
     ///
+    /// let endpoints = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    /// let layer_with = |failback| FailoverLayer::builder(endpoints.clone()).failback(failback).build();
     /// // Many clients behind one primary: spread their probes wider.
-    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(Failback::dynamics().jitter_percent(50)).build().is_ok());
-    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(Failback::dynamics().jitter_percent(150)).build().is_err());
+    /// assert!(layer_with(Failback::dynamics().jitter_percent(50)).is_ok());
+    /// assert!(layer_with(Failback::dynamics().jitter_percent(150)).is_err());
     /// ```
     pub fn jitter_percent(mut self, percent: u8) -> Self {
         self.jitter_percent = percent;
@@ -226,12 +225,11 @@ impl Failback {
     /// ```
     /// use tower_failover::{Endpoints, Failback, FailoverLayer};
     ///
-    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(Failback::dynamics().healthy_probes(5)).build().is_ok());
+    /// let endpoints = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    /// let layer_with = |failback| FailoverLayer::builder(endpoints.clone()).failback(failback).build();
+    /// assert!(layer_with(Failback::dynamics().healthy_probes(5)).is_ok());
     ///
-    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
-    ///     .failback(Failback::dynamics().healthy_probes(0))
-    ///     .build()
-    ///     .unwrap_err();
+    /// let err = layer_with(Failback::dynamics().healthy_probes(0)).unwrap_err();
     /// assert!(err.to_string().contains("would fail back blind"));
     /// ```
     pub fn healthy_probes(mut self, count: u32) -> Self {
@@ -264,13 +262,12 @@ impl Failback {
     /// use std::time::Duration;
     /// use tower_failover::{Endpoints, Failback, FailoverLayer};
     ///
-    /// let failback = Failback::dynamics().hold(Duration::from_secs(300), Duration::from_secs(4 * 3600));
-    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).failback(failback).build().is_ok());
+    /// let endpoints = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    /// let layer_with = |failback| FailoverLayer::builder(endpoints.clone()).failback(failback).build();
+    /// let (five_minutes, four_hours) = (Duration::from_secs(300), Duration::from_secs(4 * 3600));
+    /// assert!(layer_with(Failback::dynamics().hold(five_minutes, four_hours)).is_ok());
     ///
-    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
-    ///     .failback(Failback::dynamics().hold(Duration::from_secs(300), Duration::from_secs(60)))
-    ///     .build()
-    ///     .unwrap_err();
+    /// let err = layer_with(Failback::dynamics().hold(five_minutes, Duration::from_secs(60))).unwrap_err();
     /// assert_eq!(err.to_string(), "failback: max_hold must be at least hold");
     /// ```
     pub fn hold(mut self, hold: Duration, max_hold: Duration) -> Self {

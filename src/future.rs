@@ -100,7 +100,8 @@ pin_project! {
     /// let request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
     ///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
     ///     .unwrap();
-    /// let future: ResponseFuture<_, Full<Bytes>, DefaultClassifier> = service.ready().await.unwrap().call(request);
+    /// let future: ResponseFuture<_, Full<Bytes>, DefaultClassifier> =
+    ///     service.ready().await.unwrap().call(request);
     /// // The caller gives up after 10 ms, dropping the future mid-call.
     /// assert!(tokio::time::timeout(Duration::from_millis(10), future).await.is_err());
     ///

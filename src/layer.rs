@@ -176,14 +176,18 @@ impl<C> FailoverLayerBuilder<C> {
     /// use bytes::Bytes;
     /// use http_body_util::Full;
     /// use tower::{Service, ServiceBuilder, ServiceExt};
-    /// use tower_failover::{Classifier, DefaultClassifier, DownKind, Endpoints, FailoverLayer, Outcome, ReplayBody, Side, Verdict};
+    /// use tower_failover::{
+    ///     Classifier, DefaultClassifier, DownKind, Endpoints, FailoverLayer, Outcome, ReplayBody, Side, Verdict,
+    /// };
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
     /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
     ///     // A gateway that answers 500 when the organization behind it is gone: an outage too.
     ///     .classifier(|outcome: Outcome<'_>| match outcome {
-    ///         Outcome::Response { status, .. } if status == 500 => Verdict::EndpointDown(DownKind::Unavailable { status }),
+    ///         Outcome::Response { status, .. } if status == 500 => {
+    ///             Verdict::EndpointDown(DownKind::Unavailable { status })
+    ///         }
     ///         other => DefaultClassifier::new().classify(other),
     ///     })
     ///     .build()
@@ -228,9 +232,8 @@ impl<C> FailoverLayerBuilder<C> {
     /// ```
     /// use std::convert::Infallible;
     /// use bytes::Bytes;
-    /// use http_body_util::Full;
+    /// use http_body_util::{BodyExt, Full};
     /// use tower::{Service, ServiceBuilder, ServiceExt};
-    /// use http_body_util::BodyExt;
     /// use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, NotResent, ReplayBody};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
@@ -326,7 +329,8 @@ impl<C> FailoverLayerBuilder<C> {
     /// layer.handle().switch_endpoint();
     /// assert_eq!(
     ///     *seen.lock().unwrap(),
-    ///     ["SwitchRequired https://contoso.api.crm.dynamics.com -> https://contoso--s.api.crm.dynamics.com (manual)"]
+    ///     ["SwitchRequired https://contoso.api.crm.dynamics.com \
+    ///       -> https://contoso--s.api.crm.dynamics.com (manual)"]
     /// );
     /// ```
     pub fn on_switch_required(mut self, callback: impl Fn(&SwitchEvent) + Send + Sync + 'static) -> Self {
@@ -420,7 +424,7 @@ impl<C> FailoverLayerBuilder<C> {
     /// });
     /// let mut service = ServiceBuilder::new().layer(layer).service(client);
     /// // A PATCH that reached the failing primary: by method it would not be sent again.
-    /// let upsert = http::Request::patch("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts(accountnumber='A-42')")
+    /// let upsert = http::Request::patch("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts(42)")
     ///     .body(Full::new(Bytes::from_static(br#"{"name":"Contoso"}"#)))
     ///     .unwrap();
     /// let response = service.ready().await.unwrap().call(upsert).await.unwrap();

@@ -32,12 +32,31 @@ pub const DEFAULT_LEDGER_CAPACITY: usize = 10_000;
 /// data-loss report, when no header carries one.
 ///
 /// ```
-/// use tower_failover::WriteKey;
+/// use std::convert::Infallible;
+/// use bytes::Bytes;
+/// use http_body_util::Full;
+/// use tower::{Service, ServiceBuilder, ServiceExt};
+/// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, WriteKey};
+///
+/// # #[tokio::main(flavor = "current_thread")]
+/// # async fn main() {
+/// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+/// let handle = layer.handle();
+/// // Both endpoints answer 200.
+/// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
+///     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::new())))
+/// });
+/// let mut service = ServiceBuilder::new().layer(layer).service(client);
 ///
 /// let mut request = http::Request::post("https://contoso.api.crm.dynamics.com/api/data/v9.2/accounts")
-///     .body(())
+///     .body(Full::new(Bytes::from_static(br#"{"accountnumber":"42"}"#)))
 ///     .unwrap();
 /// request.extensions_mut().insert(WriteKey::new("account:42"));
+/// service.ready().await.unwrap().call(request).await.unwrap();
+///
+/// handle.switch_endpoint();
+/// assert_eq!(handle.last_report().unwrap().acknowledged[0].key.as_deref(), Some("account:42"));
+/// # }
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct WriteKey(pub String);
@@ -152,8 +171,8 @@ pub struct WriteRecord {
     pub path: String,
     /// The request's key: the configured header, or a [`WriteKey`] from its extensions.
     pub key: Option<String>,
-    /// The side that may hold it: where it was sent first, unless that attempt provably never
-    /// left the client and the write was re-sent on the other side.
+    /// The side that may hold it: where it was sent first, unless that attempt provably was not
+    /// processed (refused at connect, say) and the write was re-sent on the other side.
     pub side: Side,
     /// When it was sent.
     pub sent_at: SystemTime,

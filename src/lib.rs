@@ -19,10 +19,11 @@
 //!               v
 //!          attempt 1 ──> classify (response, or error with its source chain)
 //!               │ success / other failure ─────────────────────> returned as is
+//!               │ throttled ──> wait (Retry-After or backoff), retry on the same endpoint
 //!               │ endpoint down
 //!               v
 //!          compare-and-switch on the shared state (SwitchRequired, Switched)
-//!          may it be re-sent? never left the client: yes; else only if idempotent
+//!          may it be re-sent? provably not processed: yes; else only if idempotent (per policy)
 //!               │ no ──> FailoverError (kind, possibly_applied, cause)
 //!               v
 //!          attempt 2 on the new active endpoint (after poll_ready) ──> classify ──> returned
@@ -80,6 +81,7 @@
 //! | feature | gives |
 //! |---|---|
 //! | `hyper-util` (default) | the default classifier recognises hyper-util's connect errors |
+//! | `h2` (default) | the default classifier recognises HTTP/2 refusals and stream resets |
 //! | `reqwest` | `FailoverMiddleware` for reqwest-middleware |
 //! | `tower-http` | `TowerHttpClassifier`: a tower-http `ClassifyResponse` as the classifier |
 //! | `metrics` | `FailoverHandle::publish_metrics` through the `metrics` facade |

@@ -120,8 +120,9 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// The default: a call that never left the client is always re-sent; one that may have
-    /// been received is re-sent only when idempotent (by method or `Idempotency-Key`).
+    /// The default: a call that provably was not processed (it never left the client, or an
+    /// HTTP/2 server refused it unprocessed) is always re-sent; one that may have been
+    /// received is re-sent only when idempotent (by method or `Idempotency-Key`).
     /// Throttled calls are retried up to 3 times, waiting at most 60 s each.
     ///
     /// ```
@@ -391,7 +392,8 @@ impl RetryPolicy {
     }
 
     /// Whether a request may be sent again. `maybe_received` is false only when the failure
-    /// proves the request never left the client.
+    /// proves the request was not processed (see
+    /// [`DownKind::request_may_have_been_sent`](crate::DownKind::request_may_have_been_sent)).
     ///
     /// ```
     /// use http::{HeaderMap, Method};

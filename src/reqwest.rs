@@ -56,7 +56,9 @@ impl<C: Clone> FailoverLayer<C> {
     ///
     /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
     /// let middleware = layer.middleware();
-    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(middleware.clone()).build();
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
+    ///     .with(middleware.clone())
+    ///     .build();
     /// # let _ = client;
     ///
     /// // A switch made through the layer's handle moves the reqwest client too.
@@ -97,7 +99,8 @@ impl<C> FailoverMiddleware<C> {
     /// ```
     /// use tower_failover::{Endpoints, FailoverLayer};
     ///
-    /// let middleware = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap()).middleware();
+    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
+    /// let middleware = layer.middleware();
     /// let handle = middleware.handle();
     /// assert_eq!(handle.active_endpoint().host(), "contoso.api.crm.dynamics.com");
     /// ```

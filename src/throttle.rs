@@ -13,12 +13,20 @@ pub const SERVICE_PROTECTION_CODES: [i64; 3] = [-2147015902, -2147015903, -21470
 
 /// True when `code` (signed 32-bit form, see [`parse_code`](crate::parse_code)) is a
 /// service-protection limit code.
+///
+/// ```
+/// use tower_failover::{fault_code, is_service_protection_code, parse_code};
+///
+/// let body = br#"{"error":{"code":"0x80072322","message":"Number of requests exceeded the limit"}}"#;
+/// assert!(fault_code(body).is_some_and(is_service_protection_code));
+/// assert!(!is_service_protection_code(parse_code("0x8004B065").unwrap())); // failover, not throttling
+/// ```
 pub fn is_service_protection_code(code: i64) -> bool {
     SERVICE_PROTECTION_CODES.contains(&code)
 }
 
-/// Reads `Retry-After` as delay-seconds or an HTTP date. Negative, garbage, or a date in the
-/// past give `None` (for a past date: no wait is needed, `Some(ZERO)`).
+/// Reads `Retry-After` as delay-seconds or an HTTP date. A date in the past gives
+/// `Some(Duration::ZERO)` (no wait is needed); a negative number or garbage gives `None`.
 ///
 /// ```
 /// use std::time::{Duration, SystemTime};
@@ -27,6 +35,8 @@ pub fn is_service_protection_code(code: i64) -> bool {
 /// let mut headers = http::HeaderMap::new();
 /// headers.insert("retry-after", "7".parse().unwrap());
 /// assert_eq!(parse_retry_after(&headers, SystemTime::now()), Some(Duration::from_secs(7)));
+/// headers.insert("retry-after", "Wed, 21 Oct 2015 07:28:00 GMT".parse().unwrap());
+/// assert_eq!(parse_retry_after(&headers, SystemTime::now()), Some(Duration::ZERO));
 /// headers.insert("retry-after", "-1".parse().unwrap());
 /// assert_eq!(parse_retry_after(&headers, SystemTime::now()), None);
 /// ```

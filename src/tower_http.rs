@@ -15,15 +15,27 @@ use crate::classify::{classify_error, Classifier, DownKind, Outcome, Verdict};
 /// A classifier that needs the end of the stream (gRPC's trailers) cannot be consulted before
 /// the response is handed on; such responses count as successes.
 ///
+/// It knows nothing of throttling or fault codes: a response it does not call a failure (a 429,
+/// say) is handed back with no retry, and a 503 with `Retry-After` is an outage like any other
+/// failure. Keep the [`DefaultClassifier`](crate::DefaultClassifier) where those matter.
+///
 /// ```
-/// use tower_failover::{Endpoints, FailoverLayer, TowerHttpClassifier};
+/// use http::{HeaderMap, StatusCode};
+/// use tower_failover::{Classifier, DownKind, Endpoints, FailoverLayer, Outcome, TowerHttpClassifier, Verdict};
 /// use tower_http::classify::StatusInRangeAsFailures;
 ///
-/// // 500..=599 counts as "the endpoint is down", as it does for the trace layer.
+/// // The stack already calls 500..=599 a failure for its trace layer; failover says the same.
 /// let classifier = TowerHttpClassifier::new(StatusInRangeAsFailures::new(500..=599));
-/// # let _ = classifier;
+/// let headers = HeaderMap::new();
+/// let judge = |status| classifier.classify(Outcome::Response { status, headers: &headers, body: None });
+/// assert_eq!(
+///     judge(StatusCode::INTERNAL_SERVER_ERROR),
+///     Verdict::EndpointDown(DownKind::Unavailable { status: StatusCode::INTERNAL_SERVER_ERROR })
+/// );
+/// assert_eq!(judge(StatusCode::TOO_MANY_REQUESTS), Verdict::Success);
+///
 /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
-///     .classifier(TowerHttpClassifier::new(tower_http::classify::ServerErrorsAsFailures::new()))
+///     .classifier(classifier)
 ///     .build()
 ///     .unwrap();
 /// # let _ = layer;
