@@ -435,6 +435,20 @@ impl CallState {
         }
     }
 
+    /// The inner service could not get ready for the re-send: the re-send was never sent.
+    pub(crate) fn on_not_ready(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
+        let error = match self.first.take() {
+            Some((first_kind, first)) => FailoverError::new(
+                FailoverErrorKind::Inner,
+                first_kind.request_may_have_been_sent(),
+                cause,
+            )
+            .with_first(first),
+            None => FailoverError::new(FailoverErrorKind::Inner, false, cause),
+        };
+        self.fail(shared, error)
+    }
+
     /// The attempt failed in a way that is not an outage.
     pub(crate) fn on_inner_error(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
         let error = match self.first.take() {

@@ -139,7 +139,7 @@ impl fmt::Display for NotResent {
             NotResent::NotIdempotent => f.write_str(
                 "the request is not idempotent (method is not GET/HEAD/OPTIONS/TRACE/PUT/DELETE and there is no Idempotency-Key header)",
             ),
-            NotResent::AutoSwitchOff => f.write_str("automatic switching is off"),
+            NotResent::AutoSwitchOff => f.write_str("automatic switching is off or there is no alternate"),
             NotResent::BodyOverCap { cap } => {
                 write!(f, "the request body is larger than the replay cap of {cap} bytes")
             }
@@ -724,7 +724,7 @@ impl fmt::Display for FailoverError {
         match (&self.inner.kind, &self.inner.first) {
             (FailoverErrorKind::NotReplayable { reason }, _) => write!(
                 f,
-                "not re-sent on the alternate endpoint: {reason}; first attempt: {}",
+                "not re-sent on the other endpoint: {reason}; first attempt: {}",
                 self.inner.last
             )?,
             (kind, Some(first)) => write!(

@@ -430,7 +430,7 @@ where
                         }
                         Err(error) => {
                             let cause = routed.call.error_cause(&routed.shared, error.into());
-                            Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause)))
+                            Next::Return(Err(routed.call.on_not_ready(&routed.shared, cause)))
                         }
                     }
                 }

@@ -63,7 +63,8 @@ impl FailoverLayer {
             routes: RouteTable::default(),
             route_errors: Vec::new(),
             default_policy: RetryPolicy::by_method(),
-            ledger: Some(LedgerConfig::default()),
+            ledger: LedgerConfig::default(),
+            data_loss_report: true,
             failover_budget: RetryBudget::new(1.0),
             throttle_budget: RetryBudget::new(0.2),
             failback: None,
@@ -161,7 +162,8 @@ pub struct FailoverLayerBuilder<C = DefaultClassifier> {
     // Route mistakes are kept until `build`, which reports them, so the builder chains.
     route_errors: Vec<ConfigError>,
     default_policy: RetryPolicy,
-    ledger: Option<LedgerConfig>,
+    ledger: LedgerConfig,
+    data_loss_report: bool,
     failover_budget: RetryBudget,
     throttle_budget: RetryBudget,
     failback: Option<Failback>,
@@ -218,6 +220,7 @@ impl<C> FailoverLayerBuilder<C> {
             route_errors: self.route_errors,
             default_policy: self.default_policy,
             ledger: self.ledger,
+            data_loss_report: self.data_loss_report,
             failover_budget: self.failover_budget,
             throttle_budget: self.throttle_budget,
             failback: self.failback,
@@ -480,7 +483,8 @@ impl<C> FailoverLayerBuilder<C> {
     }
 
     /// Turns the data-loss report on (the default) or off. Off, writes are not recorded and
-    /// `Switched` events carry no report, and the ledger settings below are ignored.
+    /// `Switched` events carry no report; the ledger settings are kept, in any order, for when
+    /// it is on.
     ///
     /// ```
     /// use tower_failover::{Endpoints, FailoverLayer};
@@ -495,7 +499,7 @@ impl<C> FailoverLayerBuilder<C> {
     /// assert!(without.last_report().is_none());
     /// ```
     pub fn data_loss_report(mut self, enabled: bool) -> Self {
-        self.ledger = enabled.then(|| self.ledger.take().unwrap_or_default());
+        self.data_loss_report = enabled;
         self
     }
 
@@ -535,9 +539,7 @@ impl<C> FailoverLayerBuilder<C> {
     /// # }
     /// ```
     pub fn replication_window(mut self, window: Duration) -> Self {
-        if let Some(ledger) = &mut self.ledger {
-            ledger.window = window;
-        }
+        self.ledger.window = window;
         self
     }
 
@@ -577,9 +579,7 @@ impl<C> FailoverLayerBuilder<C> {
     /// # }
     /// ```
     pub fn ledger_capacity(mut self, writes: usize) -> Self {
-        if let Some(ledger) = &mut self.ledger {
-            ledger.capacity = writes;
-        }
+        self.ledger.capacity = writes;
         self
     }
 
@@ -619,9 +619,7 @@ impl<C> FailoverLayerBuilder<C> {
     /// # }
     /// ```
     pub fn write_key_header(mut self, name: HeaderName) -> Self {
-        if let Some(ledger) = &mut self.ledger {
-            ledger.key_header = Some(name);
-        }
+        self.ledger.key_header = Some(name);
         self
     }
 
@@ -657,9 +655,7 @@ impl<C> FailoverLayerBuilder<C> {
     /// # }
     /// ```
     pub fn record_query(mut self, enabled: bool) -> Self {
-        if let Some(ledger) = &mut self.ledger {
-            ledger.record_query = enabled;
-        }
+        self.ledger.record_query = enabled;
         self
     }
 
@@ -799,12 +795,10 @@ impl<C> FailoverLayerBuilder<C> {
         self.throttle_budget
             .validate()
             .map_err(|e| e.context("throttle_budget"))?;
-        if let Some(ledger) = &self.ledger {
-            if ledger.capacity == 0 {
-                return Err(ConfigError::new(
-                    "ledger_capacity(0) keeps no writes; turn the report off with data_loss_report(false) instead",
-                ));
-            }
+        if self.data_loss_report && self.ledger.capacity == 0 {
+            return Err(ConfigError::new(
+                "ledger_capacity(0) keeps no writes; turn the report off with data_loss_report(false) instead",
+            ));
         }
         if self.replay_cap > MAX_REPLAY_CAP {
             return Err(ConfigError::new(format!(
@@ -820,7 +814,7 @@ impl<C> FailoverLayerBuilder<C> {
                 callbacks: self.callbacks,
                 routes: self.routes,
                 default_policy: self.default_policy,
-                ledger: self.ledger.map(Ledger::new),
+                ledger: self.data_loss_report.then(|| Ledger::new(self.ledger)),
                 failover_budget: Bucket::new(self.failover_budget),
                 throttle_budget: Bucket::new(self.throttle_budget),
                 failback: self.failback,

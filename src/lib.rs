@@ -68,7 +68,7 @@
 //!   whose body is [`ReplayBody<B>`] (hyper-util's legacy client, a tower stack, axum's
 //!   outbound calls). Put tower's `TimeoutLayer` *inside* it for per-attempt timeouts that
 //!   fail over, and any timeout *outside* it for an overall limit.
-//! * **reqwest**, with the `reqwest` feature: [`FailoverLayer::middleware`] gives a
+//! * **reqwest**, with the `reqwest` feature: `FailoverLayer::middleware` gives a
 //!   `FailoverMiddleware` for `reqwest_middleware::ClientBuilder::with`, sharing the layer's
 //!   switch state, policies and ledger, and replaying streaming `reqwest::Body`s.
 //! * **Any language**, through the proxy example (`cargo run --example failover_proxy --

@@ -93,6 +93,54 @@ impl FailoverMiddleware {
     }
 }
 
+impl<C> FailoverMiddleware<C>
+where
+    C: Classifier + Clone + Send + Sync + 'static,
+{
+    /// Lends `client` for failback probes and maintenance checks, judged by this middleware's
+    /// classifier. A tower [`Failover`](crate::Failover) lends its inner service on its first
+    /// call; a layer used only through reqwest needs this for
+    /// [`Failback`](crate::Failback) to probe (the first lender wins).
+    ///
+    /// ```
+    /// use tower_failover::{Endpoints, Failback, FailoverLayer};
+    ///
+    /// let layer = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .failback(Failback::dynamics())
+    ///     .build()
+    ///     .unwrap();
+    /// let reqwest = reqwest::Client::new();
+    /// let middleware = layer.middleware().probe_with(reqwest.clone());
+    /// let client = reqwest_middleware::ClientBuilder::new(reqwest).with(middleware).build();
+    /// # let _ = client;
+    /// ```
+    pub fn probe_with(self, client: reqwest::Client) -> Self {
+        let classifier = self.classifier.clone();
+        self.shared.offer_prober(|| {
+            Arc::new(move |request: HttpRequest<()>| {
+                let client = client.clone();
+                let classifier = classifier.clone();
+                Box::pin(async move {
+                    let Ok(url) = reqwest::Url::parse(&request.uri().to_string()) else {
+                        return false;
+                    };
+                    match client.request(request.method().clone(), url).send().await {
+                        Ok(response) => {
+                            classifier.classify(Outcome::Response {
+                                status: response.status(),
+                                headers: response.headers(),
+                                body: None,
+                            }) == Verdict::Success
+                        }
+                        Err(_) => false,
+                    }
+                })
+            })
+        });
+        self
+    }
+}
+
 impl<C> FailoverMiddleware<C> {
     /// The application's handle on the switch state.
     ///
@@ -278,6 +326,18 @@ where
                             .call
                             .on_down(shared, kind, cause, |side| template.build(shared, side))
                             .map_err(failed)?,
+                        Verdict::Throttled { retry_after } => {
+                            match guard
+                                .call
+                                .on_throttled(shared, retry_after, |side| template.build(shared, side))
+                            {
+                                Some((wait, retry)) => {
+                                    tokio::time::sleep(wait).await;
+                                    retry
+                                }
+                                None => return Err(failed(guard.call.on_inner_error(shared, cause))),
+                            }
+                        }
                         _ => return Err(failed(guard.call.on_inner_error(shared, cause))),
                     }
                 }

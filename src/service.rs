@@ -11,8 +11,8 @@ use tower_service::Service;
 use crate::body::ResponseBody;
 use crate::classify::Classifier;
 use crate::endpoint::Side;
-use crate::engine::{inner_error, BodyPlan, CallState};
-use crate::error::{AttemptError, BoxError, FailoverError};
+use crate::engine::{BodyPlan, CallState};
+use crate::error::{AttemptError, BoxError, FailoverError, FailoverErrorKind};
 use crate::failback::prober;
 use crate::future::{ResendBody, ResendTemplate, ResponseFuture};
 use crate::replay::ReplayBody;
@@ -180,9 +180,14 @@ where
     type Future = ResponseFuture<S, B, C>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner
-            .poll_ready(cx)
-            .map_err(|e| inner_error(AttemptError::from_error(None, e.into())))
+        // Nothing has been sent when readiness fails, so nothing can have been applied.
+        self.inner.poll_ready(cx).map_err(|e| {
+            FailoverError::new(
+                FailoverErrorKind::Inner,
+                false,
+                AttemptError::from_error(None, e.into()),
+            )
+        })
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {

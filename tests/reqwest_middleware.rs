@@ -199,3 +199,46 @@ async fn a_post_that_timed_out_is_not_resent_and_may_have_been_applied() {
     })
     .await
 }
+
+#[tokio::test]
+async fn a_reqwest_only_client_fails_back_with_a_lent_probe_client() {
+    within(15, async {
+        let primary = Server::start(PRIMARY_HOST).await;
+        let port = primary.addr.port();
+        let alternate = Server::start_on(ALTERNATE_HOST, SocketAddr::from(([127, 0, 0, 2], port))).await;
+        let endpoints = Endpoints::dynamics(&format!("http://{PRIMARY_HOST}:{port}")).unwrap();
+        let layer = FailoverLayer::builder(endpoints)
+            .failback(
+                tower_failover::Failback::new()
+                    .interval(Duration::from_millis(30))
+                    .min_time_on_alternate(Duration::from_millis(100))
+                    .healthy_probes(2)
+                    .probe_timeout(Duration::from_millis(200)),
+            )
+            .build()
+            .unwrap();
+        let reqwest = reqwest::Client::builder()
+            .resolve(PRIMARY_HOST, primary.addr)
+            .resolve(ALTERNATE_HOST, alternate.addr)
+            .build()
+            .unwrap();
+        let client = reqwest_middleware::ClientBuilder::new(reqwest.clone())
+            .with(layer.middleware().probe_with(reqwest))
+            .build();
+        let handle = layer.handle();
+        let url = format!("http://{PRIMARY_HOST}:{port}/x");
+
+        primary.kill().await;
+        assert_eq!(client.get(&url).send().await.unwrap().status(), 200);
+        assert_eq!(handle.active(), Side::Alternate);
+
+        let _primary = Server::start_on(PRIMARY_HOST, primary.addr).await;
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while handle.active() != Side::Primary {
+            assert!(std::time::Instant::now() < deadline, "no failback within 5 s");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(handle.state().cause, Some(tower_failover::SwitchCause::Failback));
+    })
+    .await
+}
