@@ -189,25 +189,8 @@ impl Endpoint {
     /// ```
     pub fn matches(&self, uri: &Uri) -> bool {
         match (uri.scheme(), uri.authority()) {
-            (Some(scheme), Some(authority)) => self.matches_authority(authority, Some(scheme)),
+            (Some(scheme), Some(authority)) => Named::new(authority, Some(scheme)).is(self),
             _ => false,
-        }
-    }
-
-    fn matches_authority(&self, authority: &Authority, scheme: Option<&Scheme>) -> bool {
-        let port = authority.port_u16().unwrap_or(match scheme {
-            Some(s) if *s == Scheme::HTTP => 80,
-            Some(s) if *s == Scheme::HTTPS => 443,
-            _ => self.port,
-        });
-        port == self.port && host_eq(authority.host(), &self.host)
-    }
-
-    fn matches_host_header(&self, value: &HeaderValue) -> bool {
-        let Ok(text) = value.to_str() else { return false };
-        match text.parse::<Authority>() {
-            Ok(authority) => self.matches_authority(&authority, Some(&self.scheme)),
-            Err(_) => false,
         }
     }
 
@@ -249,6 +232,78 @@ impl Endpoint {
         }
         Endpoint::parse(&format!("{}://{}", self.scheme, authority))
     }
+}
+
+/// A request's authority taken apart once (host, explicit port, the scheme's default port), so
+/// that comparing it with both endpoints scans it once rather than once per endpoint.
+struct Named<'a> {
+    host: &'a str,
+    port: Option<u16>,
+    default_port: Option<u16>,
+}
+
+impl<'a> Named<'a> {
+    fn new(authority: &'a Authority, scheme: Option<&Scheme>) -> Self {
+        let (host, port) = host_and_port(authority.as_str());
+        Named {
+            host,
+            port,
+            default_port: match scheme {
+                Some(s) if *s == Scheme::HTTP => Some(80),
+                Some(s) if *s == Scheme::HTTPS => Some(443),
+                _ => None,
+            },
+        }
+    }
+
+    /// True when this names `endpoint`'s host and port (with no port and no known scheme,
+    /// the endpoint's own port is implied).
+    fn is(&self, endpoint: &Endpoint) -> bool {
+        let port = self.port.or(self.default_port).unwrap_or(endpoint.port);
+        port == endpoint.port && host_eq(self.host, &endpoint.host)
+    }
+}
+
+/// What `Authority::host` and `Authority::port_u16` return, found in one backward pass over
+/// the authority. Every request pays for this (routed or not), and `http`'s versions scan
+/// the string three times through its general-purpose searchers.
+fn host_and_port(authority: &str) -> (&str, Option<u16>) {
+    const NONE: usize = usize::MAX;
+    let bytes = authority.as_bytes();
+    // After the last '@' (the user information ends there): the first and the last ':'.
+    let (mut first_colon, mut last_colon, mut start) = (NONE, NONE, 0);
+    let mut i = bytes.len();
+    while i > 0 {
+        i -= 1;
+        // Host names are mostly letters, all above both delimiters.
+        if bytes[i] > b'@' {
+            continue;
+        }
+        if bytes[i] == b':' {
+            first_colon = i;
+            if last_colon == NONE {
+                last_colon = i;
+            }
+        } else if bytes[i] == b'@' {
+            start = i + 1;
+            break;
+        }
+    }
+    let host_port = &authority[start..];
+    let host = if host_port.starts_with('[') {
+        // An IP-literal: up to and including its `]` (which `http` has checked is there).
+        host_port.find(']').map_or(host_port, |i| &host_port[..=i])
+    } else if first_colon != NONE {
+        &authority[start..first_colon]
+    } else {
+        host_port
+    };
+    // A ':' only in the user information is followed by an '@' and is no port: no port.
+    let port = match last_colon {
+        NONE => None,
+        i => authority[i + 1..].parse::<u16>().ok(),
+    };
+    (host, port)
 }
 
 /// Lower case, without a trailing dot; an IPv6 literal in its canonical spelling (`[::1]` for
@@ -469,21 +524,26 @@ impl Endpoints {
     /// assert_eq!(side("https://login.microsoftonline.com/token"), None);
     /// ```
     pub fn side_of(&self, uri: &Uri) -> Option<Side> {
-        if self.primary.matches(uri) {
+        // A URI without a scheme (authority-form) names no endpoint; see `Endpoint::matches`.
+        let named = Named::new(uri.authority()?, Some(uri.scheme()?));
+        if named.is(&self.primary) {
             Some(Side::Primary)
-        } else if self.alternate.as_ref().is_some_and(|a| a.matches(uri)) {
+        } else if self.alternate.as_ref().is_some_and(|a| named.is(a)) {
             Some(Side::Alternate)
         } else {
             None
         }
     }
 
+    /// True when a `Host` value names either endpoint. A `Host` carries no scheme: each
+    /// endpoint's own scheme gives the default port it is compared with.
     fn names_either(&self, value: &HeaderValue) -> bool {
-        self.primary.matches_host_header(value)
-            || self
-                .alternate
-                .as_ref()
-                .is_some_and(|a| a.matches_host_header(value))
+        let Ok(text) = value.to_str() else { return false };
+        let Ok(authority) = text.parse::<Authority>() else {
+            return false;
+        };
+        let names = |endpoint: &Endpoint| Named::new(&authority, Some(&endpoint.scheme)).is(endpoint);
+        names(&self.primary) || self.alternate.as_ref().is_some_and(names)
     }
 }
 
@@ -584,6 +644,33 @@ mod tests {
             "/relative",
         ] {
             assert_eq!(pair.side_of(&uri.parse().unwrap()), None, "{uri}");
+        }
+    }
+
+    #[test]
+    fn host_and_port_agree_with_http() {
+        for text in [
+            "contoso.api.crm.dynamics.com",
+            "Contoso.API.crm.dynamics.com.",
+            "contoso.api.crm.dynamics.com:8443",
+            "contoso.api.crm.dynamics.com:",
+            "contoso.api.crm.dynamics.com:99999",
+            "user@contoso.api.crm.dynamics.com",
+            "user:pw@contoso.api.crm.dynamics.com",
+            "user:pw@contoso.api.crm.dynamics.com:443",
+            "a@b@contoso.example:80",
+            "[::1]",
+            "[::1]:8443",
+            "u:p@[2001:db8::1]:443",
+            "127.0.0.1:80",
+            "localhost",
+        ] {
+            let authority: Authority = text.parse().unwrap();
+            assert_eq!(
+                host_and_port(authority.as_str()),
+                (authority.host(), authority.port_u16()),
+                "{text}"
+            );
         }
     }
 

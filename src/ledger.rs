@@ -368,6 +368,22 @@ struct Book {
     dropped: u64,
 }
 
+impl Book {
+    /// Where the write `id` is, if the ledger still holds it. Ids are handed out in order and
+    /// entries mostly leave from the front, so a write usually sits exactly `id - front` from
+    /// the front: one probe, rather than a bisection that touches cold entries all over a
+    /// large ledger. Only `forget` leaves gaps; then the entry is found by bisection (ids grow
+    /// with position).
+    fn position(&self, id: WriteId) -> Option<usize> {
+        let front = self.entries.front()?.id;
+        let guess = usize::try_from(id.0.checked_sub(front)?).ok()?;
+        if self.entries.get(guess).is_some_and(|e| e.id == id.0) {
+            return Some(guess);
+        }
+        self.entries.binary_search_by_key(&id.0, |e| e.id).ok()
+    }
+}
+
 pub(crate) struct Ledger {
     config: LedgerConfig,
     book: Mutex<Book>,
@@ -436,8 +452,7 @@ impl Ledger {
     /// Settles a write. `side` is where it was last sent.
     pub(crate) fn settle(&self, id: WriteId, outcome: WriteOutcome) {
         let mut book = self.book();
-        // Ids grow with position, so the entry is found by bisection.
-        if let Ok(i) = book.entries.binary_search_by_key(&id.0, |e| e.id) {
+        if let Some(i) = book.position(id) {
             let entry = &mut book.entries[i];
             entry.outcome = outcome;
             if outcome == WriteOutcome::Acknowledged || outcome == WriteOutcome::ResentOnAlternate {
@@ -449,7 +464,7 @@ impl Ledger {
     /// Notes that a write that provably never reached `side`'s predecessor is now sent to `side`.
     pub(crate) fn moved(&self, id: WriteId, side: Side) {
         let mut book = self.book();
-        if let Ok(i) = book.entries.binary_search_by_key(&id.0, |e| e.id) {
+        if let Some(i) = book.position(id) {
             book.entries[i].side = side;
         }
     }
@@ -457,7 +472,7 @@ impl Ledger {
     /// Forgets a write that provably never left the client (it cannot be at risk).
     pub(crate) fn forget(&self, id: WriteId) {
         let mut book = self.book();
-        if let Ok(i) = book.entries.binary_search_by_key(&id.0, |e| e.id) {
+        if let Some(i) = book.position(id) {
             book.entries.remove(i);
         }
     }
@@ -573,6 +588,36 @@ mod tests {
         assert_eq!(report.unknown.len(), 1);
         assert_eq!(report.unknown[0].method, Method::PATCH);
         let _ = b;
+    }
+
+    #[test]
+    fn writes_are_found_after_evictions_and_gaps() {
+        let ledger = Ledger::new(LedgerConfig {
+            capacity: 8,
+            ..LedgerConfig::default()
+        });
+        let h = HeaderMap::new();
+        let x = http::Extensions::new();
+        let ids: Vec<_> = (0..12)
+            .map(|_| ledger.begin(&Method::POST, None, &h, &x, Side::Primary))
+            .collect();
+        // The first four were evicted; forgetting two more leaves gaps.
+        ledger.forget(ids[5]);
+        ledger.forget(ids[7]);
+        {
+            let book = ledger.book();
+            for (k, id) in ids.iter().enumerate() {
+                let found = book.position(*id).map(|i| book.entries[i].id);
+                let expected = (k >= 4 && k != 5 && k != 7).then_some(id.0);
+                assert_eq!(found, expected, "write {k}");
+            }
+        }
+        for &id in &ids {
+            ledger.settle(id, WriteOutcome::Acknowledged);
+        }
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert_eq!(report.acknowledged.len(), 6);
+        assert!(report.unknown.is_empty());
     }
 
     #[test]
