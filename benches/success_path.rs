@@ -201,7 +201,10 @@ fn main() {
             "ResponseFuture (what Failover::call returns)",
             std::mem::size_of_val(&future)
         );
-        println!("{:<52} {:>6}", "inner service's future (bare)", inner_call);
+        println!(
+            "{:<52} {:>6}",
+            "inner service's future (request with a ReplayBody)", inner_call
+        );
         println!(
             "{:<52} {:>6}",
             "Request<Full<Bytes>>",
