@@ -187,6 +187,37 @@ fn main() {
 
     let profiling = std::env::var_os("BENCH_ONLY").is_some();
 
+    // ---- sizes of what every call moves by value ----
+    if !profiling {
+        let inner_call = {
+            let mut inner = ready_service::<ReplayBody<Full<Bytes>>>();
+            std::mem::size_of_val(&inner.call(Request::new(ReplayBody::plain(Full::new(Bytes::new())))))
+        };
+        rt.block_on(passthrough.ready()).unwrap();
+        let future = passthrough.call(fresh_get());
+        println!("\n== {GROUP}: sizes in bytes");
+        println!(
+            "{:<52} {:>6}",
+            "ResponseFuture (what Failover::call returns)",
+            std::mem::size_of_val(&future)
+        );
+        println!(
+            "{:<52} {:>6}",
+            "inner service's future (request with a ReplayBody)", inner_call
+        );
+        println!(
+            "{:<52} {:>6}",
+            "Request<Full<Bytes>>",
+            std::mem::size_of::<Request<Full<Bytes>>>()
+        );
+        println!(
+            "{:<52} {:>6}",
+            "Request<ReplayBody<Full<Bytes>>>",
+            std::mem::size_of::<Request<ReplayBody<Full<Bytes>>>>()
+        );
+        drop(future);
+    }
+
     // ---- allocation counts (before the timed runs; counting is off while timing) ----
     const N: u64 = 10_000;
     let per_call = |f: &mut dyn FnMut(u64) -> Duration| -> f64 {

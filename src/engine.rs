@@ -320,7 +320,9 @@ pub(crate) struct CallState {
     pub(crate) side: Side,
     throttle_retries: u32,
     // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
-    first: Option<(DownKind, AttemptError)>,
+    // Boxed: it is set only after a failure, and inline it would add about 170 bytes to every
+    // routed call's future.
+    first: Option<Box<(DownKind, AttemptError)>>,
 }
 
 impl CallState {
@@ -380,7 +382,7 @@ impl CallState {
             error.type = %kind,
             "failover: endpoint down"
         );
-        if let Some((first_kind, first)) = self.first.take() {
+        if let Some((first_kind, first)) = self.first.take().map(|first| *first) {
             return Err(self.fail(
                 shared,
                 second_failure_error(&first_kind, first, Some(&kind), cause),
@@ -398,7 +400,7 @@ impl CallState {
                     "failover: re-sending on the other endpoint"
                 );
                 self.side = side;
-                self.first = Some((kind, cause));
+                self.first = Some(Box::new((kind, cause)));
                 Ok(resend)
             }
             Err(reason) => Err(self.fail(shared, not_resent_error(&kind, reason, cause))),
@@ -437,7 +439,7 @@ impl CallState {
 
     /// The inner service could not get ready for the re-send: the re-send was never sent.
     pub(crate) fn on_not_ready(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
-        let error = match self.first.take() {
+        let error = match self.first.take().map(|first| *first) {
             Some((first_kind, first)) => FailoverError::new(
                 FailoverErrorKind::Inner,
                 first_kind.request_may_have_been_sent(),
@@ -451,7 +453,7 @@ impl CallState {
 
     /// The attempt failed in a way that is not an outage.
     pub(crate) fn on_inner_error(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
-        let error = match self.first.take() {
+        let error = match self.first.take().map(|first| *first) {
             Some((first_kind, first)) => second_failure_error(&first_kind, first, None, cause),
             None => inner_error(cause),
         };
@@ -461,7 +463,7 @@ impl CallState {
     /// The call's deadline passed with an attempt in flight.
     pub(crate) fn on_deadline(&mut self, shared: &Shared) -> FailoverError {
         let cause = self.error_cause(shared, Box::new(crate::error::DeadlineElapsed));
-        let first = self.first.take().map(|(_, first)| first);
+        let first = self.first.take().map(|first| first.1);
         self.fail(shared, deadline_error(cause, first))
     }
 

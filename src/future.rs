@@ -120,27 +120,45 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S, Request<ReplayBody<B>>, Peeking<InnerBody<S, B>>>,
-        // Armed only for calls whose policy sets a deadline.
-        #[pin]
-        deadline: Option<Sleep>,
+        // Armed only for calls whose policy sets a deadline. Boxed: a `Sleep` is over 100
+        // bytes, and every call's future (most have no deadline) is moved by value several
+        // times between `Failover::call` and its first poll.
+        deadline: Option<Pin<Box<Sleep>>>,
         // `None` for a request that names neither endpoint: it passes straight through.
         routed: Option<Routed<S, B, C>>,
     }
 }
 
 pin_project! {
+    // Only `Waiting` is on the success path. The other states come after an error answer, a
+    // failure or throttling, so their payloads are boxed: inline, the re-send request alone
+    // (over 400 bytes) would set the size of every call's future, which is moved by value
+    // several times per call.
     #[project = StateProj]
     enum State<F, S, R, P> {
         // An attempt is in flight.
         Waiting { #[pin] future: F },
         // Reading a small error body so the classifier can look for a fault code.
-        Peeking { head: Option<http::response::Parts>, peek: Option<P> },
+        Peeking { peek: Box<Peek<P>> },
         // Waiting out a throttling delay before re-sending to the same endpoint.
-        Sleeping { #[pin] sleep: Sleep, service: Option<S>, request: Option<R> },
+        Sleeping { sleep: Pin<Box<Sleep>>, resend: Option<Box<Resend<S, R>>> },
         // Waiting for the inner service to be ready for the re-send.
-        Readying { service: S, request: Option<R> },
+        Readying { resend: Box<Resend<S, R>> },
         Done,
     }
+}
+
+/// A response head and its body being read for the classifier.
+struct Peek<P> {
+    head: Option<http::response::Parts>,
+    peeking: Option<P>,
+}
+
+/// A re-send built and waiting to go out.
+struct Resend<S, R> {
+    service: S,
+    // `Some` until sent.
+    request: Option<R>,
 }
 
 struct Routed<S, B, C> {
@@ -160,8 +178,17 @@ impl<S, B, C> Drop for Routed<S, B, C> {
 /// What to do after an attempt.
 enum Next<S, R, Res> {
     Return(Result<Res, FailoverError>),
-    Resend(S, R),
-    Wait(Duration, S, R),
+    Resend(Box<Resend<S, R>>),
+    Wait(Duration, Box<Resend<S, R>>),
+}
+
+impl<S, R> Resend<S, R> {
+    fn boxed(service: S, request: R) -> Box<Self> {
+        Box::new(Resend {
+            service,
+            request: Some(request),
+        })
+    }
 }
 
 impl<S, B, C> ResponseFuture<S, B, C>
@@ -187,7 +214,10 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
-            deadline: call.plan.deadline.map(|at| tokio::time::sleep_until(at.into())),
+            deadline: call
+                .plan
+                .deadline
+                .map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
             routed: Some(Routed {
                 shared,
                 classifier,
@@ -208,7 +238,7 @@ impl<S: Clone, B, C> Routed<S, B, C> {
             Err(reason) => Err(*reason),
         };
         match call.on_down(shared, kind, cause, build) {
-            Ok((service, request)) => Next::Resend(service, request),
+            Ok((service, request)) => Next::Resend(Resend::boxed(service, request)),
             Err(error) => Next::Return(Err(error)),
         }
     }
@@ -226,7 +256,7 @@ impl<S: Clone, B, C> Routed<S, B, C> {
             Err(reason) => Err(*reason),
         };
         match call.on_throttled(shared, retry_after, build) {
-            Some((wait, (service, request))) => Next::Wait(wait, service, request),
+            Some((wait, (service, request))) => Next::Wait(wait, Resend::boxed(service, request)),
             None => Next::Return(answer(self)),
         }
     }
@@ -344,12 +374,12 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(deadline) = this.deadline.as_mut().as_pin_mut() {
-            if deadline.poll(cx).is_ready() {
+        if let Some(deadline) = this.deadline.as_mut() {
+            if deadline.as_mut().poll(cx).is_ready() {
                 let routed = this.routed.as_mut().expect("only routed calls have deadlines");
                 let error = routed.call.on_deadline(&routed.shared);
                 this.state.set(State::Done);
-                this.deadline.set(None);
+                *this.deadline = None;
                 return Poll::Ready(Err(error));
             }
         }
@@ -370,8 +400,10 @@ where
                             let limit = routed.classifier.peek_limit(head.status, &head.headers);
                             if limit > 0 {
                                 this.state.set(State::Peeking {
-                                    head: Some(head),
-                                    peek: Some(Peeking::new(body, limit)),
+                                    peek: Box::new(Peek {
+                                        head: Some(head),
+                                        peeking: Some(Peeking::new(body, limit)),
+                                    }),
                                 });
                                 continue;
                             }
@@ -397,11 +429,15 @@ where
                         }
                     }
                 }
-                StateProj::Peeking { head, peek } => {
+                StateProj::Peeking { peek } => {
                     let routed = this.routed.as_mut().expect("only routed calls peek");
-                    ready!(peek.as_mut().expect("present until the peek ends").poll_read(cx));
+                    let Peek { head, peeking } = &mut **peek;
+                    ready!(peeking
+                        .as_mut()
+                        .expect("present until the peek ends")
+                        .poll_read(cx));
                     let head = head.take().expect("present until the peek ends");
-                    let peeked = peek.take().expect("present until the peek ends").finish();
+                    let peeked = peeking.take().expect("present until the peek ends").finish();
                     let verdict = routed.classifier.classify(Outcome::Response {
                         status: head.status,
                         headers: &head.headers,
@@ -409,18 +445,13 @@ where
                     });
                     routed.on_response(head, ResponseBody::peeked(peeked), verdict)
                 }
-                StateProj::Sleeping {
-                    sleep,
-                    service,
-                    request,
-                } => {
-                    ready!(sleep.poll(cx));
-                    let service = service.take().expect("present until the wait ends");
-                    let request = request.take().expect("present until the wait ends");
-                    Next::Resend(service, request)
+                StateProj::Sleeping { sleep, resend } => {
+                    ready!(sleep.as_mut().poll(cx));
+                    Next::Resend(resend.take().expect("present until the wait ends"))
                 }
-                StateProj::Readying { service, request } => {
+                StateProj::Readying { resend } => {
                     let routed = this.routed.as_mut().expect("only routed calls are re-sent");
+                    let Resend { service, request } = &mut **resend;
                     match ready!(service.poll_ready(cx)) {
                         Ok(()) => {
                             let request = request.take().expect("present until sent");
@@ -441,16 +472,60 @@ where
                     this.state.set(State::Done);
                     return Poll::Ready(result);
                 }
-                Next::Resend(service, request) => this.state.set(State::Readying {
-                    service,
-                    request: Some(request),
-                }),
-                Next::Wait(wait, service, request) => this.state.set(State::Sleeping {
-                    sleep: tokio::time::sleep(wait),
-                    service: Some(service),
-                    request: Some(request),
+                Next::Resend(resend) => this.state.set(State::Readying { resend }),
+                Next::Wait(wait, resend) => this.state.set(State::Sleeping {
+                    sleep: Box::pin(tokio::time::sleep(wait)),
+                    resend: Some(resend),
                 }),
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    type B = http_body_util::Full<bytes::Bytes>;
+
+    /// An inner service whose future is small, as a hyper-util client's (a boxed future) is.
+    #[derive(Clone)]
+    struct Small;
+
+    impl Service<Request<ReplayBody<B>>> for Small {
+        type Response = Response<B>;
+        type Error = std::convert::Infallible;
+        type Future = Pin<Box<dyn Future<Output = Result<Response<B>, Self::Error>> + Send>>;
+
+        fn poll_ready(&mut self, _: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+            Poll::Ready(Ok(()))
+        }
+
+        fn call(&mut self, _: Request<ReplayBody<B>>) -> Self::Future {
+            Box::pin(async { Ok(Response::new(B::default())) })
+        }
+    }
+
+    /// Every call's future is moved by value several times before its first poll, so only the
+    /// success path may take room inline: the states after a failure or throttling, the
+    /// deadline and the first attempt's failure are boxed.
+    #[test]
+    fn only_the_success_path_is_inline() {
+        type F = <Small as Service<Request<ReplayBody<B>>>>::Future;
+        type St = State<F, Small, Request<ReplayBody<B>>, Peeking<B>>;
+        let word = std::mem::size_of::<usize>();
+        eprintln!(
+            "ResponseFuture {} B, State {} B, Routed {} B, CallState {} B, ReplayBody<Full<Bytes>> {} B",
+            std::mem::size_of::<ResponseFuture<Small, B, crate::DefaultClassifier>>(),
+            std::mem::size_of::<St>(),
+            std::mem::size_of::<Routed<Small, B, crate::DefaultClassifier>>(),
+            std::mem::size_of::<CallState>(),
+            std::mem::size_of::<ReplayBody<B>>(),
+        );
+        // The largest rare state is two boxes, plus the discriminant.
+        assert!(std::mem::size_of::<St>() <= 3 * word);
+        assert_eq!(std::mem::size_of::<Option<Pin<Box<Sleep>>>>(), word);
+        // No request (over 300 bytes) is held inline by the routed part.
+        assert!(std::mem::size_of::<Routed<Small, B, crate::DefaultClassifier>>() < 512);
     }
 }
