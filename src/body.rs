@@ -79,6 +79,8 @@ impl<B: Body> ResponseBody<B> {
     }
 
     pub(crate) fn peeked(peek: Peeked<B>) -> Self {
+        // After an error the body is done: it must not be polled again.
+        let done = peek.ended || peek.error.is_some();
         ResponseBody {
             inner: Inner::Peeked {
                 prefix: if peek.data.is_empty() {
@@ -88,7 +90,7 @@ impl<B: Body> ResponseBody<B> {
                 },
                 trailers: peek.trailers,
                 error: peek.error,
-                rest: if peek.ended { None } else { Some(peek.rest) },
+                rest: if done { None } else { Some(peek.rest) },
             },
         }
     }

@@ -209,6 +209,13 @@ pub trait Classifier {
     /// Judges one attempt.
     fn classify(&self, outcome: Outcome<'_>) -> Verdict;
 
+    /// How long a peek may wait for the body (default 2 s). A server that sends an error head
+    /// and then stalls would otherwise hold the call; past this the response is judged by its
+    /// head alone and handed back with every byte, read or not.
+    fn peek_timeout(&self) -> Duration {
+        Duration::from_secs(2)
+    }
+
     /// How many bytes of this response's body to read before judging it; `0` (the default)
     /// judges on the head alone. Any other value makes the layer read the body until it ends
     /// or holds more than this; [`Outcome::Response`] carries it only when it was read whole.

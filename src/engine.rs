@@ -113,7 +113,11 @@ impl Shared {
     /// the cap bounds the bytes *read* before a failure, so one refused at connect, or cut off
     /// early, can still be re-sent.
     pub(crate) fn body_plan(&self, plan: &CallPlan, is_end_stream: bool) -> BodyPlan {
-        let cap = plan.policy.replay_cap_or(self.replay_cap);
+        // A policy's cap obeys the same ceiling as the layer's: it is memory per call in flight.
+        let cap = plan
+            .policy
+            .replay_cap_or(self.replay_cap)
+            .min(crate::layer::MAX_REPLAY_CAP);
         let failover = plan.resend_possible && plan.refusal_if_unsent.is_none();
         let throttling = plan.policy.throttle_limits().0 > 0;
         if !failover && !throttling {
@@ -409,6 +413,21 @@ impl CallState {
 
     /// The attempt was throttled: the wait and the retry `build` makes for the same side, or
     /// `None` to hand the throttling answer back as it is.
+    /// A classifier judged an *error* as throttling. Unlike a 429, an error does not prove
+    /// the server turned the request away, so it is retried only if the request may be sent
+    /// again after it may have been received.
+    pub(crate) fn on_throttled_error<R>(
+        &mut self,
+        shared: &Shared,
+        retry_after: Option<Duration>,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Option<(Duration, R)> {
+        if self.plan.refusal_if_received.is_some() {
+            return None;
+        }
+        self.on_throttled(shared, retry_after, build)
+    }
+
     pub(crate) fn on_throttled<R>(
         &mut self,
         shared: &Shared,

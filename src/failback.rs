@@ -495,10 +495,7 @@ impl Shared {
     /// after the window is that task's (cause `Planned`), not the probe loop's. The task clears
     /// the mark once the primary is active again, however it got there.
     fn in_maintenance(&self) -> bool {
-        self.maintenance_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .is_some()
+        self.maintenance_windows.load(Ordering::Acquire) > 0
     }
 
     /// Starts the probe task, if failback is on, a prober is known, a runtime is running, and
@@ -569,6 +566,11 @@ async fn probe_loop(weak: Weak<Shared>) {
             healthy = 0;
         }
         shared.set_healthy_probes(healthy);
+        // A window may have begun while the probe was out.
+        if shared.in_maintenance() {
+            healthy = 0;
+            continue;
+        }
         let long_enough = shared
             .state_since()
             .elapsed()
@@ -611,10 +613,9 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
     tokio::time::sleep(switch_at.duration_since(SystemTime::now()).unwrap_or_default()).await;
     {
         let Some(shared) = weak.upgrade() else { return };
-        *shared
-            .maintenance_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Some(end);
+        // Windows may overlap: each counts itself in and out, and calls stay on the alternate
+        // while any is open.
+        shared.maintenance_windows.fetch_add(1, Ordering::AcqRel);
         // Calls in flight on the primary carry on: a switch only moves later calls.
         shared.switch_to(Side::Alternate, SwitchCause::Planned);
     }
@@ -626,7 +627,8 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
             Some(config) => (config.healthy_probes, config.next_interval()),
             None => (1, Duration::from_secs(1)),
         };
-        if shared.active().side == Side::Primary {
+        // Already back, or another window still open (its task brings calls back).
+        if shared.active().side == Side::Primary || shared.maintenance_windows.load(Ordering::Acquire) > 1 {
             break;
         }
         if shared.prober.get().is_none() || shared.probe(Side::Primary).await {
@@ -642,10 +644,7 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
         tokio::time::sleep(interval).await;
     }
     if let Some(shared) = weak.upgrade() {
-        *shared
-            .maintenance_until
-            .lock()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = None;
+        shared.maintenance_windows.fetch_sub(1, Ordering::AcqRel);
     }
 }
 

@@ -124,6 +124,9 @@ pin_project! {
         // bytes, and every call's future (most have no deadline) is moved by value several
         // times between `Failover::call` and its first poll.
         deadline: Option<Pin<Box<Sleep>>>,
+        // The deadline's instant until the first poll arms the timer there: `call` may run
+        // outside the runtime whose timer will drive the future.
+        deadline_at: Option<std::time::Instant>,
         // `None` for a request that names neither endpoint: it passes straight through.
         routed: Option<Routed<S, B, C>>,
     }
@@ -201,6 +204,7 @@ where
         ResponseFuture {
             state: State::Waiting { future },
             deadline: None,
+            deadline_at: None,
             routed: None,
         }
     }
@@ -214,10 +218,8 @@ where
     ) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
-            deadline: call
-                .plan
-                .deadline
-                .map(|at| Box::pin(tokio::time::sleep_until(at.into()))),
+            deadline: None,
+            deadline_at: call.plan.deadline,
             routed: Some(Routed {
                 shared,
                 classifier,
@@ -243,9 +245,12 @@ impl<S: Clone, B, C> Routed<S, B, C> {
         }
     }
 
+    /// `answered`: the throttling came as a response (the server turned the request away),
+    /// not as an error judged throttling.
     fn on_throttled<Res>(
         &mut self,
         retry_after: Option<Duration>,
+        answered: bool,
         answer: impl FnOnce(&mut Self) -> Result<Res, FailoverError>,
     ) -> Next<S, Request<ReplayBody<B>>, Res> {
         let Routed {
@@ -255,7 +260,12 @@ impl<S: Clone, B, C> Routed<S, B, C> {
             Ok(template) => template.build(shared, side),
             Err(reason) => Err(*reason),
         };
-        match call.on_throttled(shared, retry_after, build) {
+        let retry = if answered {
+            call.on_throttled(shared, retry_after, build)
+        } else {
+            call.on_throttled_error(shared, retry_after, build)
+        };
+        match retry {
             Some((wait, (service, request))) => Next::Wait(wait, Resend::boxed(service, request)),
             None => Next::Return(answer(self)),
         }
@@ -278,9 +288,9 @@ impl<S: Clone, B, C> Routed<S, B, C> {
                 let cause = self.call.status_cause(&self.shared, head.status, &kind);
                 self.on_down(kind, cause)
             }
-            Verdict::Throttled { retry_after } => {
-                self.on_throttled(retry_after, |this| this.respond(Response::from_parts(head, body)))
-            }
+            Verdict::Throttled { retry_after } => self.on_throttled(retry_after, true, |this| {
+                this.respond(Response::from_parts(head, body))
+            }),
             _ => Next::Return(self.respond(Response::from_parts(head, body))),
         }
     }
@@ -290,8 +300,8 @@ impl<S: Clone, B, C> Routed<S, B, C> {
 /// For drivers that are `async fn`s (the reqwest middleware); the tower future polls
 /// [`Peeking`] itself.
 #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
-pub(crate) async fn peek_body<RB: Body>(body: RB, limit: usize) -> Peeked<RB> {
-    let mut peeking = Peeking::new(body, limit);
+pub(crate) async fn peek_body<RB: Body>(body: RB, limit: usize, timeout: Duration) -> Peeked<RB> {
+    let mut peeking = Peeking::new(body, limit, timeout);
     std::future::poll_fn(|cx| peeking.poll_read(cx)).await;
     peeking.finish()
 }
@@ -299,6 +309,9 @@ pub(crate) async fn peek_body<RB: Body>(body: RB, limit: usize) -> Peeked<RB> {
 /// Reads a small response body into memory for the classifier.
 pub(crate) struct Peeking<RB: Body> {
     body: Pin<Box<RB>>,
+    // A server that sends an error head and then stalls its body must not hold the call: past
+    // this, the response is judged by its head and handed back with the rest unread.
+    timer: Pin<Box<Sleep>>,
     data: BytesMut,
     limit: usize,
     trailers: Option<HeaderMap>,
@@ -307,9 +320,10 @@ pub(crate) struct Peeking<RB: Body> {
 }
 
 impl<RB: Body> Peeking<RB> {
-    fn new(body: RB, limit: usize) -> Self {
+    fn new(body: RB, limit: usize, timeout: Duration) -> Self {
         Peeking {
             body: Box::pin(body),
+            timer: Box::pin(tokio::time::sleep(timeout)),
             data: BytesMut::new(),
             limit,
             trailers: None,
@@ -319,6 +333,9 @@ impl<RB: Body> Peeking<RB> {
     }
 
     fn poll_read(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if self.timer.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
         loop {
             if self.body.is_end_stream() {
                 self.ended = true;
@@ -374,6 +391,9 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        if let Some(at) = this.deadline_at.take() {
+            *this.deadline = Some(Box::pin(tokio::time::sleep_until(at.into())));
+        }
         if let Some(deadline) = this.deadline.as_mut() {
             if deadline.as_mut().poll(cx).is_ready() {
                 let routed = this.routed.as_mut().expect("only routed calls have deadlines");
@@ -402,7 +422,11 @@ where
                                 this.state.set(State::Peeking {
                                     peek: Box::new(Peek {
                                         head: Some(head),
-                                        peeking: Some(Peeking::new(body, limit)),
+                                        peeking: Some(Peeking::new(
+                                            body,
+                                            limit,
+                                            routed.classifier.peek_timeout(),
+                                        )),
                                     }),
                                 });
                                 continue;
@@ -420,10 +444,11 @@ where
                             let cause = routed.call.error_cause(&routed.shared, error);
                             match verdict {
                                 Verdict::EndpointDown(kind) => routed.on_down(kind, cause),
-                                Verdict::Throttled { retry_after } => routed
-                                    .on_throttled(retry_after, |this| {
+                                Verdict::Throttled { retry_after } => {
+                                    routed.on_throttled(retry_after, false, |this| {
                                         Err(this.call.on_inner_error(&this.shared, cause))
-                                    }),
+                                    })
+                                }
                                 _ => Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause))),
                             }
                         }

@@ -299,6 +299,8 @@ where
                                 .on_throttled(shared, retry_after, |side| template.build(shared, side))
                             {
                                 Some((wait, retry)) => {
+                                    // Give the connection back before waiting.
+                                    drop(response);
                                     tokio::time::sleep(wait).await;
                                     retry
                                 }
@@ -329,7 +331,7 @@ where
                         Verdict::Throttled { retry_after } => {
                             match guard
                                 .call
-                                .on_throttled(shared, retry_after, |side| template.build(shared, side))
+                                .on_throttled_error(shared, retry_after, |side| template.build(shared, side))
                             {
                                 Some((wait, retry)) => {
                                     tokio::time::sleep(wait).await;
@@ -362,7 +364,7 @@ impl<C: Classifier> FailoverMiddleware<C> {
         }
         let url = response.url().clone();
         let (mut head, body) = http::Response::<reqwest::Body>::from(response).into_parts();
-        let peeked = peek_body(body, limit).await;
+        let peeked = peek_body(body, limit, self.classifier.peek_timeout()).await;
         let verdict = self.classifier.classify(Outcome::Response {
             status: head.status,
             headers: &head.headers,

@@ -2,6 +2,8 @@
 //! the compare-and-switch that moves it, and the ways the application hears about it
 //! ([`FailoverHandle::subscribe`], [`FailoverHandle::events`], callbacks).
 
+use std::cell::Cell;
+use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
@@ -284,14 +286,38 @@ pub(crate) struct Shared {
     state: watch::Sender<EndpointState>,
     events: broadcast::Sender<SwitchEvent>,
     callbacks: Callbacks,
+    // Switches asked for from inside a callback: (side to go to, why).
+    deferred: Mutex<VecDeque<(Side, SwitchCause)>>,
     pub(crate) failback: Option<Failback>,
     // How probes reach the inner service; set by the first service that carries a call.
     pub(crate) prober: OnceLock<Prober>,
     pub(crate) probe_running: AtomicBool,
     pub(crate) damping: Mutex<Damping>,
-    pub(crate) maintenance_until: Mutex<Option<SystemTime>>,
+    // Maintenance windows open now (from the planned switch until calls are back).
+    pub(crate) maintenance_windows: std::sync::atomic::AtomicUsize,
     // Tasks hold this, never a strong reference, so dropping every service and handle ends them.
     pub(crate) me: Weak<Shared>,
+}
+
+thread_local! {
+    /// Set while this thread runs switch callbacks (holding `switching`).
+    static RAISING: Cell<bool> = const { Cell::new(false) };
+}
+
+/// Marks this thread as raising events; cleared on drop, even if a callback panics.
+struct Raising;
+
+impl Raising {
+    fn enter() -> Raising {
+        RAISING.with(|r| r.set(true));
+        Raising
+    }
+}
+
+impl Drop for Raising {
+    fn drop(&mut self) {
+        RAISING.with(|r| r.set(false));
+    }
 }
 
 /// Events kept for a lagging [`FailoverHandle::events`] receiver.
@@ -348,7 +374,7 @@ impl Shared {
             failback,
             prober: OnceLock::new(),
             probe_running: AtomicBool::new(false),
-            maintenance_until: Mutex::new(None),
+            maintenance_windows: std::sync::atomic::AtomicUsize::new(0),
             me: me.clone(),
             endpoints,
             auto_switch,
@@ -365,6 +391,7 @@ impl Shared {
             state,
             events,
             callbacks,
+            deferred: Mutex::new(VecDeque::new()),
         })
     }
 
@@ -398,7 +425,32 @@ impl Shared {
     /// Compare-and-switch: moves calls off `failed` only if it is still the active generation.
     /// `automatic` is false for a switch the application asked for, which ignores
     /// `auto_switch(false)`.
+    ///
+    /// A switch asked for from inside a callback (the application deciding in
+    /// `on_switch_required`, say) cannot be made there: this thread holds `switching` while it
+    /// raises the event. It is queued and made as soon as the event's callbacks have returned.
     pub(crate) fn switch_from(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
+        if RAISING.with(Cell::get) {
+            self.deferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .push_back((failed.side.other(), cause));
+            return SwitchOutcome::Refused;
+        }
+        let outcome = self.switch_from_unqueued(failed, cause, automatic);
+        loop {
+            let next = self
+                .deferred
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .pop_front();
+            let Some((to, cause)) = next else { break };
+            self.switch_to(to, cause);
+        }
+        outcome
+    }
+
+    fn switch_from_unqueued(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
         // Fast path for a failure wave: most callers see the switch already made without
         // taking the lock.
         let now = self.active();
@@ -508,7 +560,10 @@ impl Shared {
             update(state);
             state.last_event = Some(event.clone());
         });
-        self.run_callbacks(&event);
+        {
+            let _raising = Raising::enter();
+            self.run_callbacks(&event);
+        }
         let _ = self.events.send(event);
     }
 
@@ -736,7 +791,6 @@ impl FailoverHandle {
     }
 
     /// Returns to the primary by hand (`SwitchRequired` then `Switched`, cause
-    /// Returns to the primary by hand (`SwitchRequired` then `Switched`, cause
     /// [`SwitchCause::Manual`]); nothing happens when it is already active. Returns the side
     /// now active.
     ///
@@ -770,9 +824,6 @@ impl FailoverHandle {
         self.shared.switch_to(side, SwitchCause::Manual)
     }
 
-    /// Plans a maintenance window on the primary: calls move to the alternate just before
-    /// `start` (one second before; calls already in flight on the primary finish there) with
-    /// cause [`SwitchCause::Planned`], and come back after `end` once the primary probes
     /// Plans a maintenance window on the primary: calls move to the alternate just before
     /// `start` (one second before; calls already in flight on the primary finish there) with
     /// cause [`SwitchCause::Planned`], and come back after `end` once the primary probes
@@ -947,10 +998,9 @@ impl FailoverHandle {
 
     /// Switches to the other endpoint by hand, raising both events with cause
     /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
-    /// Switches to the other endpoint by hand, raising both events with cause
-    /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
     /// active; with no alternate configured nothing moves, and only `SwitchRequired` may be
-    /// raised.
+    /// raised. Called from inside a switch callback, the switch is made as soon as that
+    /// event's callbacks return, and this returns the side active at the call.
     ///
     /// ```
     /// use tower_failover::{Endpoints, FailoverLayer, Side};

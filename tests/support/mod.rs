@@ -139,13 +139,15 @@ impl Server {
         for task in &tasks {
             task.abort();
         }
-        // Let the aborted tasks run their drops so the sockets are really closed.
-        for _ in 0..50 {
+        // Let the aborted tasks run their drops so the sockets are really closed; a server
+        // that is only partly dead would make a test prove nothing.
+        for _ in 0..500 {
             if tasks.iter().all(|t| t.is_finished()) {
-                break;
+                return;
             }
             tokio::time::sleep(Duration::from_millis(2)).await;
         }
+        panic!("the server's tasks did not stop within a second of being aborted");
     }
 }
 
