@@ -313,6 +313,18 @@ pub(crate) fn deadline_error(cause: AttemptError, first: Option<AttemptError>) -
     }
 }
 
+/// What a driver does after an attempt, as the engine decided it.
+pub(crate) enum Step<R> {
+    /// Hand the answer to the caller as it is (the call is settled).
+    Answer,
+    /// Fail the call with this error (the call is settled).
+    Fail(FailoverError),
+    /// Send this request now (to the other endpoint).
+    Resend(R),
+    /// Wait, then send this request (to the same endpoint: throttling).
+    Wait(Duration, R),
+}
+
 /// One routed call's progress: its plan, the side its attempt in flight went to, and what
 /// its attempts have shown so far. Every driver (the tower future, the reqwest middleware)
 /// holds one and asks it what to do after each attempt.
@@ -362,7 +374,7 @@ impl CallState {
     }
 
     /// An attempt's failure with a status.
-    pub(crate) fn status_cause(&self, shared: &Shared, status: StatusCode, kind: &DownKind) -> AttemptError {
+    fn status_cause(&self, shared: &Shared, status: StatusCode, kind: &DownKind) -> AttemptError {
         AttemptError::from_response(
             Some(shared.endpoint(self.side).clone()),
             status,
@@ -370,9 +382,64 @@ impl CallState {
         )
     }
 
+    /// What to do after an attempt that got a response, judged `verdict`. `build` makes the
+    /// request for a re-send to a side.
+    pub(crate) fn after_response<R>(
+        &mut self,
+        shared: &Shared,
+        status: StatusCode,
+        verdict: crate::classify::Verdict,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Step<R> {
+        use crate::classify::Verdict;
+        match verdict {
+            Verdict::EndpointDown(kind) => {
+                let cause = self.status_cause(shared, status, &kind);
+                match self.on_down(shared, kind, cause, build) {
+                    Ok(resend) => Step::Resend(resend),
+                    Err(error) => Step::Fail(error),
+                }
+            }
+            Verdict::Throttled { retry_after } => match self.on_throttled(shared, retry_after, build) {
+                Some((wait, retry)) => Step::Wait(wait, retry),
+                None => {
+                    self.respond(shared, status);
+                    Step::Answer
+                }
+            },
+            _ => {
+                self.respond(shared, status);
+                Step::Answer
+            }
+        }
+    }
+
+    /// What to do after an attempt that failed with `error`, judged `verdict`.
+    pub(crate) fn after_error<R>(
+        &mut self,
+        shared: &Shared,
+        error: crate::error::BoxError,
+        verdict: crate::classify::Verdict,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Step<R> {
+        use crate::classify::Verdict;
+        let cause = self.error_cause(shared, error);
+        match verdict {
+            Verdict::EndpointDown(kind) => match self.on_down(shared, kind, cause, build) {
+                Ok(resend) => Step::Resend(resend),
+                Err(error) => Step::Fail(error),
+            },
+            Verdict::Throttled { retry_after } => match self.on_throttled_error(shared, retry_after, build) {
+                Some((wait, retry)) => Step::Wait(wait, retry),
+                None => Step::Fail(self.on_inner_error(shared, cause)),
+            },
+            _ => Step::Fail(self.on_inner_error(shared, cause)),
+        }
+    }
+
     /// The attempt in flight found its endpoint down. Either `build` makes the re-send for the
     /// side the call moves to, or the caller gets the error (the call is then settled).
-    pub(crate) fn on_down<R>(
+    fn on_down<R>(
         &mut self,
         shared: &Shared,
         kind: DownKind,
@@ -416,7 +483,7 @@ impl CallState {
     /// A classifier judged an *error* as throttling. Unlike a 429, an error does not prove
     /// the server turned the request away, so it is retried only if the request may be sent
     /// again after it may have been received.
-    pub(crate) fn on_throttled_error<R>(
+    fn on_throttled_error<R>(
         &mut self,
         shared: &Shared,
         retry_after: Option<Duration>,
@@ -428,7 +495,7 @@ impl CallState {
         self.on_throttled(shared, retry_after, build)
     }
 
-    pub(crate) fn on_throttled<R>(
+    fn on_throttled<R>(
         &mut self,
         shared: &Shared,
         retry_after: Option<Duration>,
@@ -471,7 +538,7 @@ impl CallState {
     }
 
     /// The attempt failed in a way that is not an outage.
-    pub(crate) fn on_inner_error(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
+    fn on_inner_error(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
         let error = match self.first.take().map(|first| *first) {
             Some((first_kind, first)) => second_failure_error(&first_kind, first, None, cause),
             None => inner_error(cause),

@@ -15,9 +15,9 @@ use tokio::time::Sleep;
 use tower_service::Service;
 
 use crate::body::{Peeked, ResponseBody};
-use crate::classify::{Classifier, DownKind, Outcome, Verdict};
+use crate::classify::{Classifier, Outcome, Verdict};
 use crate::endpoint::Side;
-use crate::engine::{inner_error, CallState};
+use crate::engine::{inner_error, CallState, Step};
 use crate::error::{AttemptError, BoxError, FailoverError, NotResent};
 use crate::replay::{ReplayBody, ReplayHandle};
 use crate::state::Shared;
@@ -231,49 +231,30 @@ where
 }
 
 impl<S: Clone, B, C> Routed<S, B, C> {
-    fn on_down<Res>(&mut self, kind: DownKind, cause: AttemptError) -> Next<S, Request<ReplayBody<B>>, Res> {
-        let Routed {
-            shared, call, resend, ..
-        } = self;
-        let build = |side| match resend {
-            Ok(template) => template.build(shared, side),
-            Err(reason) => Err(*reason),
-        };
-        match call.on_down(shared, kind, cause, build) {
-            Ok((service, request)) => Next::Resend(Resend::boxed(service, request)),
-            Err(error) => Next::Return(Err(error)),
-        }
-    }
-
-    /// `answered`: the throttling came as a response (the server turned the request away),
-    /// not as an error judged throttling.
-    fn on_throttled<Res>(
+    /// Carries out the engine's step; `answer` makes the caller's response when the step is
+    /// to hand it back.
+    fn follow<Res>(
         &mut self,
-        retry_after: Option<Duration>,
-        answered: bool,
-        answer: impl FnOnce(&mut Self) -> Result<Res, FailoverError>,
+        decide: impl FnOnce(
+            &mut CallState,
+            &Shared,
+            &dyn Fn(Side) -> Result<(S, Request<ReplayBody<B>>), NotResent>,
+        ) -> Step<(S, Request<ReplayBody<B>>)>,
+        answer: impl FnOnce() -> Res,
     ) -> Next<S, Request<ReplayBody<B>>, Res> {
         let Routed {
             shared, call, resend, ..
-        } = &mut *self;
-        let build = |side| match resend {
+        } = self;
+        let build = |side| match &*resend {
             Ok(template) => template.build(shared, side),
             Err(reason) => Err(*reason),
         };
-        let retry = if answered {
-            call.on_throttled(shared, retry_after, build)
-        } else {
-            call.on_throttled_error(shared, retry_after, build)
-        };
-        match retry {
-            Some((wait, (service, request))) => Next::Wait(wait, Resend::boxed(service, request)),
-            None => Next::Return(answer(self)),
+        match decide(call, shared, &build) {
+            Step::Answer => Next::Return(Ok(answer())),
+            Step::Fail(error) => Next::Return(Err(error)),
+            Step::Resend((service, request)) => Next::Resend(Resend::boxed(service, request)),
+            Step::Wait(wait, (service, request)) => Next::Wait(wait, Resend::boxed(service, request)),
         }
-    }
-
-    fn respond<RB>(&mut self, response: Response<RB>) -> Result<Response<RB>, FailoverError> {
-        self.call.respond(&self.shared, response.status());
-        Ok(response)
     }
 
     /// Judges a response and says what comes next.
@@ -283,16 +264,19 @@ impl<S: Clone, B, C> Routed<S, B, C> {
         body: ResponseBody<RB>,
         verdict: Verdict,
     ) -> Next<S, Request<ReplayBody<B>>, Response<ResponseBody<RB>>> {
-        match verdict {
-            Verdict::EndpointDown(kind) => {
-                let cause = self.call.status_cause(&self.shared, head.status, &kind);
-                self.on_down(kind, cause)
-            }
-            Verdict::Throttled { retry_after } => self.on_throttled(retry_after, true, |this| {
-                this.respond(Response::from_parts(head, body))
-            }),
-            _ => Next::Return(self.respond(Response::from_parts(head, body))),
-        }
+        let status = head.status;
+        self.follow(
+            |call, shared, build| call.after_response(shared, status, verdict, build),
+            || Response::from_parts(head, body),
+        )
+    }
+
+    /// Judges an error and says what comes next.
+    fn on_error<Res>(&mut self, error: BoxError, verdict: Verdict) -> Next<S, Request<ReplayBody<B>>, Res> {
+        self.follow(
+            |call, shared, build| call.after_error(shared, error, verdict, build),
+            || unreachable!("an error is never handed back as an answer"),
+        )
     }
 }
 
@@ -441,16 +425,7 @@ where
                         Err(error) => {
                             let error: BoxError = error.into();
                             let verdict = routed.classifier.classify(Outcome::Error(&*error));
-                            let cause = routed.call.error_cause(&routed.shared, error);
-                            match verdict {
-                                Verdict::EndpointDown(kind) => routed.on_down(kind, cause),
-                                Verdict::Throttled { retry_after } => {
-                                    routed.on_throttled(retry_after, false, |this| {
-                                        Err(this.call.on_inner_error(&this.shared, cause))
-                                    })
-                                }
-                                _ => Next::Return(Err(routed.call.on_inner_error(&routed.shared, cause))),
-                            }
+                            routed.on_error(error, verdict)
                         }
                     }
                 }

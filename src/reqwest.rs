@@ -15,7 +15,7 @@ use reqwest_middleware::{Middleware, Next};
 use crate::body::ResponseBody;
 use crate::classify::{Classifier, DefaultClassifier, Outcome, Verdict};
 use crate::endpoint::Side;
-use crate::engine::{BodyPlan, CallState};
+use crate::engine::{BodyPlan, CallState, Step};
 use crate::error::{BoxError, FailoverError, NotResent};
 use crate::future::{peek_body, ResendBody};
 use crate::layer::FailoverLayer;
@@ -282,38 +282,18 @@ where
                 },
                 None => sent.await,
             };
-            let next_attempt = match result {
+            let build = |side| template.build(shared, side);
+            let step = match result {
                 Ok(response) => {
                     let (response, verdict) = self.judge(response).await;
-                    match verdict {
-                        Verdict::EndpointDown(kind) => {
-                            let cause = guard.call.status_cause(shared, response.status(), &kind);
-                            guard
-                                .call
-                                .on_down(shared, kind, cause, |side| template.build(shared, side))
-                                .map_err(failed)?
-                        }
-                        Verdict::Throttled { retry_after } => {
-                            match guard
-                                .call
-                                .on_throttled(shared, retry_after, |side| template.build(shared, side))
-                            {
-                                Some((wait, retry)) => {
-                                    // Give the connection back before waiting.
-                                    drop(response);
-                                    tokio::time::sleep(wait).await;
-                                    retry
-                                }
-                                None => {
-                                    guard.call.respond(shared, response.status());
-                                    return Ok(response);
-                                }
-                            }
-                        }
-                        _ => {
-                            guard.call.respond(shared, response.status());
-                            return Ok(response);
-                        }
+                    match guard
+                        .call
+                        .after_response(shared, response.status(), verdict, build)
+                    {
+                        Step::Answer => return Ok(response),
+                        // The response is dropped here, before any wait: its connection goes
+                        // back to the pool.
+                        step => step,
                     }
                 }
                 Err(error) => {
@@ -322,26 +302,16 @@ where
                         reqwest_middleware::Error::Middleware(e) => e.into(),
                     };
                     let verdict = self.classifier.classify(Outcome::Error(&*error));
-                    let cause = guard.call.error_cause(shared, error);
-                    match verdict {
-                        Verdict::EndpointDown(kind) => guard
-                            .call
-                            .on_down(shared, kind, cause, |side| template.build(shared, side))
-                            .map_err(failed)?,
-                        Verdict::Throttled { retry_after } => {
-                            match guard
-                                .call
-                                .on_throttled_error(shared, retry_after, |side| template.build(shared, side))
-                            {
-                                Some((wait, retry)) => {
-                                    tokio::time::sleep(wait).await;
-                                    retry
-                                }
-                                None => return Err(failed(guard.call.on_inner_error(shared, cause))),
-                            }
-                        }
-                        _ => return Err(failed(guard.call.on_inner_error(shared, cause))),
-                    }
+                    guard.call.after_error(shared, error, verdict, build)
+                }
+            };
+            let next_attempt = match step {
+                Step::Answer => unreachable!("handed back above"),
+                Step::Fail(error) => return Err(failed(error)),
+                Step::Resend(request) => request,
+                Step::Wait(wait, request) => {
+                    tokio::time::sleep(wait).await;
+                    request
                 }
             };
             attempt = next_attempt;
