@@ -6,10 +6,12 @@ use std::fmt;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 
-use bytes::{Buf, Bytes};
+use bytes::Bytes;
 use http::HeaderMap;
 use http_body::{Body, Frame, SizeHint};
 use pin_project_lite::pin_project;
+
+use crate::replay::into_bytes;
 
 pin_project! {
     /// The body of a response from [`Failover`](crate::Failover).
@@ -124,10 +126,6 @@ impl<B: Body> Peeked<B> {
     pub(crate) fn complete_body(&self) -> Option<&Bytes> {
         (self.ended && self.error.is_none()).then_some(&self.data)
     }
-}
-
-fn into_bytes<D: Buf>(mut data: D) -> Bytes {
-    data.copy_to_bytes(data.remaining())
 }
 
 impl<B: Body> Body for ResponseBody<B> {

@@ -423,7 +423,7 @@ where
     }
 }
 
-fn into_bytes<D: Buf>(mut data: D) -> Bytes {
+pub(crate) fn into_bytes<D: Buf>(mut data: D) -> Bytes {
     // Zero-copy when `D` is `Bytes` (its `copy_to_bytes` is a split); other buffers are
     // copied once, as they must be to be kept.
     data.copy_to_bytes(data.remaining())
