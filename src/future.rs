@@ -28,15 +28,63 @@ pub(crate) enum ResendBody<B> {
     Recorded(ReplayHandle<B>),
 }
 
+/// A request head kept for re-sends. Each re-send clones it and points it at a side; both
+/// drivers (the tower future and the reqwest middleware) build their requests from it.
+pub(crate) struct HeadTemplate {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    extensions: Extensions,
+}
+
+impl HeadTemplate {
+    pub(crate) fn of(parts: &http::request::Parts) -> Self {
+        HeadTemplate {
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            headers: parts.headers.clone(),
+            extensions: parts.extensions.clone(),
+        }
+    }
+
+    /// Keeps `parts` themselves, for a driver that no longer needs them.
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn keep(parts: http::request::Parts) -> Self {
+        HeadTemplate {
+            method: parts.method,
+            uri: parts.uri,
+            version: parts.version,
+            headers: parts.headers,
+            extensions: parts.extensions,
+        }
+    }
+
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) fn method(&self) -> &Method {
+        &self.method
+    }
+
+    /// A copy of the head, pointed at `side`.
+    pub(crate) fn parts_for(&self, shared: &Shared, side: Side) -> http::request::Parts {
+        let mut head = Request::new(());
+        *head.method_mut() = self.method.clone();
+        *head.uri_mut() = self.uri.clone();
+        *head.version_mut() = self.version;
+        *head.headers_mut() = self.headers.clone();
+        *head.extensions_mut() = self.extensions.clone();
+        let (mut parts, ()) = head.into_parts();
+        shared.point_at(side, &mut parts);
+        parts
+    }
+}
+
 /// What a re-send needs, kept from the original request. Each re-send clones the head and the
 /// service; the body comes from the replay recording, never copied.
 pub(crate) struct ResendTemplate<S, B> {
     pub(crate) service: S,
-    pub(crate) method: Method,
-    pub(crate) uri: Uri,
-    pub(crate) version: Version,
-    pub(crate) headers: HeaderMap,
-    pub(crate) extensions: Extensions,
+    pub(crate) head: HeadTemplate,
     pub(crate) body: ResendBody<B>,
 }
 
@@ -46,14 +94,7 @@ impl<S: Clone, B> ResendTemplate<S, B> {
             ResendBody::Empty => ReplayBody::empty(),
             ResendBody::Recorded(handle) => handle.replay()?,
         };
-        let mut request = Request::new(body);
-        *request.method_mut() = self.method.clone();
-        *request.uri_mut() = self.uri.clone();
-        *request.version_mut() = self.version;
-        *request.headers_mut() = self.headers.clone();
-        *request.extensions_mut() = self.extensions.clone();
-        let (mut parts, body) = request.into_parts();
-        shared.point_at(side, &mut parts);
+        let parts = self.head.parts_for(shared, side);
         Ok((self.service.clone(), Request::from_parts(parts, body)))
     }
 }

@@ -17,7 +17,7 @@ use crate::classify::{Classifier, DefaultClassifier, Outcome, Verdict};
 use crate::endpoint::Side;
 use crate::engine::{BodyPlan, CallState, Step};
 use crate::error::{BoxError, FailoverError, NotResent};
-use crate::future::{peek_body, ResendBody};
+use crate::future::{peek_body, HeadTemplate, ResendBody};
 use crate::layer::FailoverLayer;
 use crate::replay::ReplayBody;
 use crate::state::{FailoverHandle, Shared};
@@ -167,7 +167,7 @@ impl<C> std::fmt::Debug for FailoverMiddleware<C> {
 
 /// What a re-send needs from the original reqwest request.
 struct Template {
-    head: http::request::Parts,
+    head: HeadTemplate,
     body: Result<ResendBody<reqwest::Body>, NotResent>,
 }
 
@@ -178,13 +178,7 @@ impl Template {
             Ok(ResendBody::Recorded(handle)) => Some(reqwest::Body::wrap(handle.replay()?)),
             Err(reason) => return Err(*reason),
         };
-        let mut head = HttpRequest::new(());
-        *head.method_mut() = self.head.method.clone();
-        *head.uri_mut() = self.head.uri.clone();
-        *head.version_mut() = self.head.version;
-        *head.headers_mut() = self.head.headers.clone();
-        let (mut parts, ()) = head.into_parts();
-        shared.point_at(side, &mut parts);
+        let parts = self.head.parts_for(shared, side);
         let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|_| NotResent::NotRouted)?;
         let mut request = reqwest::Request::new(parts.method, url);
         *request.headers_mut() = parts.headers;
@@ -264,12 +258,12 @@ where
             }
         };
         let template = Template {
-            head: parts,
+            head: HeadTemplate::keep(parts),
             body: resend_body,
         };
         let mut guard = CallGuard {
             shared: self.shared.clone(),
-            call: CallState::new(&self.shared, plan, &template.head.method),
+            call: CallState::new(&self.shared, plan, template.head.method()),
         };
         let shared = &*self.shared;
         let mut attempt = request;

@@ -14,7 +14,7 @@ use crate::endpoint::Side;
 use crate::engine::{BodyPlan, CallState};
 use crate::error::{AttemptError, BoxError, FailoverError, FailoverErrorKind};
 use crate::failback::prober;
-use crate::future::{ResendBody, ResendTemplate, ResponseFuture};
+use crate::future::{HeadTemplate, ResendBody, ResendTemplate, ResponseFuture};
 use crate::replay::ReplayBody;
 use crate::state::{FailoverHandle, Shared};
 
@@ -215,11 +215,7 @@ where
         // Everything a re-send needs, kept only when a re-send can happen at all.
         let resend = resend_body.map(|body| ResendTemplate {
             service: self.inner.clone(),
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
-            extensions: parts.extensions.clone(),
+            head: HeadTemplate::of(&parts),
             body,
         });
         let call = CallState::new(&self.shared, plan, &parts.method);
