@@ -351,9 +351,8 @@ struct Entry {
     path: Option<PathAndQuery>,
     key: Option<Key>,
     side: Side,
-    sent_at: SystemTime,
     sent: Instant,
-    acknowledged: Option<(SystemTime, Instant)>,
+    acknowledged: Option<Instant>,
     outcome: WriteOutcome,
 }
 
@@ -385,6 +384,8 @@ impl Book {
 }
 
 pub(crate) struct Ledger {
+    // One clock reading pair; wall-clock times in reports are derived from it.
+    anchor: (Instant, SystemTime),
     config: LedgerConfig,
     book: Mutex<Book>,
 }
@@ -396,6 +397,7 @@ pub(crate) struct WriteId(u64);
 impl Ledger {
     pub(crate) fn new(config: LedgerConfig) -> Self {
         Ledger {
+            anchor: (Instant::now(), SystemTime::now()),
             config,
             book: Mutex::new(Book {
                 entries: VecDeque::new(),
@@ -403,6 +405,12 @@ impl Ledger {
                 dropped: 0,
             }),
         }
+    }
+
+    /// The wall-clock time of `at`. A write reads the clock once (an `Instant`, ~25 ns); the
+    /// `SystemTime` a report shows is derived from one reading taken when the ledger was made.
+    fn wall_clock(&self, at: Instant) -> SystemTime {
+        self.anchor.1 + at.saturating_duration_since(self.anchor.0)
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -441,7 +449,6 @@ impl Ledger {
             path: path.cloned(),
             key,
             side,
-            sent_at: SystemTime::now(),
             sent: now,
             acknowledged: None,
             outcome: WriteOutcome::InFlight,
@@ -456,7 +463,7 @@ impl Ledger {
             let entry = &mut book.entries[i];
             entry.outcome = outcome;
             if outcome == WriteOutcome::Acknowledged || outcome == WriteOutcome::ResentOnAlternate {
-                entry.acknowledged = Some((SystemTime::now(), Instant::now()));
+                entry.acknowledged = Some(Instant::now());
             }
         }
     }
@@ -481,7 +488,7 @@ impl Ledger {
     fn prune(&self, book: &mut Book, now: Instant) {
         while let Some(front) = book.entries.front() {
             let expired = front.outcome != WriteOutcome::InFlight
-                && now.duration_since(front.acknowledged.map_or(front.sent, |(_, at)| at))
+                && now.duration_since(front.acknowledged.unwrap_or(front.sent))
                     > self.config.window;
             if expired {
                 book.entries.pop_front();
@@ -508,7 +515,7 @@ impl Ledger {
                 WriteOutcome::Acknowledged => {
                     let within = entry
                         .acknowledged
-                        .is_some_and(|(_, at)| now.duration_since(at) <= self.config.window);
+                        .is_some_and(|at| now.duration_since(at) <= self.config.window);
                     if within {
                         acknowledged.push(self.record(entry));
                     }
@@ -544,8 +551,8 @@ impl Ledger {
                 Key::App(s) => s.clone(),
             }),
             side: entry.side,
-            sent_at: entry.sent_at,
-            acknowledged_at: entry.acknowledged.map(|(at, _)| at),
+            sent_at: self.wall_clock(entry.sent),
+            acknowledged_at: entry.acknowledged.map(|at| self.wall_clock(at)),
             outcome: entry.outcome,
         }
     }
