@@ -488,8 +488,7 @@ impl Ledger {
     fn prune(&self, book: &mut Book, now: Instant) {
         while let Some(front) = book.entries.front() {
             let expired = front.outcome != WriteOutcome::InFlight
-                && now.duration_since(front.acknowledged.unwrap_or(front.sent))
-                    > self.config.window;
+                && now.duration_since(front.acknowledged.unwrap_or(front.sent)) > self.config.window;
             if expired {
                 book.entries.pop_front();
             } else {
