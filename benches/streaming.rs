@@ -108,6 +108,27 @@ async fn discard_server() -> SocketAddr {
     addr
 }
 
+/// Sends `iters` streamed uploads through `service`, one after another; the time they took.
+async fn time_uploads<S, ResB>(service: &mut S, iters: u64) -> Duration
+where
+    S: Service<Request<Chunks>, Response = Response<ResB>>,
+    S::Error: std::fmt::Debug,
+    ResB: Body<Error: std::fmt::Debug>,
+{
+    let start = Instant::now();
+    for _ in 0..iters {
+        let response = service
+            .ready()
+            .await
+            .unwrap()
+            .call(post(Chunks::new()))
+            .await
+            .unwrap();
+        check(response).await;
+    }
+    start.elapsed()
+}
+
 async fn check(response: Response<impl Body<Error: std::fmt::Debug>>) {
     assert_eq!(response.status(), 200);
     let body = response.into_body().collect().await.unwrap().to_bytes();
@@ -152,38 +173,8 @@ fn main() {
         .service(client::<ReplayBody<Chunks>>(&resolver));
     let mut collect_clone = RetryLayer::new(CollectAndClone::once()).layer(client::<Full<Bytes>>(&resolver));
 
-    let mut run_bare = |iters: u64| {
-        rt.block_on(async {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let response = bare
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(post(Chunks::new()))
-                    .await
-                    .unwrap();
-                check(response).await;
-            }
-            start.elapsed()
-        })
-    };
-    let mut run_failover = |iters: u64| {
-        rt.block_on(async {
-            let start = Instant::now();
-            for _ in 0..iters {
-                let response = failover
-                    .ready()
-                    .await
-                    .unwrap()
-                    .call(post(Chunks::new()))
-                    .await
-                    .unwrap();
-                check(response).await;
-            }
-            start.elapsed()
-        })
-    };
+    let mut run_bare = |iters: u64| rt.block_on(time_uploads(&mut bare, iters));
+    let mut run_failover = |iters: u64| rt.block_on(time_uploads(&mut failover, iters));
     let mut run_collect_clone = |iters: u64| {
         rt.block_on(async {
             let start = Instant::now();

@@ -147,9 +147,7 @@ async fn unroutable_uris_pass_through_to_the_inner_clients_error() {
         let pair = Pair::start().await;
         let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
         for uri in [
             "/api/data/v9.2/WhoAmI",
             "*",
@@ -676,7 +674,7 @@ async fn a_body_truncated_on_the_wire_comes_back_with_its_error() {
         pair.resolver.map(PRIMARY_HOST, addr);
         let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
         let handle = layer.handle();
-        let service = ServiceBuilder::new().layer(layer).service(pair.client::<TestBody>());
+        let service = pair.through(layer);
         let response = send(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await.unwrap();
         assert_eq!(response.status(), 500);
         let mut body = response.into_body();

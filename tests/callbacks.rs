@@ -8,7 +8,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 use bytes::Bytes;
 use http_body_util::Full;
 use support::*;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_failover::{Endpoints, FailoverHandle, FailoverLayer, Side, SwitchEvent};
 
 #[tokio::test]
@@ -39,9 +39,7 @@ async fn the_application_switches_from_inside_on_switch_required() {
             .unwrap();
         let handle = layer.handle();
         handle_cell.set(handle.clone()).unwrap();
-        let mut service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let mut service = pair.through(layer);
         pair.primary.kill().await;
 
         let request = http::Request::get(format!("{PRIMARY_URL}/x"))

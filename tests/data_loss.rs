@@ -73,9 +73,7 @@ async fn report_after(
     let pair = Pair::start().await;
     let layer = builder.build().unwrap();
     let handle = layer.handle();
-    let service = ServiceBuilder::new()
-        .layer(layer)
-        .service(pair.client::<TestBody>());
+    let service = pair.through(layer);
     for request in requests {
         send_ok(&service, request).await;
     }
@@ -90,9 +88,7 @@ async fn report_lists_acknowledged_and_in_flight_writes_and_nothing_else() {
         let layer = builder().on_switched(log.recorder()).build().unwrap();
         let handle = layer.handle();
         let mut events = handle.events();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         // Three writes and two reads, all acknowledged by the primary.
         let key = "idempotency-key";
@@ -226,9 +222,7 @@ async fn acknowledged_writes_older_than_the_window_are_left_out() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let key = "idempotency-key";
         send_ok(
@@ -383,9 +377,7 @@ async fn no_report_when_turned_off() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
         send_ok(&service, request(Method::POST, "/api/data/v9.2/accounts")).await;
 
         pair.primary.set(Behavior::Status(503, ""));
@@ -448,9 +440,7 @@ async fn a_write_that_never_reached_the_primary_is_not_at_risk() {
         let log = EventLog::new();
         let layer = builder().on_switched(log.recorder()).build().unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         // Acknowledged, on a connection that is not kept for the next call.
         let acknowledged = with_header(

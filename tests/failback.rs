@@ -15,7 +15,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use support::*;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_failover::{
     DefaultClassifier, Endpoints, Failback, Failover, FailoverError, FailoverLayer, FailoverLayerBuilder,
     ReplayBody, Side, SwitchCause, SwitchEvent,
@@ -54,9 +54,7 @@ fn endpoints() -> Endpoints {
 }
 
 fn service(pair: &Pair, layer: FailoverLayer) -> Svc {
-    ServiceBuilder::new()
-        .layer(layer)
-        .service(pair.client::<ReplayBody<ReqBody>>())
+    pair.through(layer)
 }
 
 /// One GET through the service: the status and the body text.

@@ -6,7 +6,7 @@ mod support;
 use bytes::Bytes;
 use http_body_util::Full;
 use support::*;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_failover::{Endpoints, FailoverLayer};
 
 fn get(path: &str) -> http::Request<Full<Bytes>> {
@@ -22,9 +22,7 @@ async fn counters_are_published_through_the_metrics_facade() {
         let pair = Pair::start().await;
         let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
         let handle = layer.handle();
-        let mut service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let mut service = pair.through(layer);
         pair.primary.kill().await;
         service.ready().await.unwrap().call(get("/x")).await.unwrap();
 

@@ -23,7 +23,6 @@ use bytes::Bytes;
 use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use support::*;
-use tower::ServiceBuilder;
 use tower_failover::{
     DownKind, Endpoints, Failover, FailoverErrorKind, FailoverHandle, FailoverLayer, NotResent, Side,
     SwitchCause, SwitchEvent,
@@ -244,9 +243,7 @@ async fn setup(one_nginx_per_side: bool) -> Setup {
     let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
     let handle = layer.handle();
     let events = handle.events();
-    let service = ServiceBuilder::new()
-        .layer(layer)
-        .service(pair.client::<TestBody>());
+    let service = pair.through(layer);
     Setup {
         pair,
         nginx,

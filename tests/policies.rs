@@ -135,9 +135,7 @@ async fn the_route_table_takes_the_first_matching_route_by_method_and_path() {
                 .unwrap()
         };
         let send_via_fresh_layer = |request: Request<Full<Bytes>>| {
-            let service = ServiceBuilder::new()
-                .layer(layer())
-                .service(pair.client::<TestBody>());
+            let service = pair.through(layer());
             async move { send(&service, request).await }
         };
 
@@ -192,9 +190,7 @@ async fn never_does_not_resend_even_a_refused_get_but_still_switches() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         pair.primary.kill().await;
         let error = expect_error(
@@ -250,9 +246,7 @@ async fn reads_only_resends_reads_after_a_timeout_but_never_a_write() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
         let error = expect_error(
             send(&service, request(Method::PUT, "/api/data/v9.2/accounts(1)/name")).await,
             "PUT to a killed primary under reads_only",
@@ -265,9 +259,7 @@ async fn reads_only_resends_reads_after_a_timeout_but_never_a_write() {
 
         // The control: the same PUT under the default policy is re-sent.
         let layer = builder().build().unwrap();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
         send_ok(&service, request(Method::PUT, "/api/data/v9.2/accounts(1)/name")).await;
         assert_eq!(pair.alternate.count(), 2);
     })

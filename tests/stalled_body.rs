@@ -10,7 +10,7 @@ use http_body_util::Full;
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_failover::{Endpoints, FailoverLayer, Side};
 
 #[tokio::test]
@@ -34,7 +34,7 @@ async fn a_stalled_error_body_is_handed_back_after_the_peek_timeout() {
         pair.resolver.map(PRIMARY_HOST, addr);
         let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
         let handle = layer.handle();
-        let mut service = ServiceBuilder::new().layer(layer).service(pair.client::<TestBody>());
+        let mut service = pair.through(layer);
         let started = Instant::now();
         let request = http::Request::get(format!("{PRIMARY_URL}/x")).body(Full::new(Bytes::new())).unwrap();
         let response = service.ready().await.unwrap().call(request).await.unwrap();

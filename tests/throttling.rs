@@ -9,7 +9,6 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::Method;
 use support::*;
-use tower::ServiceBuilder;
 use tower_failover::{
     Endpoints, FailoverErrorKind, FailoverLayer, FailoverLayerBuilder, RetryBudget, RetryPolicy, Side,
 };
@@ -43,9 +42,7 @@ async fn a_429_is_retried_on_the_same_host_after_retry_after() {
             .unwrap();
         let handle = layer.handle();
         let mut events = handle.events();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let started = Instant::now();
         let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
@@ -97,9 +94,7 @@ async fn an_http_date_retry_after_is_waited_for() {
         pair.primary.set(behavior);
         let layer = builder().build().unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let started = Instant::now();
         send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
@@ -130,9 +125,7 @@ async fn a_retry_after_beyond_the_policy_maximum_is_handed_straight_back() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         // Longer than the default maximum of 60 s.
         pair.primary.set(always_429("120"));
@@ -186,9 +179,7 @@ async fn the_deadline_stops_a_throttling_wait_that_would_pass_it() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let started = Instant::now();
         let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
@@ -218,9 +209,7 @@ async fn the_deadline_stops_an_attempt_in_flight() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let started = Instant::now();
         let result = send(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
@@ -259,9 +248,7 @@ async fn service_protection_codes_in_hex_and_decimal_are_throttling() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let cases: [(u16, &str); 6] = [
             (500, r#""0x80072322""#),
@@ -324,9 +311,7 @@ async fn a_503_with_retry_after_is_throttling_and_without_it_failover() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let (behavior, answered) = first_n_then_ok(1, || reply(503, &[("retry-after", "0")], ""));
         pair.primary.set(behavior);
@@ -363,9 +348,7 @@ async fn throttling_retries_are_limited_by_the_policy_and_replay_the_body() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let response = send(&service, request(Method::GET, "/api/data/v9.2/accounts"))
             .await
@@ -412,9 +395,7 @@ async fn without_retry_after_a_short_backoff_is_used() {
         let (behavior, answered) = first_n_then_ok(1, || reply(429, &[], ""));
         pair.primary.set(behavior);
         let layer = builder().build().unwrap();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         let started = Instant::now();
         send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
@@ -443,9 +424,7 @@ async fn a_throttling_storm_stays_within_the_budget_and_failover_still_works() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let service = pair.through(layer);
 
         const TASKS: usize = 50;
         const CALLS_EACH: usize = 4;

@@ -128,9 +128,7 @@ async fn a_tower_http_classifier_decides_what_is_down() {
             .build()
             .unwrap();
         let handle = layer.handle();
-        let mut service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let mut service = pair.through(layer);
         let response = service.ready().await.unwrap().call(get("/x")).await.unwrap();
         assert_eq!(response.status(), 200);
         assert_eq!(handle.active(), Side::Alternate);

@@ -10,7 +10,7 @@ use std::sync::{Arc, Mutex};
 use bytes::Bytes;
 use http_body_util::Full;
 use support::*;
-use tower::{Service, ServiceBuilder, ServiceExt};
+use tower::{Service, ServiceExt};
 use tower_failover::{Endpoints, FailoverLayer};
 
 /// Collects what the fmt subscriber writes.
@@ -48,9 +48,7 @@ async fn calls_are_traced_with_opentelemetry_field_names_and_counted() {
         let pair = Pair::start().await;
         let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
         let handle = layer.handle();
-        let mut service = ServiceBuilder::new()
-            .layer(layer)
-            .service(pair.client::<TestBody>());
+        let mut service = pair.through(layer);
         service.ready().await.unwrap().call(get("/ok")).await.unwrap();
         pair.primary.kill().await;
         service.ready().await.unwrap().call(get("/after")).await.unwrap();

@@ -295,6 +295,15 @@ impl Pair {
         Client::builder(TokioExecutor::new()).build(self.resolver.connector())
     }
 
+    /// The failover layer straight over this pair's client, the stack most tests drive.
+    pub fn through<C: Clone>(
+        &self,
+        layer: tower_failover::FailoverLayer<C>,
+    ) -> tower_failover::Failover<Client<HttpConnector<Resolver>, tower_failover::ReplayBody<Full<Bytes>>>, C>
+    {
+        tower::Layer::layer(&layer, self.client())
+    }
+
     /// Brings a killed primary back on its port.
     pub async fn restart_primary(&mut self) {
         let addr = self.primary.addr;
