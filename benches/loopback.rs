@@ -106,13 +106,7 @@ fn main() {
     if !quick() {
         let mut group = c.benchmark_group(GROUP);
         group.throughput(Throughput::Elements(1));
-        for (name, _, f) in variants.iter_mut() {
-            let name: &str = name;
-            group.bench_function(name, |b| {
-                ran(GROUP, name);
-                b.iter_custom(&mut *f)
-            });
-        }
+        bench_variants(&mut group, GROUP, &mut variants);
         group.finish();
     }
 

@@ -253,13 +253,7 @@ fn main() {
             .warm_up_time(Duration::from_millis(500))
             .measurement_time(Duration::from_secs(2))
             .throughput(Throughput::Bytes(TOTAL as u64));
-        for (name, _, f) in variants.iter_mut() {
-            let name: &str = name;
-            group.bench_function(name, |b| {
-                ran(GROUP, name);
-                b.iter_custom(&mut *f)
-            });
-        }
+        bench_variants(&mut group, GROUP, &mut variants);
         group.finish();
     }
     print_criterion_ratios(

@@ -357,13 +357,7 @@ fn main() {
     let mut c = criterion();
     if !quick() {
         let mut group = c.benchmark_group(GROUP);
-        for (name, _, f) in variants.iter_mut() {
-            let name: &str = name;
-            group.bench_function(name, |b| {
-                ran(GROUP, name);
-                b.iter_custom(&mut *f)
-            });
-        }
+        bench_variants(&mut group, GROUP, &mut variants);
         group.finish();
     }
     let pairs: Vec<(&str, &str)> = variants

@@ -168,6 +168,22 @@ pub async fn drain<B: Body + Unpin>(mut body: B) {
 /// A measured variant: runs `iters` calls and returns how long they took.
 pub type Runner<'a> = Box<dyn FnMut(u64) -> Duration + 'a>;
 
+/// Runs each variant under criterion in `group` (set up by the caller: sample size,
+/// throughput), recording that it ran so its median can be read back.
+pub fn bench_variants(
+    group: &mut criterion::BenchmarkGroup<'_, criterion::measurement::WallTime>,
+    group_name: &str,
+    variants: &mut [(&str, &str, Runner<'_>)],
+) {
+    for (name, _, f) in variants.iter_mut() {
+        let name: &str = name;
+        group.bench_function(name, |b| {
+            ran(group_name, name);
+            b.iter_custom(&mut *f)
+        });
+    }
+}
+
 /// Times every variant `rounds` times, interleaved (the order rotates each round), so slow
 /// spells caused by other work on the machine hit every variant alike. For each variant:
 /// the median time per call, and the median over rounds of its ratio to the variant named
