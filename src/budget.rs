@@ -7,7 +7,7 @@
 //! withdrawal. The balance is capped at `floor + ratio * 1000 calls`, so a long calm spell does
 //! not buy an unbounded storm later.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
@@ -140,24 +140,58 @@ impl Bucket {
     }
 }
 
+/// How many slots the call counter is spread over.
+const COUNTER_SLOTS: usize = 8;
+
 /// The call counter every routed call adds to.
+///
+/// Spread over slots, each on its own cache line, with each thread adding to one slot: one
+/// shared counter would be written by every core on every call, and on a multi-threaded
+/// runtime that cache line would move between cores each time. It is read only when a
+/// re-send asks the budget, which sums the slots.
 #[derive(Debug, Default)]
-pub(crate) struct CallCounter(AtomicU64);
+pub(crate) struct CallCounter([Slot; COUNTER_SLOTS]);
+
+/// One counter slot, alone on its cache line (128 bytes: adjacent-line prefetching pairs
+/// 64-byte lines on x86).
+#[derive(Debug, Default)]
+#[repr(align(128))]
+struct Slot(AtomicU64);
+
+/// Hands each thread its slot, round-robin, the first time it counts a call.
+static NEXT_SLOT: AtomicUsize = AtomicUsize::new(0);
+
+thread_local! {
+    static THIS_THREADS_SLOT: usize = NEXT_SLOT.fetch_add(1, Ordering::Relaxed) % COUNTER_SLOTS;
+}
 
 impl CallCounter {
     #[inline]
     pub(crate) fn add(&self) {
-        self.0.fetch_add(1, Ordering::Relaxed);
+        // A thread being torn down has no slot left: count it in the first.
+        let slot = THIS_THREADS_SLOT.try_with(|slot| *slot).unwrap_or(0);
+        self.0[slot].0.fetch_add(1, Ordering::Relaxed);
     }
 
     pub(crate) fn get(&self) -> u64 {
-        self.0.load(Ordering::Relaxed)
+        self.0.iter().map(|slot| slot.0.load(Ordering::Relaxed)).sum()
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_call_counter_sums_every_threads_calls() {
+        let counter = CallCounter::default();
+        std::thread::scope(|scope| {
+            for _ in 0..(2 * COUNTER_SLOTS + 1) {
+                scope.spawn(|| (0..1000).for_each(|_| counter.add()));
+            }
+        });
+        assert_eq!(counter.get(), (2 * COUNTER_SLOTS as u64 + 1) * 1000);
+    }
 
     #[test]
     fn a_fifth_of_calls_plus_the_floor() {

@@ -5,7 +5,7 @@ use std::fmt;
 use std::net::IpAddr;
 
 use http::header::HOST;
-use http::uri::{Authority, Scheme, Uri};
+use http::uri::{Authority, PathAndQuery, Scheme, Uri};
 use http::{HeaderMap, HeaderValue};
 
 use crate::error::ConfigError;
@@ -327,6 +327,15 @@ fn host_eq(given: &str, normalized: &str) -> bool {
     given.eq_ignore_ascii_case(normalized)
 }
 
+impl Endpoint {
+    /// True when a request spells this endpoint exactly as it was configured.
+    fn spelled_by(&self, scheme: &Scheme, authority: &Authority) -> bool {
+        // `Authority`'s own `==` ignores case, which costs more than the common case needs;
+        // any other spelling is left to the full comparison.
+        authority.as_str() == self.authority.as_str() && *scheme == self.scheme
+    }
+}
+
 impl fmt::Display for Endpoint {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "{}://{}", self.scheme, self.authority)
@@ -524,12 +533,47 @@ impl Endpoints {
     /// assert_eq!(side("https://login.microsoftonline.com/token"), None);
     /// ```
     pub fn side_of(&self, uri: &Uri) -> Option<Side> {
+        self.locate(uri).map(|(side, _)| side)
+    }
+
+    /// Which side `uri` names, and whether it spells that endpoint's scheme and authority
+    /// exactly as configured (then pointing it at that side changes nothing).
+    ///
+    /// Every request through the layer pays for this, routed or not, so the common cases are
+    /// settled before the full parse: a URI built from the configured URL is one string
+    /// comparison, and a host that is not a prefix of the authority is refused on its first
+    /// differing byte.
+    pub(crate) fn locate(&self, uri: &Uri) -> Option<(Side, bool)> {
         // A URI without a scheme (authority-form) names no endpoint; see `Endpoint::matches`.
-        let named = Named::new(uri.authority()?, Some(uri.scheme()?));
-        if named.is(&self.primary) {
-            Some(Side::Primary)
-        } else if self.alternate.as_ref().is_some_and(|a| named.is(a)) {
-            Some(Side::Alternate)
+        let (scheme, authority) = (uri.scheme()?, uri.authority()?);
+        if self.primary.spelled_by(scheme, authority) {
+            return Some((Side::Primary, true));
+        }
+        let alternate = self.alternate.as_ref();
+        if alternate.is_some_and(|a| a.spelled_by(scheme, authority)) {
+            return Some((Side::Alternate, true));
+        }
+        // Any other spelling of an endpoint starts with its host (in any letter case), unless
+        // it carries user information or is an IP literal, which only the full parse handles.
+        let text = authority.as_str();
+        let plain = !text.starts_with('[') && !text.contains('@');
+        let may_name = |endpoint: &Endpoint| {
+            !plain
+                || text
+                    .as_bytes()
+                    .get(..endpoint.host.len())
+                    .is_some_and(|start| start.eq_ignore_ascii_case(endpoint.host.as_bytes()))
+        };
+        let primary_may = may_name(&self.primary);
+        let alternate = alternate.filter(|a| may_name(a));
+        if !primary_may && alternate.is_none() {
+            return None;
+        }
+        let named = Named::new(authority, Some(scheme));
+        if primary_may && named.is(&self.primary) {
+            Some((Side::Primary, false))
+        } else if alternate.is_some_and(|a| named.is(a)) {
+            Some((Side::Alternate, false))
         } else {
             None
         }
@@ -545,6 +589,13 @@ impl Endpoints {
         let names = |endpoint: &Endpoint| Named::new(&authority, Some(&endpoint.scheme)).is(endpoint);
         names(&self.primary) || self.alternate.as_ref().is_some_and(names)
     }
+}
+
+/// A URI for `target` with this path and query: what a re-send is pointed at.
+pub(crate) fn uri_at(target: &Endpoint, path_and_query: Option<PathAndQuery>) -> Uri {
+    let mut parts = http::uri::Parts::default();
+    parts.path_and_query = path_and_query;
+    rewrite_uri(Uri::from_parts(parts).unwrap_or_default(), target)
 }
 
 /// Points `uri` at `target`, keeping its path and query. Only called for URIs that name one
@@ -644,6 +695,64 @@ mod tests {
             "/relative",
         ] {
             assert_eq!(pair.side_of(&uri.parse().unwrap()), None, "{uri}");
+        }
+    }
+
+    /// The full comparison `locate`'s shortcuts must agree with.
+    fn side_by_full_parse(pair: &Endpoints, uri: &Uri) -> Option<Side> {
+        let named = Named::new(uri.authority()?, Some(uri.scheme()?));
+        if named.is(&pair.primary) {
+            Some(Side::Primary)
+        } else if pair.alternate.as_ref().is_some_and(|a| named.is(a)) {
+            Some(Side::Alternate)
+        } else {
+            None
+        }
+    }
+
+    #[test]
+    fn locate_shortcuts_agree_with_the_full_parse() {
+        let pairs = [
+            Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap(),
+            Endpoints::dynamics("https://Contoso.crm4.dynamics.com:8443").unwrap(),
+            Endpoints::new("http://[::1]:8080", "http://127.0.0.1:8080").unwrap(),
+        ];
+        let uris = [
+            "https://contoso.api.crm.dynamics.com/x",
+            "https://contoso--s.api.crm.dynamics.com/x",
+            "https://CONTOSO.api.crm.dynamics.com./x",
+            "https://contoso.api.crm.dynamics.com:443/x",
+            "http://contoso.api.crm.dynamics.com/x",
+            "https://user:pw@contoso.api.crm.dynamics.com/x",
+            "https://contoso.api.crm.dynamics.com.evil.example/x",
+            "https://contoso.api.crm.dynamics.co/x",
+            "https://fabrikam.api.crm.dynamics.com/x",
+            "https://Contoso.crm4.dynamics.com:8443/",
+            "https://contoso.crm4.dynamics.com:8443/",
+            "https://contoso--s.crm4.dynamics.com:8443/",
+            "https://contoso.crm4.dynamics.com/",
+            "http://[::1]:8080/",
+            "http://[0:0:0:0:0:0:0:1]:8080/",
+            "http://u@[::1]:8080/",
+            "http://127.0.0.1:8080/",
+            "http://127.0.0.1:80/",
+            "/relative",
+        ];
+        for pair in &pairs {
+            for uri in uris {
+                let uri: Uri = uri.parse().unwrap();
+                let located = pair.locate(&uri);
+                assert_eq!(
+                    located.map(|(side, _)| side),
+                    side_by_full_parse(pair, &uri),
+                    "{uri}"
+                );
+                // "Exactly as configured" means the rewrite would change nothing.
+                if let Some((side, true)) = located {
+                    let target = pair.get(side).unwrap();
+                    assert_eq!(rewrite_uri(uri.clone(), target), uri, "{uri}");
+                }
+            }
         }
     }
 

@@ -7,11 +7,12 @@
 use std::time::{Duration, Instant};
 
 use http::request::Parts;
+use http::uri::PathAndQuery;
 use http::StatusCode;
 
 use crate::classify::DownKind;
 use crate::counters::Counter;
-use crate::endpoint::{rewrite_host_header, rewrite_uri, Side};
+use crate::endpoint::{rewrite_host_header, rewrite_uri, uri_at, Side};
 use crate::error::{AttemptError, FailoverError, FailoverErrorKind, NotResent};
 use crate::ledger::{WriteId, WriteOutcome};
 use crate::policy::RetryPolicy;
@@ -65,10 +66,14 @@ impl Shared {
     /// untouched); otherwise the plan, with the URI and `Host` already pointed at the active
     /// endpoint.
     pub(crate) fn plan(&self, parts: &mut Parts) -> Option<CallPlan> {
-        self.endpoints.side_of(&parts.uri)?;
+        let (side, exact) = self.endpoints.locate(&parts.uri)?;
         self.calls.add();
         let active = self.active();
-        self.point_at(active.side, parts);
+        // Most calls already name the active endpoint as configured: their URI stays as it is.
+        if !(exact && side == active.side && parts.uri.path_and_query().is_some()) {
+            parts.uri = rewrite_uri(std::mem::take(&mut parts.uri), self.endpoint(active.side));
+        }
+        rewrite_host_header(&mut parts.headers, &self.endpoints, self.endpoint(active.side));
         let policy = self.routes.choose(
             &self.default_policy,
             &parts.method,
@@ -101,10 +106,11 @@ impl Shared {
         })
     }
 
-    /// Points a routed request at one side.
-    pub(crate) fn point_at(&self, side: Side, parts: &mut Parts) {
+    /// Points a re-send's head at one side: its URI (scheme, authority, then this path and
+    /// query) and its `Host`.
+    pub(crate) fn point_at(&self, side: Side, parts: &mut Parts, path_and_query: Option<PathAndQuery>) {
         let target = self.endpoint(side);
-        parts.uri = rewrite_uri(std::mem::take(&mut parts.uri), target);
+        parts.uri = uri_at(target, path_and_query);
         rewrite_host_header(&mut parts.headers, &self.endpoints, target);
     }
 
@@ -343,13 +349,20 @@ pub(crate) struct CallState {
 
 impl CallState {
     pub(crate) fn new(shared: &Shared, plan: CallPlan, method: &http::Method) -> Self {
-        let span = tracing::debug_span!(
-            "failover.call",
-            server.address = %shared.endpoint(plan.active.side),
-            http.request.method = %method,
-            http.response.status_code = tracing::field::Empty,
-            error.type = tracing::field::Empty,
-        );
+        // Until a subscriber is installed no span can be seen, and a disabled span still formats
+        // its fields for the `log` bridge when made: on the success path, that was most of the
+        // cost of tracing.
+        let span = if tracing::dispatcher::has_been_set() {
+            tracing::debug_span!(
+                "failover.call",
+                server.address = %shared.endpoint(plan.active.side),
+                http.request.method = %method,
+                http.response.status_code = tracing::field::Empty,
+                error.type = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         tracing::debug!(parent: &span, attempt = 1, "failover: sending");
         CallState {
             span,
@@ -555,14 +568,19 @@ impl CallState {
 
     /// The call ends with a response.
     pub(crate) fn respond(&mut self, shared: &Shared, status: StatusCode) {
-        self.span.record("http.response.status_code", status.as_u16());
+        // A disabled span still walks its fields on `record` (for the `log` bridge): skip it.
+        if !self.span.is_disabled() {
+            self.span.record("http.response.status_code", status.as_u16());
+        }
         tracing::debug!(parent: &self.span, http.response.status_code = status.as_u16(), "failover: answered");
         shared.finish(&mut self.plan, CallEnd::Response(status));
     }
 
     fn fail(&mut self, shared: &Shared, error: FailoverError) -> FailoverError {
-        self.span
-            .record("error.type", tracing::field::display(error.kind()));
+        if !self.span.is_disabled() {
+            self.span
+                .record("error.type", tracing::field::display(error.kind()));
+        }
         tracing::debug!(
             parent: &self.span,
             error.type = %error.kind(),

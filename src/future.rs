@@ -8,7 +8,8 @@ use std::task::{ready, Context, Poll};
 use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
-use http::{Extensions, HeaderMap, Method, Request, Response, Uri, Version};
+use http::uri::PathAndQuery;
+use http::{Extensions, HeaderMap, Method, Request, Response, Version};
 use http_body::Body;
 use pin_project_lite::pin_project;
 use tokio::time::Sleep;
@@ -20,6 +21,7 @@ use crate::endpoint::Side;
 use crate::engine::{inner_error, CallState, Step};
 use crate::error::{AttemptError, BoxError, FailoverError, NotResent};
 use crate::replay::{ReplayBody, ReplayHandle};
+use crate::service::Core;
 use crate::state::Shared;
 
 /// The body a re-send will carry.
@@ -32,7 +34,9 @@ pub(crate) enum ResendBody<B> {
 /// drivers (the tower future and the reqwest middleware) build their requests from it.
 pub(crate) struct HeadTemplate {
     method: Method,
-    uri: Uri,
+    // Only the path and query: a re-send takes its scheme and authority from the side it goes
+    // to. (One reference count to bump instead of two, and 48 bytes less in every future.)
+    path_and_query: Option<PathAndQuery>,
     version: Version,
     headers: HeaderMap,
     extensions: Extensions,
@@ -42,7 +46,7 @@ impl HeadTemplate {
     pub(crate) fn of(parts: &http::request::Parts) -> Self {
         HeadTemplate {
             method: parts.method.clone(),
-            uri: parts.uri.clone(),
+            path_and_query: parts.uri.path_and_query().cloned(),
             version: parts.version,
             headers: parts.headers.clone(),
             extensions: parts.extensions.clone(),
@@ -54,7 +58,7 @@ impl HeadTemplate {
     pub(crate) fn keep(parts: http::request::Parts) -> Self {
         HeadTemplate {
             method: parts.method,
-            uri: parts.uri,
+            path_and_query: parts.uri.into_parts().path_and_query,
             version: parts.version,
             headers: parts.headers,
             extensions: parts.extensions,
@@ -70,32 +74,36 @@ impl HeadTemplate {
     pub(crate) fn parts_for(&self, shared: &Shared, side: Side) -> http::request::Parts {
         let mut head = Request::new(());
         *head.method_mut() = self.method.clone();
-        *head.uri_mut() = self.uri.clone();
         *head.version_mut() = self.version;
         *head.headers_mut() = self.headers.clone();
         *head.extensions_mut() = self.extensions.clone();
         let (mut parts, ()) = head.into_parts();
-        shared.point_at(side, &mut parts);
+        shared.point_at(side, &mut parts, self.path_and_query.clone());
         parts
     }
 }
 
-/// What a re-send needs, kept from the original request. Each re-send clones the head and the
-/// service; the body comes from the replay recording, never copied.
-pub(crate) struct ResendTemplate<S, B> {
-    pub(crate) service: S,
+/// What a re-send needs, kept from the original request. Each re-send clones the head and
+/// takes a service from the [`Core`]; the body comes from the replay recording, never copied.
+pub(crate) struct ResendTemplate<B> {
     pub(crate) head: HeadTemplate,
     pub(crate) body: ResendBody<B>,
 }
 
-impl<S: Clone, B> ResendTemplate<S, B> {
-    fn build(&self, shared: &Shared, side: Side) -> Result<(S, Request<ReplayBody<B>>), NotResent> {
+impl<B> ResendTemplate<B> {
+    fn build<S: Clone, C>(
+        &self,
+        core: &Core<S, C>,
+        side: Side,
+    ) -> Result<(S, Request<ReplayBody<B>>), NotResent> {
+        // Taken at the first call, before any call's future exists.
+        let service = core.resend_service().ok_or(NotResent::AutoSwitchOff)?;
         let body = match &self.body {
             ResendBody::Empty => ReplayBody::empty(),
             ResendBody::Recorded(handle) => handle.replay()?,
         };
-        let parts = self.head.parts_for(shared, side);
-        Ok((self.service.clone(), Request::from_parts(parts, body)))
+        let parts = self.head.parts_for(&core.shared, side);
+        Ok((service, Request::from_parts(parts, body)))
     }
 }
 
@@ -161,13 +169,6 @@ pin_project! {
     {
         #[pin]
         state: State<S::Future, S, Request<ReplayBody<B>>, Peeking<InnerBody<S, B>>>,
-        // Armed only for calls whose policy sets a deadline. Boxed: a `Sleep` is over 100
-        // bytes, and every call's future (most have no deadline) is moved by value several
-        // times between `Failover::call` and its first poll.
-        deadline: Option<Pin<Box<Sleep>>>,
-        // The deadline's instant until the first poll arms the timer there: `call` may run
-        // outside the runtime whose timer will drive the future.
-        deadline_at: Option<std::time::Instant>,
         // `None` for a request that names neither endpoint: it passes straight through.
         routed: Option<Routed<S, B, C>>,
     }
@@ -206,16 +207,19 @@ struct Resend<S, R> {
 }
 
 struct Routed<S, B, C> {
-    shared: Arc<Shared>,
-    classifier: C,
+    core: Arc<Core<S, C>>,
     call: CallState,
-    resend: Result<ResendTemplate<S, B>, NotResent>,
+    resend: Result<ResendTemplate<B>, NotResent>,
+    // The timer for the call's deadline, armed at the first poll (`call` may run outside the
+    // runtime whose timer drives the future) and only for a policy that sets one. Boxed: a
+    // `Sleep` is over 100 bytes, and every call's future is moved by value several times.
+    deadline: Option<Pin<Box<Sleep>>>,
 }
 
 impl<S, B, C> Drop for Routed<S, B, C> {
     fn drop(&mut self) {
         // A call dropped before it ended (the caller gave up): its write's outcome is unknown.
-        self.call.abandon(&self.shared);
+        self.call.abandon(&self.core.shared);
     }
 }
 
@@ -244,28 +248,23 @@ where
     pub(crate) fn passthrough(future: S::Future) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
-            deadline: None,
-            deadline_at: None,
             routed: None,
         }
     }
 
     pub(crate) fn routed(
         future: S::Future,
-        shared: Arc<Shared>,
-        classifier: C,
+        core: Arc<Core<S, C>>,
         call: CallState,
-        resend: Result<ResendTemplate<S, B>, NotResent>,
+        resend: Result<ResendTemplate<B>, NotResent>,
     ) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
-            deadline: None,
-            deadline_at: call.plan.deadline,
             routed: Some(Routed {
-                shared,
-                classifier,
+                core,
                 call,
                 resend,
+                deadline: None,
             }),
         }
     }
@@ -284,13 +283,13 @@ impl<S: Clone, B, C> Routed<S, B, C> {
         answer: impl FnOnce() -> Res,
     ) -> Next<S, Request<ReplayBody<B>>, Res> {
         let Routed {
-            shared, call, resend, ..
+            core, call, resend, ..
         } = self;
         let build = |side| match &*resend {
-            Ok(template) => template.build(shared, side),
+            Ok(template) => template.build(core, side),
             Err(reason) => Err(*reason),
         };
-        match decide(call, shared, &build) {
+        match decide(call, &core.shared, &build) {
             Step::Answer => Next::Return(Ok(answer())),
             Step::Fail(error) => Next::Return(Err(error)),
             Step::Resend((service, request)) => Next::Resend(Resend::boxed(service, request)),
@@ -416,16 +415,19 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
-        if let Some(at) = this.deadline_at.take() {
-            *this.deadline = Some(Box::pin(tokio::time::sleep_until(at.into())));
-        }
-        if let Some(deadline) = this.deadline.as_mut() {
-            if deadline.as_mut().poll(cx).is_ready() {
-                let routed = this.routed.as_mut().expect("only routed calls have deadlines");
-                let error = routed.call.on_deadline(&routed.shared);
-                this.state.set(State::Done);
-                *this.deadline = None;
-                return Poll::Ready(Err(error));
+        if let Some(routed) = this.routed.as_mut() {
+            if let Some(at) = routed.call.plan.deadline {
+                let timer = routed
+                    .deadline
+                    .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
+                if timer.as_mut().poll(cx).is_ready() {
+                    let error = routed.call.on_deadline(&routed.core.shared);
+                    this.state.set(State::Done);
+                    // The call is over: a later poll must not find the deadline again.
+                    routed.call.plan.deadline = None;
+                    routed.deadline = None;
+                    return Poll::Ready(Err(error));
+                }
             }
         }
         loop {
@@ -441,31 +443,43 @@ where
                     };
                     match result {
                         Ok(response) => {
-                            let (head, body) = response.into_parts();
-                            let limit = routed.classifier.peek_limit(head.status, &head.headers);
-                            if limit > 0 {
+                            let limit = routed
+                                .core
+                                .classifier
+                                .peek_limit(response.status(), response.headers());
+                            if limit == 0 {
+                                let verdict = routed.core.classifier.classify(Outcome::Response {
+                                    status: response.status(),
+                                    headers: response.headers(),
+                                    body: None,
+                                });
+                                // The success path: the answer goes back as it is, without
+                                // taking the response apart.
+                                if matches!(verdict, Verdict::Success | Verdict::Fail) {
+                                    routed.call.respond(&routed.core.shared, response.status());
+                                    this.state.set(State::Done);
+                                    return Poll::Ready(Ok(response.map(ResponseBody::streaming)));
+                                }
+                                let (head, body) = response.into_parts();
+                                routed.on_response(head, ResponseBody::streaming(body), verdict)
+                            } else {
+                                let (head, body) = response.into_parts();
                                 this.state.set(State::Peeking {
                                     peek: Box::new(Peek {
                                         head: Some(head),
                                         peeking: Some(Peeking::new(
                                             body,
                                             limit,
-                                            routed.classifier.peek_timeout(),
+                                            routed.core.classifier.peek_timeout(),
                                         )),
                                     }),
                                 });
                                 continue;
                             }
-                            let verdict = routed.classifier.classify(Outcome::Response {
-                                status: head.status,
-                                headers: &head.headers,
-                                body: None,
-                            });
-                            routed.on_response(head, ResponseBody::streaming(body), verdict)
                         }
                         Err(error) => {
                             let error: BoxError = error.into();
-                            let verdict = routed.classifier.classify(Outcome::Error(&*error));
+                            let verdict = routed.core.classifier.classify(Outcome::Error(&*error));
                             routed.on_error(error, verdict)
                         }
                     }
@@ -479,7 +493,7 @@ where
                         .poll_read(cx));
                     let head = head.take().expect("present until the peek ends");
                     let peeked = peeking.take().expect("present until the peek ends").finish();
-                    let verdict = routed.classifier.classify(Outcome::Response {
+                    let verdict = routed.core.classifier.classify(Outcome::Response {
                         status: head.status,
                         headers: &head.headers,
                         body: peeked.complete_body(),
@@ -501,8 +515,8 @@ where
                             continue;
                         }
                         Err(error) => {
-                            let cause = routed.call.error_cause(&routed.shared, error.into());
-                            Next::Return(Err(routed.call.on_not_ready(&routed.shared, cause)))
+                            let cause = routed.call.error_cause(&routed.core.shared, error.into());
+                            Next::Return(Err(routed.call.on_not_ready(&routed.core.shared, cause)))
                         }
                     }
                 }

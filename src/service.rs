@@ -1,7 +1,7 @@
 //! [`Failover`]: the service that routes each call to the active endpoint and prepares it for
 //! a re-send.
 
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::task::{Context, Poll};
 
 use http::{Request, Response};
@@ -67,15 +67,48 @@ use crate::state::{FailoverHandle, Shared};
 pub struct Failover<S, C> {
     inner: S,
     shared: Arc<Shared>,
-    classifier: C,
+    core: Arc<Core<S, C>>,
+}
+
+/// What every call through one [`Failover`] (and its clones) shares, behind one reference
+/// count: each routed call's future holds a clone of this `Arc`, not of the shared state, the
+/// classifier and the inner service one by one. On a multi-threaded runtime every reference
+/// count a call bumps is a cache line the cores pass back and forth; an inner client such as
+/// hyper-util's holds several.
+pub(crate) struct Core<S, C> {
+    pub(crate) shared: Arc<Shared>,
+    pub(crate) classifier: C,
+    // A clone of the inner service, taken at the first call, that re-sends are cloned from.
+    // Behind a `Mutex` so the core is `Sync` for any `Send` service (tower's `BoxService` is
+    // not `Sync`); it is locked only to make a re-send.
+    spare: OnceLock<Mutex<S>>,
+}
+
+impl<S: Clone, C> Core<S, C> {
+    /// A service for a re-send.
+    pub(crate) fn resend_service(&self) -> Option<S> {
+        let spare = self.spare.get()?;
+        // A clone that panicked leaves the service as it was: the lock's poison is no reason
+        // to refuse re-sends.
+        Some(
+            spare
+                .lock()
+                .unwrap_or_else(|poisoned| poisoned.into_inner())
+                .clone(),
+        )
+    }
 }
 
 impl<S, C> Failover<S, C> {
     pub(crate) fn new(inner: S, shared: Arc<Shared>, classifier: C) -> Self {
         Failover {
             inner,
+            core: Arc::new(Core {
+                shared: shared.clone(),
+                classifier,
+                spare: OnceLock::new(),
+            }),
             shared,
-            classifier,
         }
     }
 
@@ -138,7 +171,7 @@ impl<S, C> Failover<S, C> {
         C: Classifier + Clone + Send + Sync + 'static,
     {
         self.shared
-            .offer_prober(|| prober(self.inner.clone(), self.classifier.clone()));
+            .offer_prober(|| prober(self.inner.clone(), self.core.classifier.clone()));
         let shared = self.shared.clone();
         async move { shared.startup_check().await }
     }
@@ -148,8 +181,21 @@ impl<S, C> Failover<S, C> {
         &self.inner
     }
 
-    /// The inner service, mutably.
-    pub fn get_mut(&mut self) -> &mut S {
+    /// The inner service, mutably. Re-sends of later calls go through a clone of the service
+    /// as it is at the next call (calls already in flight keep the one they had).
+    pub fn get_mut(&mut self) -> &mut S
+    where
+        C: Clone,
+    {
+        // Re-sends clone a spare taken at the first call: start a new core, so the next call
+        // takes its spare from the service as changed through this reference.
+        if self.core.spare.get().is_some() {
+            self.core = Arc::new(Core {
+                shared: self.shared.clone(),
+                classifier: self.core.classifier.clone(),
+                spare: OnceLock::new(),
+            });
+        }
         &mut self.inner
     }
 }
@@ -191,11 +237,12 @@ where
     }
 
     fn call(&mut self, request: Request<B>) -> Self::Future {
-        // Failback probes and maintenance go through this same inner service; the first call
-        // hands a clone over (afterwards this is one atomic load).
-        if self.shared.prober.get().is_none() {
+        // The first call hands clones of the inner service over: to the failback probes and
+        // maintenance, and to re-sends. Afterwards this is one atomic load.
+        if self.core.spare.get().is_none() {
             self.shared
-                .offer_prober(|| prober(self.inner.clone(), self.classifier.clone()));
+                .offer_prober(|| prober(self.inner.clone(), self.core.classifier.clone()));
+            let _ = self.core.spare.set(Mutex::new(self.inner.clone()));
         }
         let (mut parts, body) = request.into_parts();
         let Some(plan) = self.shared.plan(&mut parts) else {
@@ -214,12 +261,11 @@ where
         };
         // Everything a re-send needs, kept only when a re-send can happen at all.
         let resend = resend_body.map(|body| ResendTemplate {
-            service: self.inner.clone(),
             head: HeadTemplate::of(&parts),
             body,
         });
         let call = CallState::new(&self.shared, plan, &parts.method);
         let future = self.inner.call(Request::from_parts(parts, body));
-        ResponseFuture::routed(future, self.shared.clone(), self.classifier.clone(), call, resend)
+        ResponseFuture::routed(future, self.core.clone(), call, resend)
     }
 }

@@ -1078,3 +1078,66 @@ async fn declared_body_over_the_cap_is_resent_when_the_primary_refused_the_conne
     })
     .await
 }
+
+/// An inner service that stamps each request with a tag, changed through `get_mut`.
+#[derive(Clone)]
+struct Tagging<S> {
+    inner: S,
+    tag: &'static str,
+}
+
+impl<S, B> tower::Service<Request<B>> for Tagging<S>
+where
+    S: tower::Service<Request<B>>,
+{
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = S::Future;
+
+    fn poll_ready(&mut self, cx: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, mut request: Request<B>) -> S::Future {
+        request
+            .headers_mut()
+            .insert("x-client-tag", http::HeaderValue::from_static(self.tag));
+        self.inner.call(request)
+    }
+}
+
+#[tokio::test]
+async fn re_sends_go_through_the_inner_service_as_changed_by_get_mut() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let tags = Arc::new(Mutex::new(Vec::new()));
+        let seen = tags.clone();
+        pair.alternate.set(custom(move |received: Received| {
+            let tag = received.head.headers.get("x-client-tag").cloned();
+            seen.lock().unwrap().push(tag);
+            async { reply(200, &[], "alternate") }
+        }));
+        let layer = FailoverLayer::new(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}")).unwrap());
+        let mut service = tower::Layer::layer(
+            &layer,
+            Tagging {
+                inner: pair.client::<ReplayBody<Full<Bytes>>>(),
+                tag: "v1",
+            },
+        );
+        // The first call hands a clone of the inner service over for re-sends.
+        ok(tower::Service::call(service.ready().await.unwrap(), get("/first")).await);
+
+        service.get_mut().tag = "v2";
+        pair.primary.kill().await;
+        let response = ok(tower::Service::call(service.ready().await.unwrap(), get("/second")).await);
+        assert_eq!(response.status(), 200);
+        // The re-send on the alternate went through the service as changed, not the clone
+        // taken at the first call.
+        assert_eq!(
+            *tags.lock().unwrap(),
+            [Some(http::HeaderValue::from_static("v2"))]
+        );
+    })
+    .await;
+}
