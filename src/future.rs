@@ -245,6 +245,7 @@ where
     S::Response: HttpResponse,
     InnerBody<S, B>: Body,
 {
+    #[inline(always)]
     pub(crate) fn passthrough(future: S::Future) -> Self {
         ResponseFuture {
             state: State::Waiting { future },
@@ -252,6 +253,7 @@ where
         }
     }
 
+    #[inline(always)]
     pub(crate) fn routed(
         future: S::Future,
         core: Arc<Core<S, C>>,

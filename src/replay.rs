@@ -74,7 +74,7 @@ struct Recording<B> {
     // What is left of the caller's body.
     rest: B,
     // Clones of every chunk read so far, while their total stays within `cap`.
-    chunks: Vec<Bytes>,
+    chunks: Chunks,
     recorded_len: usize,
     cap: usize,
     // More than `cap` bytes were read: nothing is kept from here on. Only bytes read count, so a
@@ -108,7 +108,7 @@ impl<B> Recording<B> {
         if self.recorded_len + chunk.len() > self.cap {
             // From here a re-send is impossible; free what was kept at once.
             self.over_cap = true;
-            self.chunks = Vec::new();
+            self.chunks = Chunks::default();
             self.recorded_len = 0;
             self.cursor = 0;
             self.yielded_len = 0;
@@ -119,6 +119,36 @@ impl<B> Recording<B> {
         self.chunks.push(chunk.clone());
         // This attempt yields the chunk itself, so it must not replay it later.
         self.cursor = self.chunks.len();
+    }
+}
+
+/// The chunks a recording keeps. Most bodies worth re-sending arrive as one chunk (a `Full`,
+/// a serialized payload), so the first is held inline: keeping it allocates nothing.
+#[derive(Default)]
+struct Chunks {
+    first: Option<Bytes>,
+    more: Vec<Bytes>,
+}
+
+impl Chunks {
+    fn push(&mut self, chunk: Bytes) {
+        if self.first.is_none() {
+            self.first = Some(chunk);
+        } else {
+            self.more.push(chunk);
+        }
+    }
+
+    fn len(&self) -> usize {
+        usize::from(self.first.is_some()) + self.more.len()
+    }
+
+    /// The chunk at `index`, which is below `len()`.
+    fn get(&self, index: usize) -> &Bytes {
+        match index {
+            0 => self.first.as_ref().expect("index below len"),
+            i => &self.more[i - 1],
+        }
     }
 }
 
@@ -315,7 +345,7 @@ impl<B: Body> ReplayBody<B> {
         });
         let recording = Recording {
             rest: body,
-            chunks: Vec::new(),
+            chunks: Chunks::default(),
             recorded_len: 0,
             cap,
             over_cap: false,
@@ -438,7 +468,7 @@ where
 {
     // First what an earlier attempt already read.
     if r.cursor < r.chunks.len() {
-        let chunk = r.chunks[r.cursor].clone();
+        let chunk = r.chunks.get(r.cursor).clone();
         r.cursor += 1;
         r.yielded_len += chunk.len();
         return Poll::Ready(Some(Ok(Frame::data(chunk))));

@@ -236,6 +236,7 @@ where
         })
     }
 
+    #[inline]
     fn call(&mut self, request: Request<B>) -> Self::Future {
         // The first call hands clones of the inner service over: to the failback probes and
         // maintenance, and to re-sends. Afterwards this is one atomic load.
