@@ -590,7 +590,7 @@ mod tests {
             future <= std::mem::size_of::<St>() + routed + 6 * word,
             "{future} B"
         );
-        // No request (over 300 bytes) is held inline by the routed part (448 B when measured).
+        // No request (over 300 bytes) is held inline by the routed part (400 B when measured).
         assert!(routed <= 480, "{routed} B");
     }
 }

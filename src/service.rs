@@ -22,7 +22,8 @@ use crate::state::{FailoverHandle, Shared};
 ///
 /// Requests whose URI names the primary or the alternate go to the active endpoint; all
 /// others pass through untouched. The inner service receives [`ReplayBody`]s. Clones share
-/// the switch state.
+/// the switch state. A re-send goes through a clone of the inner service taken at the first
+/// call (or at the first call after [`get_mut`](Failover::get_mut)), as failback probes do.
 ///
 /// ```
 /// use std::convert::Infallible;
