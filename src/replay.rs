@@ -63,11 +63,14 @@ enum Kind<B> {
 struct Attempt<B> {
     slot: Arc<Slot<B>>,
     // `Some` from creation until drop, when it goes back into the slot.
-    recording: Option<Recording<B>>,
+    // Boxed: inline, the recording (about 140 bytes) would set the size of every
+    // `ReplayBody`, plain ones included, and so of every request the inner service gets and
+    // of the future that holds it. The box moves between the slot and the attempts as is.
+    recording: Option<Box<Recording<B>>>,
 }
 
 struct Slot<B> {
-    recording: Mutex<Option<Recording<B>>>,
+    recording: Mutex<Option<Box<Recording<B>>>>,
 }
 
 struct Recording<B> {
@@ -360,7 +363,7 @@ impl<B: Body> ReplayBody<B> {
         let body = ReplayBody {
             kind: Kind::Recorded(Attempt {
                 slot,
-                recording: Some(recording),
+                recording: Some(Box::new(recording)),
             }),
         };
         (body, handle)
