@@ -20,6 +20,7 @@ use crate::classify::{Classifier, Outcome, Verdict};
 use crate::endpoint::Side;
 use crate::engine::{inner_error, CallState, Step};
 use crate::error::{AttemptError, BoxError, FailoverError, NotResent};
+use crate::packed_headers::PackedHeaders;
 use crate::replay::{ReplayBody, ReplayHandle};
 use crate::service::Core;
 use crate::state::Shared;
@@ -38,7 +39,8 @@ pub(crate) struct HeadTemplate {
     // to. (One reference count to bump instead of two, and 48 bytes less in every future.)
     path_and_query: Option<PathAndQuery>,
     version: Version,
-    headers: HeaderMap,
+    // Copied into one buffer, not cloned: see `PackedHeaders`.
+    headers: PackedHeaders,
     extensions: Extensions,
 }
 
@@ -48,20 +50,8 @@ impl HeadTemplate {
             method: parts.method.clone(),
             path_and_query: parts.uri.path_and_query().cloned(),
             version: parts.version,
-            headers: parts.headers.clone(),
+            headers: PackedHeaders::of(&parts.headers),
             extensions: parts.extensions.clone(),
-        }
-    }
-
-    /// Keeps `parts` themselves, for a driver that no longer needs them.
-    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
-    pub(crate) fn keep(parts: http::request::Parts) -> Self {
-        HeadTemplate {
-            method: parts.method,
-            path_and_query: parts.uri.into_parts().path_and_query,
-            version: parts.version,
-            headers: parts.headers,
-            extensions: parts.extensions,
         }
     }
 
@@ -75,7 +65,7 @@ impl HeadTemplate {
         let mut head = Request::new(());
         *head.method_mut() = self.method.clone();
         *head.version_mut() = self.version;
-        *head.headers_mut() = self.headers.clone();
+        *head.headers_mut() = self.headers.unpack();
         *head.extensions_mut() = self.extensions.clone();
         let (mut parts, ()) = head.into_parts();
         shared.point_at(side, &mut parts, self.path_and_query.clone());

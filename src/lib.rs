@@ -102,6 +102,7 @@ mod failback;
 mod future;
 mod layer;
 mod ledger;
+mod packed_headers;
 pub mod policy;
 mod replay;
 #[cfg(feature = "reqwest")]

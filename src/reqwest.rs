@@ -236,7 +236,10 @@ where
             Ok(url) => *request.url_mut() = url,
             Err(_) => return next.run(request, extensions).await,
         }
-        *request.headers_mut() = parts.headers.clone();
+        // The template keeps its own copy of the head; the request takes the headers as they
+        // are (the `Host` pointed at the active endpoint).
+        let head = HeadTemplate::of(&parts);
+        *request.headers_mut() = parts.headers;
 
         let body = request.body_mut().take();
         let is_empty = body
@@ -258,7 +261,7 @@ where
             }
         };
         let template = Template {
-            head: HeadTemplate::keep(parts),
+            head,
             body: resend_body,
         };
         let mut guard = CallGuard {
