@@ -623,6 +623,11 @@ pub(crate) fn rewrite_uri(uri: Uri, target: &Endpoint) -> Uri {
 /// of the pair must follow the swap or the alternate would see the primary's name.
 /// A `Host` naming some third party is left alone: the caller set it on purpose.
 pub(crate) fn rewrite_host_header(headers: &mut HeaderMap, endpoints: &Endpoints, target: &Endpoint) {
+    // A lookup hashes the name even in an empty map; most requests here have no headers at
+    // all or no `Host` (the client adds it).
+    if headers.is_empty() {
+        return;
+    }
     if let Some(value) = headers.get(HOST) {
         if value != target.host_header && endpoints.names_either(value) {
             headers.insert(HOST, target.host_header.clone());

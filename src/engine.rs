@@ -15,7 +15,7 @@ use crate::counters::Counter;
 use crate::endpoint::{rewrite_host_header, rewrite_uri, uri_at, Side};
 use crate::error::{AttemptError, FailoverError, FailoverErrorKind, NotResent};
 use crate::ledger::{WriteId, WriteOutcome};
-use crate::policy::RetryPolicy;
+use crate::policy::{Refusal, RetryPolicy};
 use crate::state::{Active, Shared, SwitchCause, SwitchOutcome};
 use crate::throttle::backoff;
 
@@ -39,11 +39,13 @@ pub(crate) enum BodyPlan {
 pub(crate) struct CallPlan {
     /// The generation and side the first attempt goes to.
     pub(crate) active: Active,
-    pub(crate) policy: RetryPolicy,
+    /// The policy's throttling limits: retries, and the longest wait.
+    throttle_retries: u32,
+    throttle_max_delay: Duration,
     /// Why a re-send would be refused after a failure that may have reached the server, and
     /// after one that provably did not (`None`: allowed).
-    refusal_if_received: Option<NotResent>,
-    refusal_if_unsent: Option<NotResent>,
+    refusal_if_received: Option<Refusal>,
+    refusal_if_unsent: Option<Refusal>,
     /// Whether a re-send can happen at all (automatic switching on, an alternate present).
     pub(crate) resend_possible: bool,
     /// The call's place in the data-loss ledger, when it is a recorded write.
@@ -63,9 +65,9 @@ pub(crate) enum CallEnd<'a> {
 
 impl Shared {
     /// Routes a request: `None` when its URI names neither endpoint (it passes through
-    /// untouched); otherwise the plan, with the URI and `Host` already pointed at the active
-    /// endpoint.
-    pub(crate) fn plan(&self, parts: &mut Parts) -> Option<CallPlan> {
+    /// untouched); otherwise the plan and how to handle its body (`body_is_empty`: the body
+    /// is known to be empty), with the URI and `Host` already pointed at the active endpoint.
+    pub(crate) fn plan(&self, parts: &mut Parts, body_is_empty: bool) -> Option<(CallPlan, BodyPlan)> {
         let (side, exact) = self.endpoints.locate(&parts.uri)?;
         self.calls.add();
         let active = self.active();
@@ -90,9 +92,11 @@ impl Shared {
             )),
             _ => None,
         };
-        Some(CallPlan {
+        let (throttle_retries, throttle_max_delay) = policy.throttle_limits();
+        let plan = CallPlan {
             active,
-            policy,
+            throttle_retries,
+            throttle_max_delay,
             refusal_if_received: policy.refusal(&parts.method, &parts.headers, true),
             refusal_if_unsent: policy.refusal(&parts.method, &parts.headers, false),
             resend_possible: self.auto_switch_enabled(),
@@ -103,7 +107,9 @@ impl Shared {
             deadline: policy
                 .deadline_limit()
                 .and_then(|limit| Instant::now().checked_add(limit)),
-        })
+        };
+        let body = self.body_plan(&plan, &policy, body_is_empty);
+        Some((plan, body))
     }
 
     /// Points a re-send's head at one side: its URI (scheme, authority, then this path and
@@ -118,16 +124,18 @@ impl Shared {
     /// failover, or a throttling retry). A body declared larger than the cap is wrapped too:
     /// the cap bounds the bytes *read* before a failure, so one refused at connect, or cut off
     /// early, can still be re-sent.
-    pub(crate) fn body_plan(&self, plan: &CallPlan, is_end_stream: bool) -> BodyPlan {
+    fn body_plan(&self, plan: &CallPlan, policy: &RetryPolicy, is_end_stream: bool) -> BodyPlan {
         // A policy's cap obeys the same ceiling as the layer's: it is memory per call in flight.
-        let cap = plan
-            .policy
+        let cap = policy
             .replay_cap_or(self.replay_cap)
             .min(crate::layer::MAX_REPLAY_CAP);
         let failover = plan.resend_possible && plan.refusal_if_unsent.is_none();
-        let throttling = plan.policy.throttle_limits().0 > 0;
+        let throttling = plan.throttle_retries > 0;
         if !failover && !throttling {
-            BodyPlan::Unkept(plan.refusal_if_unsent.unwrap_or(NotResent::AutoSwitchOff))
+            BodyPlan::Unkept(
+                plan.refusal_if_unsent
+                    .map_or(NotResent::AutoSwitchOff, NotResent::from),
+            )
         } else if is_end_stream {
             BodyPlan::Empty
         } else {
@@ -162,7 +170,7 @@ impl Shared {
             plan.refusal_if_unsent
         };
         if let Some(reason) = refusal {
-            return Err(reason);
+            return Err(reason.into());
         }
         if plan.deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(NotResent::DeadlineTooClose);
@@ -195,7 +203,7 @@ impl Shared {
         retry_after: Option<Duration>,
     ) -> Result<Duration, NotResent> {
         self.counters.add(Counter::Throttled);
-        let (max_retries, max_delay) = plan.policy.throttle_limits();
+        let (max_retries, max_delay) = (plan.throttle_retries, plan.throttle_max_delay);
         if retries_so_far >= max_retries {
             return Err(NotResent::PolicyForbids);
         }
@@ -338,7 +346,9 @@ pub(crate) struct CallState {
     pub(crate) plan: CallPlan,
     // One span per routed call, with OpenTelemetry HTTP field names; the call's events are its
     // children. Disabled spans cost a callsite check.
-    span: tracing::Span,
+    // `None` while no subscriber would see it (no dispatcher set, or this level filtered
+    // out): boxed otherwise, since the span is 40 bytes every call's future would carry.
+    span: Option<Box<tracing::Span>>,
     pub(crate) side: Side,
     throttle_retries: u32,
     // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
@@ -353,17 +363,18 @@ impl CallState {
         // its fields for the `log` bridge when made: on the success path, that was most of the
         // cost of tracing.
         let span = if tracing::dispatcher::has_been_set() {
-            tracing::debug_span!(
+            let span = tracing::debug_span!(
                 "failover.call",
                 server.address = %shared.endpoint(plan.active.side),
                 http.request.method = %method,
                 http.response.status_code = tracing::field::Empty,
                 error.type = tracing::field::Empty,
-            )
+            );
+            (!span.is_disabled()).then(|| Box::new(span))
         } else {
-            tracing::Span::none()
+            None
         };
-        tracing::debug!(parent: &span, attempt = 1, "failover: sending");
+        tracing::debug!(parent: span.as_ref().and_then(|s| s.id()), attempt = 1, "failover: sending");
         CallState {
             span,
             side: plan.active.side,
@@ -371,6 +382,11 @@ impl CallState {
             throttle_retries: 0,
             first: None,
         }
+    }
+
+    /// The call's span, as the parent of its events.
+    fn parent(&self) -> Option<tracing::Id> {
+        self.span.as_ref().and_then(|span| span.id())
     }
 
     fn attempt(&self) -> u8 {
@@ -460,7 +476,7 @@ impl CallState {
         build: impl FnOnce(Side) -> Result<R, NotResent>,
     ) -> Result<R, FailoverError> {
         tracing::debug!(
-            parent: &self.span,
+            parent: self.parent(),
             server.address = %shared.endpoint(self.side),
             attempt = self.attempt(),
             error.type = %kind,
@@ -478,7 +494,7 @@ impl CallState {
         match resend {
             Ok((side, resend)) => {
                 tracing::debug!(
-                    parent: &self.span,
+                    parent: self.parent(),
                     server.address = %shared.endpoint(side),
                     attempt = 2,
                     "failover: re-sending on the other endpoint"
@@ -520,7 +536,7 @@ impl CallState {
         match retry {
             Ok((wait, retry)) => {
                 tracing::debug!(
-                    parent: &self.span,
+                    parent: self.parent(),
                     server.address = %shared.endpoint(self.side),
                     wait_ms = wait.as_millis() as u64,
                     retry = self.throttle_retries + 1,
@@ -530,7 +546,7 @@ impl CallState {
                 Some((wait, retry))
             }
             Err(reason) => {
-                tracing::debug!(parent: &self.span, reason = %reason, "failover: throttled, handing the answer back");
+                tracing::debug!(parent: self.parent(), reason = %reason, "failover: throttled, handing the answer back");
                 None
             }
         }
@@ -569,20 +585,19 @@ impl CallState {
     /// The call ends with a response.
     pub(crate) fn respond(&mut self, shared: &Shared, status: StatusCode) {
         // A disabled span still walks its fields on `record` (for the `log` bridge): skip it.
-        if !self.span.is_disabled() {
-            self.span.record("http.response.status_code", status.as_u16());
+        if let Some(span) = &self.span {
+            span.record("http.response.status_code", status.as_u16());
         }
-        tracing::debug!(parent: &self.span, http.response.status_code = status.as_u16(), "failover: answered");
+        tracing::debug!(parent: self.parent(), http.response.status_code = status.as_u16(), "failover: answered");
         shared.finish(&mut self.plan, CallEnd::Response(status));
     }
 
     fn fail(&mut self, shared: &Shared, error: FailoverError) -> FailoverError {
-        if !self.span.is_disabled() {
-            self.span
-                .record("error.type", tracing::field::display(error.kind()));
+        if let Some(span) = &self.span {
+            span.record("error.type", tracing::field::display(error.kind()));
         }
         tracing::debug!(
-            parent: &self.span,
+            parent: self.parent(),
             error.type = %error.kind(),
             possibly_applied = error.possibly_applied(),
             "failover: failed"

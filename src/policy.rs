@@ -381,13 +381,13 @@ impl RetryPolicy {
         method: &Method,
         headers: &HeaderMap,
         maybe_received: bool,
-    ) -> Option<NotResent> {
+    ) -> Option<Refusal> {
         if self.may_resend(method, headers, maybe_received) {
             None
         } else if self.resend == Resend::ByMethod {
-            Some(NotResent::NotIdempotent)
+            Some(Refusal::NotIdempotent)
         } else {
-            Some(NotResent::PolicyForbids)
+            Some(Refusal::PolicyForbids)
         }
     }
 
@@ -430,6 +430,23 @@ impl RetryPolicy {
 
     pub(crate) fn throttle_limits(&self) -> (u32, Duration) {
         (self.throttle_retries, self.max_throttle_delay)
+    }
+}
+
+/// Why a policy refuses a re-send: the [`NotResent`] reasons a policy gives, in one byte
+/// (every routed call keeps two of these).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Refusal {
+    NotIdempotent,
+    PolicyForbids,
+}
+
+impl From<Refusal> for NotResent {
+    fn from(refusal: Refusal) -> Self {
+        match refusal {
+            Refusal::NotIdempotent => NotResent::NotIdempotent,
+            Refusal::PolicyForbids => NotResent::PolicyForbids,
+        }
     }
 }
 

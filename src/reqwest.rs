@@ -227,9 +227,12 @@ where
         *head.headers_mut() = request.headers().clone();
         *head.extensions_mut() = std::mem::take(extensions);
         let (mut parts, ()) = head.into_parts();
-        let plan = self.shared.plan(&mut parts);
+        let is_empty = request
+            .body()
+            .is_none_or(|b| b.as_bytes().is_some_and(<[u8]>::is_empty));
+        let plan = self.shared.plan(&mut parts, is_empty);
         *extensions = std::mem::take(&mut parts.extensions);
-        let Some(plan) = plan else {
+        let Some((plan, body_plan)) = plan else {
             return next.run(request, extensions).await;
         };
         match reqwest::Url::parse(&parts.uri.to_string()) {
@@ -242,10 +245,7 @@ where
         *request.headers_mut() = parts.headers;
 
         let body = request.body_mut().take();
-        let is_empty = body
-            .as_ref()
-            .is_none_or(|b| b.as_bytes().is_some_and(<[u8]>::is_empty));
-        let resend_body = match self.shared.body_plan(&plan, is_empty) {
+        let resend_body = match body_plan {
             BodyPlan::Record(cap) => {
                 let (first, handle) = ReplayBody::recorded(body.unwrap_or_default(), cap);
                 *request.body_mut() = Some(reqwest::Body::wrap(first));

@@ -247,13 +247,13 @@ where
             let _ = self.core.spare.set(Mutex::new(self.inner.clone()));
         }
         let (mut parts, body) = request.into_parts();
-        let Some(plan) = self.shared.plan(&mut parts) else {
+        let Some((plan, body_plan)) = self.shared.plan(&mut parts, body.is_end_stream()) else {
             let future = self
                 .inner
                 .call(Request::from_parts(parts, ReplayBody::plain(body)));
             return ResponseFuture::passthrough(future);
         };
-        let (body, resend_body) = match self.shared.body_plan(&plan, body.is_end_stream()) {
+        let (body, resend_body) = match body_plan {
             BodyPlan::Record(cap) => {
                 let (body, handle) = ReplayBody::recorded(body, cap);
                 (body, Ok(ResendBody::Recorded(handle)))
