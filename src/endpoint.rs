@@ -541,8 +541,8 @@ impl Endpoints {
     ///
     /// Every request through the layer pays for this, routed or not, so the common cases are
     /// settled before the full parse: a URI built from the configured URL is one string
-    /// comparison, and a host that is not a prefix of the authority is refused on its first
-    /// differing byte.
+    /// comparison, and an authority that does not end with an endpoint's host is refused
+    /// after a short backward scan.
     pub(crate) fn locate(&self, uri: &Uri) -> Option<(Side, bool)> {
         // A URI without a scheme (authority-form) names no endpoint; see `Endpoint::matches`.
         let (scheme, authority) = (uri.scheme()?, uri.authority()?);
@@ -553,16 +553,30 @@ impl Endpoints {
         if alternate.is_some_and(|a| a.spelled_by(scheme, authority)) {
             return Some((Side::Alternate, true));
         }
-        // Any other spelling of an endpoint starts with its host (in any letter case), unless
-        // it carries user information or is an IP literal, which only the full parse handles.
-        let text = authority.as_str();
-        let plain = !text.starts_with('[') && !text.contains('@');
+        // Any other spelling of an endpoint ends with its host (in any letter case), before an
+        // optional trailing dot and port, and after the start or user information's `@`. An
+        // IP literal (`[..]`) may be spelled many ways: only the full parse compares those.
+        let text = authority.as_str().as_bytes();
+        let mut end = text.len();
+        while end > 0 && text[end - 1].is_ascii_digit() {
+            end -= 1;
+        }
+        end = match end.checked_sub(1) {
+            Some(colon) if text[colon] == b':' => colon,
+            _ => text.len(),
+        };
+        if end > 0 && text[end - 1] == b'.' {
+            end -= 1;
+        }
+        let named_part = &text[..end];
+        let literal = named_part.last() == Some(&b']');
         let may_name = |endpoint: &Endpoint| {
-            !plain
-                || text
-                    .as_bytes()
-                    .get(..endpoint.host.len())
-                    .is_some_and(|start| start.eq_ignore_ascii_case(endpoint.host.as_bytes()))
+            let host = endpoint.host.as_bytes();
+            literal
+                || named_part.len() >= host.len() && {
+                    let (before, tail) = named_part.split_at(named_part.len() - host.len());
+                    tail.eq_ignore_ascii_case(host) && before.last().is_none_or(|&b| b == b'@')
+                }
         };
         let primary_may = may_name(&self.primary);
         let alternate = alternate.filter(|a| may_name(a));
@@ -730,6 +744,15 @@ mod tests {
             "http://contoso.api.crm.dynamics.com/x",
             "https://user:pw@contoso.api.crm.dynamics.com/x",
             "https://contoso.api.crm.dynamics.com.evil.example/x",
+            "https://xcontoso.api.crm.dynamics.com/x",
+            "https://x.contoso.api.crm.dynamics.com/x",
+            "https://contoso.api.crm.dynamics.com:/x",
+            "https://contoso.api.crm.dynamics.com.:443/x",
+            "https://a@b@contoso.api.crm.dynamics.com:443/x",
+            "https://evil.example@contoso.api.crm.dynamics.com/x",
+            "https://contoso.api.crm.dynamics.com@evil.example/x",
+            "https://contoso.api.crm.dynamics.com:99999/x",
+            "http://[::1]/",
             "https://contoso.api.crm.dynamics.co/x",
             "https://fabrikam.api.crm.dynamics.com/x",
             "https://Contoso.crm4.dynamics.com:8443/",
