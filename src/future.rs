@@ -29,6 +29,8 @@ use crate::state::Shared;
 pub(crate) enum ResendBody<B> {
     Empty,
     Recorded(ReplayHandle<B>),
+    // The body was whole in memory: each re-send clones it.
+    Whole(bytes::Bytes),
 }
 
 /// A request head kept for re-sends. Each re-send clones it and points it at a side; both
@@ -91,6 +93,7 @@ impl<B> ResendTemplate<B> {
         let body = match &self.body {
             ResendBody::Empty => ReplayBody::empty(),
             ResendBody::Recorded(handle) => handle.replay()?,
+            ResendBody::Whole(bytes) => ReplayBody::whole(bytes.clone()),
         };
         let parts = self.head.parts_for(&core.shared, side);
         Ok((service, Request::from_parts(parts, body)))

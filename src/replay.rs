@@ -57,6 +57,9 @@ enum Kind<B> {
     // A re-send of a request whose body was empty: nothing to keep either.
     Empty,
     Recorded(Attempt<B>),
+    // A body that was whole in memory (see `take_whole`): its one chunk, until yielded. The
+    // re-send template keeps a clone of the same `Bytes`, so no recording is needed.
+    Whole(Option<Bytes>),
 }
 
 /// One attempt's hold on the shared recording.
@@ -317,7 +320,37 @@ impl<B> ReplayBody<B> {
     /// assert!(!ReplayBody::plain(Full::new(Bytes::from_static(b"hello"))).is_recorded());
     /// ```
     pub fn is_recorded(&self) -> bool {
-        matches!(self.kind, Kind::Recorded(_))
+        matches!(self.kind, Kind::Recorded(_) | Kind::Whole(_))
+    }
+
+    /// A body of exactly these bytes, for a body kept whole (see [`take_whole`]).
+    pub(crate) fn whole(bytes: Bytes) -> Self {
+        ReplayBody {
+            kind: Kind::Whole(Some(bytes)),
+        }
+    }
+}
+
+/// Takes a body that is already whole in memory out of `body`, without copying: a
+/// `Full<Bytes>` (the body type hyper clients are usually given) of at most `cap` bytes.
+/// A re-send then clones the `Bytes`, so the call needs no recording: no shared slot, no lock,
+/// and a re-send works even while the first attempt still holds its body. `None` leaves
+/// `body` untouched.
+pub(crate) fn take_whole<B: Body + 'static>(body: &mut B, cap: usize) -> Option<Bytes> {
+    let full = (body as &mut dyn std::any::Any).downcast_mut::<http_body_util::Full<Bytes>>()?;
+    // The cap bounds what a call keeps; a larger body takes the recorded path, which keeps
+    // nothing past the cap.
+    if full.size_hint().exact()? > cap as u64 {
+        return None;
+    }
+    // A `Full` answers at once, with its one data frame or with nothing; it never waits, so
+    // a waker that does nothing is enough.
+    let mut cx = Context::from_waker(std::task::Waker::noop());
+    match Pin::new(full).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().ok(),
+        Poll::Ready(None) => Some(Bytes::new()),
+        Poll::Ready(Some(Err(never))) => match never {},
+        Poll::Pending => None,
     }
 }
 
@@ -382,6 +415,7 @@ impl<B> fmt::Debug for ReplayBody<B> {
             Kind::Plain(_) => "plain",
             Kind::Empty => "empty",
             Kind::Recorded(_) => "recorded",
+            Kind::Whole(_) => "whole",
         };
         f.debug_struct("ReplayBody").field("kind", &kind).finish()
     }
@@ -410,6 +444,7 @@ where
                     .expect("an attempt owns its recording until it is dropped");
                 poll_recorded(recording, cx)
             }
+            Kind::Whole(bytes) => Poll::Ready(bytes.take().map(|bytes| Ok(Frame::data(bytes)))),
         }
     }
 
@@ -417,6 +452,7 @@ where
         match &self.kind {
             Kind::Plain(body) => body.is_end_stream(),
             Kind::Empty => true,
+            Kind::Whole(bytes) => bytes.is_none(),
             Kind::Recorded(attempt) => match &attempt.recording {
                 Some(r) => {
                     r.cursor >= r.chunks.len()
@@ -435,6 +471,7 @@ where
         match &self.kind {
             Kind::Plain(body) => body.size_hint(),
             Kind::Empty => SizeHint::with_exact(0),
+            Kind::Whole(bytes) => SizeHint::with_exact(bytes.as_ref().map_or(0, |b| b.len() as u64)),
             Kind::Recorded(attempt) => match &attempt.recording {
                 Some(r) => {
                     let kept = (r.recorded_len - r.yielded_len.min(r.recorded_len)) as u64;

@@ -176,6 +176,7 @@ impl Template {
         let body = match &self.body {
             Ok(ResendBody::Empty) => None,
             Ok(ResendBody::Recorded(handle)) => Some(reqwest::Body::wrap(handle.replay()?)),
+            Ok(ResendBody::Whole(bytes)) => Some(reqwest::Body::from(bytes.clone())),
             Err(reason) => return Err(*reason),
         };
         let parts = self.head.parts_for(shared, side);

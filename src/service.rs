@@ -15,7 +15,7 @@ use crate::engine::{BodyPlan, CallState};
 use crate::error::{AttemptError, BoxError, FailoverError, FailoverErrorKind};
 use crate::failback::prober;
 use crate::future::{HeadTemplate, ResendBody, ResendTemplate, ResponseFuture};
-use crate::replay::ReplayBody;
+use crate::replay::{take_whole, ReplayBody};
 use crate::state::{FailoverHandle, Shared};
 
 /// An HTTP service with failover; made by [`FailoverLayer`](crate::FailoverLayer).
@@ -246,7 +246,7 @@ where
                 .offer_prober(|| prober(self.inner.clone(), self.core.classifier.clone()));
             let _ = self.core.spare.set(Mutex::new(self.inner.clone()));
         }
-        let (mut parts, body) = request.into_parts();
+        let (mut parts, mut body) = request.into_parts();
         let Some((plan, body_plan)) = self.shared.plan(&mut parts, body.is_end_stream()) else {
             let future = self
                 .inner
@@ -254,10 +254,14 @@ where
             return ResponseFuture::passthrough(future);
         };
         let (body, resend_body) = match body_plan {
-            BodyPlan::Record(cap) => {
-                let (body, handle) = ReplayBody::recorded(body, cap);
-                (body, Ok(ResendBody::Recorded(handle)))
-            }
+            BodyPlan::Record(cap) => match take_whole(&mut body, cap) {
+                // Already whole in memory: keep a clone of it, nothing to record.
+                Some(bytes) => (ReplayBody::whole(bytes.clone()), Ok(ResendBody::Whole(bytes))),
+                None => {
+                    let (body, handle) = ReplayBody::recorded(body, cap);
+                    (body, Ok(ResendBody::Recorded(handle)))
+                }
+            },
             BodyPlan::Empty => (ReplayBody::plain(body), Ok(ResendBody::Empty)),
             BodyPlan::Unkept(reason) => (ReplayBody::plain(body), Err(reason)),
         };
