@@ -566,6 +566,29 @@ mod tests {
     use super::*;
     use http_body_util::{BodyExt, Full, StreamBody};
 
+    #[test]
+    fn only_a_full_body_within_the_cap_is_taken_whole() {
+        let mut full = Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(take_whole(&mut full, 10), Some(Bytes::from_static(b"0123456789")));
+        assert!(full.is_end_stream());
+
+        // Over the cap: left as it was, for the recorded path.
+        let mut big = Full::new(Bytes::from_static(b"0123456789"));
+        assert_eq!(take_whole(&mut big, 9), None);
+        assert_eq!(big.size_hint().exact(), Some(10));
+
+        // Any other body type: left as it was.
+        let mut text = String::from("hello");
+        assert_eq!(take_whole(&mut text, 1024), None);
+        assert_eq!(text, "hello");
+
+        let whole = ReplayBody::<Full<Bytes>>::whole(Bytes::from_static(b"abc"));
+        assert!(whole.is_recorded());
+        assert_eq!(whole.size_hint().exact(), Some(3));
+        let collected = block_on(whole.collect()).unwrap().to_bytes();
+        assert_eq!(collected, Bytes::from_static(b"abc"));
+    }
+
     fn block_on<F: std::future::Future>(f: F) -> F::Output {
         tokio::runtime::Builder::new_current_thread()
             .build()

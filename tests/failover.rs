@@ -633,6 +633,53 @@ async fn early_503_then_close_never_panics_nor_sends_a_partial_body() {
     .await
 }
 
+#[tokio::test]
+async fn a_whole_body_is_re_sent_even_while_the_first_attempt_still_holds_it() {
+    within(10, async {
+        // hyper lets go of a `Full` body as soon as it has its one frame, so no real client
+        // shows this; an inner service stands in that keeps the first request's body and
+        // answers 503. A streamed body would be refused (`BodyInUse`, above); a `Full` within
+        // the cap is kept whole by the layer, so its re-send does not need that body back.
+        let kept = Arc::new(Mutex::new(Vec::new()));
+        let got = Arc::new(Mutex::new(Vec::new()));
+        let (keep, seen) = (kept.clone(), got.clone());
+        let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+            let (keep, seen) = (keep.clone(), seen.clone());
+            async move {
+                if request.uri().host() == Some(PRIMARY_HOST) {
+                    keep.lock().unwrap().push(request);
+                    return Ok::<_, Infallible>(
+                        Response::builder()
+                            .status(503)
+                            .body(Full::new(Bytes::new()))
+                            .unwrap(),
+                    );
+                }
+                let body = request.into_body().collect().await.unwrap().to_bytes();
+                seen.lock().unwrap().push(body);
+                Ok(Response::new(Full::new(Bytes::new())))
+            }
+        });
+        let (layer, handle, _) = counted_layer(|b| b);
+        let svc = tower::Layer::layer(&layer, inner);
+        let payload = Bytes::from(vec![7u8; 4096]);
+        let put = Request::put(format!("{PRIMARY_URL}/api/data/v9.2/accounts(1)"))
+            .body(Full::new(payload.clone()))
+            .unwrap();
+
+        let response = ok(svc.oneshot(put).await);
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(handle.active(), Side::Alternate);
+        assert_eq!(
+            kept.lock().unwrap().len(),
+            1,
+            "the primary's request is still held"
+        );
+        assert_eq!(*got.lock().unwrap(), [payload]);
+    })
+    .await
+}
+
 // ---------------------------------------------------------------------------------------------
 // Whether a call may be sent again
 // ---------------------------------------------------------------------------------------------
