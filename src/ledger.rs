@@ -15,12 +15,13 @@
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::{Mutex, PoisonError};
-use std::time::{Duration, Instant, SystemTime};
+use std::time::{Duration, SystemTime};
 
 use http::header::HeaderName;
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderValue, Method};
 
+use crate::coarse_clock::{Tick, SLACK};
 use crate::endpoint::{Endpoint, Side};
 
 /// The default replication window: acknowledged writes younger than this are reported.
@@ -174,9 +175,9 @@ pub struct WriteRecord {
     /// The side that may hold it: where it was sent first, unless that attempt provably was not
     /// processed (refused at connect, say) and the write was re-sent on the other side.
     pub side: Side,
-    /// When it was sent.
+    /// When it was sent (to the ledger clock's step of 1–10 ms: see the crate's README).
     pub sent_at: SystemTime,
-    /// When it was acknowledged, if it was.
+    /// When it was acknowledged, if it was (to the same step).
     pub acknowledged_at: Option<SystemTime>,
     /// What became of it.
     pub outcome: WriteOutcome,
@@ -351,8 +352,9 @@ struct Entry {
     path: Option<PathAndQuery>,
     key: Option<Key>,
     side: Side,
-    sent: Instant,
-    acknowledged: Option<Instant>,
+    // Coarse readings (see `coarse_clock`): two per write, so they must be cheap.
+    sent: Tick,
+    acknowledged: Option<Tick>,
     outcome: WriteOutcome,
 }
 
@@ -385,7 +387,7 @@ impl Book {
 
 pub(crate) struct Ledger {
     // One clock reading pair; wall-clock times in reports are derived from it.
-    anchor: (Instant, SystemTime),
+    anchor: (Tick, SystemTime),
     config: LedgerConfig,
     book: Mutex<Book>,
 }
@@ -397,7 +399,7 @@ pub(crate) struct WriteId(u64);
 impl Ledger {
     pub(crate) fn new(config: LedgerConfig) -> Self {
         Ledger {
-            anchor: (Instant::now(), SystemTime::now()),
+            anchor: (Tick::now(), SystemTime::now()),
             config,
             book: Mutex::new(Book {
                 entries: VecDeque::new(),
@@ -407,10 +409,17 @@ impl Ledger {
         }
     }
 
-    /// The wall-clock time of `at`. A write reads the clock once (an `Instant`, ~25 ns); the
+    /// The wall-clock time of `at`. A write reads only the coarse monotonic clock; the
     /// `SystemTime` a report shows is derived from one reading taken when the ledger was made.
-    fn wall_clock(&self, at: Instant) -> SystemTime {
-        self.anchor.1 + at.saturating_duration_since(self.anchor.0)
+    fn wall_clock(&self, at: Tick) -> SystemTime {
+        self.anchor.1 + at.saturating_since(self.anchor.0)
+    }
+
+    /// Whether a write settled at `at` is still within the replication window at `now`. The
+    /// coarse clock may trail by up to `SLACK`: the window is widened by as much, so a write
+    /// is kept and reported longer, never shorter.
+    fn within_window(&self, now: Tick, at: Tick) -> bool {
+        now.saturating_since(at) <= self.config.window.saturating_add(SLACK)
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
@@ -433,7 +442,7 @@ impl Ledger {
             .and_then(|name| headers.get(name))
             .map(|v| Key::Header(v.clone()))
             .or_else(|| extensions.get::<WriteKey>().map(|k| Key::App(k.0.clone())));
-        let now = Instant::now();
+        let now = Tick::now();
         let mut book = self.book();
         self.prune(&mut book, now);
         // Make room for this one: the oldest go first, counted.
@@ -463,7 +472,7 @@ impl Ledger {
             let entry = &mut book.entries[i];
             entry.outcome = outcome;
             if outcome == WriteOutcome::Acknowledged || outcome == WriteOutcome::ResentOnAlternate {
-                entry.acknowledged = Some(Instant::now());
+                entry.acknowledged = Some(Tick::now());
             }
         }
     }
@@ -485,10 +494,10 @@ impl Ledger {
     }
 
     /// Drops settled entries older than the window.
-    fn prune(&self, book: &mut Book, now: Instant) {
+    fn prune(&self, book: &mut Book, now: Tick) {
         while let Some(front) = book.entries.front() {
             let expired = front.outcome != WriteOutcome::InFlight
-                && now.duration_since(front.acknowledged.unwrap_or(front.sent)) > self.config.window;
+                && !self.within_window(now, front.acknowledged.unwrap_or(front.sent));
             if expired {
                 book.entries.pop_front();
             } else {
@@ -504,7 +513,7 @@ impl Ledger {
         from_endpoint: Endpoint,
         to_endpoint: Endpoint,
     ) -> DataLossReport {
-        let now = Instant::now();
+        let now = Tick::now();
         let mut book = self.book();
         self.prune(&mut book, now);
         let mut acknowledged = Vec::new();
@@ -512,9 +521,7 @@ impl Ledger {
         for entry in book.entries.iter().filter(|e| e.side == from) {
             match entry.outcome {
                 WriteOutcome::Acknowledged => {
-                    let within = entry
-                        .acknowledged
-                        .is_some_and(|at| now.duration_since(at) <= self.config.window);
+                    let within = entry.acknowledged.is_some_and(|at| self.within_window(now, at));
                     if within {
                         acknowledged.push(self.record(entry));
                     }
@@ -643,7 +650,8 @@ mod tests {
         let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
         assert_eq!(report.dropped, 7);
         assert_eq!(report.acknowledged.len(), 5);
-        std::thread::sleep(Duration::from_millis(80));
+        // The window, its slack for the coarse clock, and a tick of margin.
+        std::thread::sleep(Duration::from_millis(50) + SLACK + Duration::from_millis(40));
         let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
         assert_eq!(report.acknowledged.len(), 0, "outside the window");
         assert_eq!(report.dropped, 0, "counted once");

@@ -94,6 +94,7 @@
 mod body;
 mod budget;
 mod classify;
+mod coarse_clock;
 mod counters;
 mod endpoint;
 mod engine;
