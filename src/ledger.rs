@@ -445,9 +445,12 @@ impl Ledger {
         let now = Tick::now();
         let mut book = self.book();
         self.prune(&mut book, now);
-        // Make room for this one: the oldest go first, counted.
+        // Make room for this one: the oldest goes first, counted. It is dropped after the lock
+        // is released: dropping it may free the old request's buffers, cold in the cache, and
+        // other calls wait on this lock.
+        let mut evicted = None;
         while book.entries.len() >= self.config.capacity.max(1) {
-            book.entries.pop_front();
+            evicted = book.entries.pop_front();
             book.dropped += 1;
         }
         let id = book.next_id;
@@ -462,6 +465,8 @@ impl Ledger {
             acknowledged: None,
             outcome: WriteOutcome::InFlight,
         });
+        drop(book);
+        drop(evicted);
         WriteId(id)
     }
 
