@@ -541,8 +541,8 @@ impl Endpoints {
     ///
     /// Every request through the layer pays for this, routed or not, so the common cases are
     /// settled before the full parse: a URI built from the configured URL is one string
-    /// comparison, and an authority that does not end with an endpoint's host is refused
-    /// after a short backward scan.
+    /// comparison, and a plain authority (no user information, no IP literal) that does not
+    /// start with an endpoint's host is refused at its first differing byte.
     pub(crate) fn locate(&self, uri: &Uri) -> Option<(Side, bool)> {
         // A URI without a scheme (authority-form) names no endpoint; see `Endpoint::matches`.
         let (scheme, authority) = (uri.scheme()?, uri.authority()?);
@@ -553,30 +553,21 @@ impl Endpoints {
         if alternate.is_some_and(|a| a.spelled_by(scheme, authority)) {
             return Some((Side::Alternate, true));
         }
-        // Any other spelling of an endpoint ends with its host (in any letter case), before an
-        // optional trailing dot and port, and after the start or user information's `@`. An
-        // IP literal (`[..]`) may be spelled many ways: only the full parse compares those.
+        // Without user information and an IP literal, the host is the authority up to its
+        // first ':' (what `host_and_port` finds), so any other spelling of an endpoint starts
+        // with its host (in any letter case), then ends or goes on with '.' or ':'. Other
+        // authorities are left to the full parse.
         let text = authority.as_str().as_bytes();
-        let mut end = text.len();
-        while end > 0 && text[end - 1].is_ascii_digit() {
-            end -= 1;
-        }
-        end = match end.checked_sub(1) {
-            Some(colon) if text[colon] == b':' => colon,
-            _ => text.len(),
-        };
-        if end > 0 && text[end - 1] == b'.' {
-            end -= 1;
-        }
-        let named_part = &text[..end];
-        let literal = named_part.last() == Some(&b']');
+        // No early exit, so the compiler checks 16 bytes at a time.
+        let has_user_info = text.iter().fold(false, |seen, &b| seen | (b == b'@'));
+        let plain = !has_user_info && text.first() != Some(&b'[');
         let may_name = |endpoint: &Endpoint| {
             let host = endpoint.host.as_bytes();
-            literal
-                || named_part.len() >= host.len() && {
-                    let (before, tail) = named_part.split_at(named_part.len() - host.len());
-                    tail.eq_ignore_ascii_case(host) && before.last().is_none_or(|&b| b == b'@')
-                }
+            !plain
+                || text
+                    .get(..host.len())
+                    .is_some_and(|start| start.eq_ignore_ascii_case(host))
+                    && matches!(text.get(host.len()), None | Some(b':' | b'.'))
         };
         let primary_may = may_name(&self.primary);
         let alternate = alternate.filter(|a| may_name(a));
@@ -752,7 +743,17 @@ mod tests {
             "https://evil.example@contoso.api.crm.dynamics.com/x",
             "https://contoso.api.crm.dynamics.com@evil.example/x",
             "https://contoso.api.crm.dynamics.com:99999/x",
+            "https://contoso.api.crm.dynamics.com:+443/x",
+            "https://contoso.api.crm.dynamics.com:abc/x",
+            "https://contoso.api.crm.dynamics.com:-1/x",
+            "https://CONTOSO--S.api.crm.dynamics.com.:+443/x",
+            "https://contoso.api.crm.dynamics.comx/x",
             "http://[::1]/",
+            "http://[::1]x/",
+            "http://[::1]5/",
+            "http://[::1]:+80/",
+            "http://[::1]:+8080/",
+            "http://127.0.0.1:+8080/",
             "https://contoso.api.crm.dynamics.co/x",
             "https://fabrikam.api.crm.dynamics.com/x",
             "https://Contoso.crm4.dynamics.com:8443/",

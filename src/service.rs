@@ -188,14 +188,19 @@ impl<S, C> Failover<S, C> {
     where
         C: Clone,
     {
-        // Re-sends clone a spare taken at the first call: start a new core, so the next call
-        // takes its spare from the service as changed through this reference.
-        if self.core.spare.get().is_some() {
-            self.core = Arc::new(Core {
-                shared: self.shared.clone(),
-                classifier: self.core.classifier.clone(),
-                spare: OnceLock::new(),
-            });
+        // Re-sends clone a spare taken at the first call. This handle's next call must take a
+        // new one from the service as changed through this reference, even if clones that
+        // share the core (and have not changed) make calls first: so the core is this handle's
+        // own from here, with no spare yet.
+        match Arc::get_mut(&mut self.core) {
+            Some(core) => core.spare = OnceLock::new(),
+            None => {
+                self.core = Arc::new(Core {
+                    shared: self.shared.clone(),
+                    classifier: self.core.classifier.clone(),
+                    spare: OnceLock::new(),
+                })
+            }
         }
         &mut self.inner
     }

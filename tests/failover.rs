@@ -1188,3 +1188,39 @@ async fn re_sends_go_through_the_inner_service_as_changed_by_get_mut() {
     })
     .await;
 }
+
+#[tokio::test]
+async fn get_mut_on_one_clone_does_not_take_a_spare_from_another() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let tags = Arc::new(Mutex::new(Vec::new()));
+        let seen = tags.clone();
+        pair.alternate.set(custom(move |received: Received| {
+            let tag = received.head.headers.get("x-client-tag").cloned();
+            seen.lock().unwrap().push(tag);
+            async { reply(200, &[], "alternate") }
+        }));
+        let layer = FailoverLayer::new(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}")).unwrap());
+        let mut changed = tower::Layer::layer(
+            &layer,
+            Tagging {
+                inner: pair.client::<ReplayBody<Full<Bytes>>>(),
+                tag: "v1",
+            },
+        );
+        // A clone made before any call shares the first handle's state.
+        let mut unchanged = changed.clone();
+        changed.get_mut().tag = "v2";
+        // The unchanged clone calls first.
+        ok(tower::Service::call(unchanged.ready().await.unwrap(), get("/first")).await);
+
+        pair.primary.kill().await;
+        ok(tower::Service::call(changed.ready().await.unwrap(), get("/second")).await);
+        // The changed handle's re-send went through its own service, not the clone's.
+        assert_eq!(
+            *tags.lock().unwrap(),
+            [Some(http::HeaderValue::from_static("v2"))]
+        );
+    })
+    .await
+}
