@@ -1153,25 +1153,38 @@ where
     }
 }
 
+/// The tags the alternate has seen, one per request.
+type Tags = Arc<Mutex<Vec<Option<http::HeaderValue>>>>;
+
+/// The real client under the tagging service.
+type TaggedClient = Client<HttpConnector<Resolver>, ReplayBody<Full<Bytes>>>;
+
+/// A pair whose alternate notes each request's tag, and a failover service over a tagging
+/// client, tagged "v1".
+fn tagging_setup(pair: &Pair) -> (Tags, Failover<Tagging<TaggedClient>, DefaultClassifier>) {
+    let tags = Tags::default();
+    let seen = tags.clone();
+    pair.alternate.set(custom(move |received: Received| {
+        let tag = received.head.headers.get("x-client-tag").cloned();
+        seen.lock().unwrap().push(tag);
+        async { reply(200, &[], "alternate") }
+    }));
+    let layer = FailoverLayer::new(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}")).unwrap());
+    let service = tower::Layer::layer(
+        &layer,
+        Tagging {
+            inner: pair.client::<ReplayBody<Full<Bytes>>>(),
+            tag: "v1",
+        },
+    );
+    (tags, service)
+}
+
 #[tokio::test]
 async fn re_sends_go_through_the_inner_service_as_changed_by_get_mut() {
     within(10, async {
         let pair = Pair::start().await;
-        let tags = Arc::new(Mutex::new(Vec::new()));
-        let seen = tags.clone();
-        pair.alternate.set(custom(move |received: Received| {
-            let tag = received.head.headers.get("x-client-tag").cloned();
-            seen.lock().unwrap().push(tag);
-            async { reply(200, &[], "alternate") }
-        }));
-        let layer = FailoverLayer::new(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}")).unwrap());
-        let mut service = tower::Layer::layer(
-            &layer,
-            Tagging {
-                inner: pair.client::<ReplayBody<Full<Bytes>>>(),
-                tag: "v1",
-            },
-        );
+        let (tags, mut service) = tagging_setup(&pair);
         // The first call hands a clone of the inner service over for re-sends.
         ok(tower::Service::call(service.ready().await.unwrap(), get("/first")).await);
 
@@ -1193,21 +1206,7 @@ async fn re_sends_go_through_the_inner_service_as_changed_by_get_mut() {
 async fn get_mut_on_one_clone_does_not_take_a_spare_from_another() {
     within(10, async {
         let pair = Pair::start().await;
-        let tags = Arc::new(Mutex::new(Vec::new()));
-        let seen = tags.clone();
-        pair.alternate.set(custom(move |received: Received| {
-            let tag = received.head.headers.get("x-client-tag").cloned();
-            seen.lock().unwrap().push(tag);
-            async { reply(200, &[], "alternate") }
-        }));
-        let layer = FailoverLayer::new(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}")).unwrap());
-        let mut changed = tower::Layer::layer(
-            &layer,
-            Tagging {
-                inner: pair.client::<ReplayBody<Full<Bytes>>>(),
-                tag: "v1",
-            },
-        );
+        let (tags, mut changed) = tagging_setup(&pair);
         // A clone made before any call shares the first handle's state.
         let mut unchanged = changed.clone();
         changed.get_mut().tag = "v2";
