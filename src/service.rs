@@ -67,7 +67,7 @@ use crate::state::{FailoverHandle, Shared};
 #[derive(Clone)]
 pub struct Failover<S, C> {
     inner: S,
-    shared: Arc<Shared>,
+    // The switch state is `core.shared`.
     core: Arc<Core<S, C>>,
 }
 
@@ -105,11 +105,10 @@ impl<S, C> Failover<S, C> {
         Failover {
             inner,
             core: Arc::new(Core {
-                shared: shared.clone(),
+                shared,
                 classifier,
                 spare: OnceLock::new(),
             }),
-            shared,
         }
     }
 
@@ -130,7 +129,7 @@ impl<S, C> Failover<S, C> {
     /// assert_eq!(layer_handle.generation(), 1);
     /// ```
     pub fn handle(&self) -> FailoverHandle {
-        FailoverHandle::new(self.shared.clone())
+        FailoverHandle::new(self.core.shared.clone())
     }
 
     /// The start-up check: when the primary is down and the alternate healthy, start on the
@@ -171,9 +170,10 @@ impl<S, C> Failover<S, C> {
         ResB: Send + 'static,
         C: Classifier + Clone + Send + Sync + 'static,
     {
-        self.shared
+        self.core
+            .shared
             .offer_prober(|| prober(self.inner.clone(), self.core.classifier.clone()));
-        let shared = self.shared.clone();
+        let shared = self.core.shared.clone();
         async move { shared.startup_check().await }
     }
 
@@ -196,7 +196,7 @@ impl<S, C> Failover<S, C> {
             Some(core) => core.spare = OnceLock::new(),
             None => {
                 self.core = Arc::new(Core {
-                    shared: self.shared.clone(),
+                    shared: self.core.shared.clone(),
                     classifier: self.core.classifier.clone(),
                     spare: OnceLock::new(),
                 })
@@ -213,7 +213,7 @@ where
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Failover")
             .field("inner", &self.inner)
-            .field("endpoints", &self.shared.endpoints)
+            .field("endpoints", &self.core.shared.endpoints)
             .finish_non_exhaustive()
     }
 }
@@ -247,12 +247,13 @@ where
         // The first call hands clones of the inner service over: to the failback probes and
         // maintenance, and to re-sends. Afterwards this is one atomic load.
         if self.core.spare.get().is_none() {
-            self.shared
+            self.core
+                .shared
                 .offer_prober(|| prober(self.inner.clone(), self.core.classifier.clone()));
             let _ = self.core.spare.set(Mutex::new(self.inner.clone()));
         }
         let (mut parts, mut body) = request.into_parts();
-        let Some((plan, body_plan)) = self.shared.plan(&mut parts, body.is_end_stream()) else {
+        let Some((plan, body_plan)) = self.core.shared.plan(&mut parts, body.is_end_stream()) else {
             let future = self
                 .inner
                 .call(Request::from_parts(parts, ReplayBody::plain(body)));
@@ -275,7 +276,7 @@ where
             head: HeadTemplate::of(&parts),
             body,
         });
-        let call = CallState::new(&self.shared, plan, &parts.method);
+        let call = CallState::new(&self.core.shared, plan, &parts.method);
         let future = self.inner.call(Request::from_parts(parts, body));
         ResponseFuture::routed(future, self.core.clone(), call, resend)
     }
