@@ -348,14 +348,57 @@ impl Default for LedgerConfig {
 struct Entry {
     id: u64,
     method: Method,
-    // Cloning these shares their bytes; the query is cut off only when a report is made.
-    path: Option<PathAndQuery>,
+    // The query is cut off only when a report is made.
+    path: KeptPath,
     key: Option<Key>,
     side: Side,
     // Coarse readings (see `coarse_clock`): two per write, so they must be cheap.
     sent: Tick,
     acknowledged: Option<Tick>,
     outcome: WriteOutcome,
+}
+
+/// A write's path and query as the ledger keeps it. A short one (most are) is copied into the
+/// entry: holding a clone of the request's URI instead would keep the request's whole URI
+/// buffer alive until the entry leaves the ledger, and free it then, cold, on some later
+/// call's path.
+enum KeptPath {
+    Inline { len: u8, bytes: [u8; KeptPath::INLINE] },
+    Shared(PathAndQuery),
+}
+
+impl KeptPath {
+    const INLINE: usize = 62;
+
+    fn of(path: Option<&PathAndQuery>) -> Self {
+        let Some(path) = path else {
+            return KeptPath::Inline {
+                len: 0,
+                bytes: [0; Self::INLINE],
+            };
+        };
+        let text = path.as_str().as_bytes();
+        if text.len() > Self::INLINE {
+            return KeptPath::Shared(path.clone());
+        }
+        let mut bytes = [0; Self::INLINE];
+        bytes[..text.len()].copy_from_slice(text);
+        KeptPath::Inline {
+            // At most `INLINE`, which fits.
+            len: text.len() as u8,
+            bytes,
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            // Copied whole from a `&str`, so it is UTF-8 (a `PathAndQuery` is even ASCII).
+            KeptPath::Inline { len, bytes } => {
+                std::str::from_utf8(&bytes[..usize::from(*len)]).unwrap_or("/")
+            }
+            KeptPath::Shared(path) => path.as_str(),
+        }
+    }
 }
 
 enum Key {
@@ -458,7 +501,7 @@ impl Ledger {
         book.entries.push_back(Entry {
             id,
             method: method.clone(),
-            path: path.cloned(),
+            path: KeptPath::of(path),
             key,
             side,
             sent: now,
@@ -549,11 +592,13 @@ impl Ledger {
     }
 
     fn record(&self, entry: &Entry) -> WriteRecord {
-        let path = match &entry.path {
-            Some(pq) if self.config.record_query => pq.as_str().to_string(),
-            Some(pq) => pq.path().to_string(),
-            None => "/".to_string(),
+        let path_and_query = entry.path.as_str();
+        let path = if self.config.record_query {
+            path_and_query
+        } else {
+            path_and_query.split('?').next().unwrap_or(path_and_query)
         };
+        let path = if path.is_empty() { "/" } else { path }.to_string();
         WriteRecord {
             method: entry.method.clone(),
             path,
@@ -636,6 +681,33 @@ mod tests {
         let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
         assert_eq!(report.acknowledged.len(), 6);
         assert!(report.unknown.is_empty());
+    }
+
+    #[test]
+    fn short_and_long_paths_are_reported_as_sent() {
+        let long = format!("/api/data/v9.2/accounts({})", "0".repeat(80));
+        for record_query in [false, true] {
+            let ledger = Ledger::new(LedgerConfig {
+                record_query,
+                ..LedgerConfig::default()
+            });
+            let (h, x) = (HeaderMap::new(), http::Extensions::new());
+            for path in ["/accounts?$select=name", long.as_str(), "/"] {
+                let pq: PathAndQuery = path.parse().unwrap();
+                let id = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Primary);
+                ledger.settle(id, WriteOutcome::Acknowledged);
+            }
+            let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            ledger.settle(id, WriteOutcome::Acknowledged);
+            let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+            let paths: Vec<&str> = report.acknowledged.iter().map(|w| w.path.as_str()).collect();
+            let first = if record_query {
+                "/accounts?$select=name"
+            } else {
+                "/accounts"
+            };
+            assert_eq!(paths, [first, long.as_str(), "/", "/"]);
+        }
     }
 
     #[test]
