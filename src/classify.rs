@@ -646,13 +646,7 @@ mod tests {
                     respond.send_reset(reason);
                 }
             });
-            let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
-            tokio::spawn(async move {
-                let _ = connection.await;
-            });
-            let request = http::Request::post("http://example.com/").body(()).unwrap();
-            let (response, _body) = client.send_request(request, true).unwrap();
-            response.await.unwrap_err()
+            first_request_error(client_io).await
         }
 
         /// The error a client request gets when the server sends GOAWAY(NO_ERROR) with last
@@ -677,6 +671,11 @@ mod tests {
                 server_io.write_all(&go_away).await.unwrap();
                 let _ = server_io.read(&mut buffer).await;
             });
+            first_request_error(client_io).await
+        }
+
+        /// Sends one request over `client_io` and returns the error it gets.
+        async fn first_request_error(client_io: tokio::io::DuplexStream) -> h2::Error {
             let (mut client, connection) = h2::client::handshake(client_io).await.unwrap();
             tokio::spawn(async move {
                 let _ = connection.await;

@@ -57,6 +57,25 @@ fn service(pair: &Pair, layer: FailoverLayer) -> Svc {
     pair.through(layer)
 }
 
+/// A service over `pair` with `failback`, its handle, and the log of its switches.
+fn logged_service(pair: &Pair, failback: Failback) -> (Svc, tower_failover::FailoverHandle, Log) {
+    let log = Log::default();
+    let layer = log
+        .attach(FailoverLayer::builder(endpoints()).failback(failback))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    (service(pair, layer), handle, log)
+}
+
+/// One call answered by the primary, then the primary killed: the next call is answered by
+/// the alternate.
+async fn fail_over_by_killing_the_primary(pair: &Pair, svc: &mut Svc) {
+    assert_eq!(call_ok(svc, API).await, Side::Primary);
+    pair.primary.kill().await;
+    assert_eq!(call_ok(svc, API).await, Side::Alternate);
+}
+
 /// One GET through the service: the status and the body text.
 async fn call(svc: &mut Svc, path: &str) -> Result<(StatusCode, String), FailoverError> {
     let request = http::Request::get(format!("{PRIMARY_URL}{path}"))
@@ -231,14 +250,8 @@ const API: &str = "/api/data/v9.2/accounts";
 async fn failback_waits_for_min_time_on_alternate_and_healthy_probes() {
     within(15, async {
         let mut pair = Pair::start().await;
-        let log = Log::default();
-        let layer = log
-            .attach(FailoverLayer::builder(endpoints()).failback(quick_failback()))
-            .build()
-            .unwrap();
-        let handle = layer.handle();
+        let (mut svc, handle, log) = logged_service(&pair, quick_failback());
         let mut events = handle.events();
-        let mut svc = service(&pair, layer);
 
         assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
         assert!(!handle.probing(), "nothing to probe while on the primary");
@@ -327,17 +340,8 @@ async fn failback_waits_for_min_time_on_alternate_and_healthy_probes() {
 async fn failback_needs_n_healthy_probes_in_a_row() {
     within(15, async {
         let mut pair = Pair::start().await;
-        let log = Log::default();
-        let layer = log
-            .attach(FailoverLayer::builder(endpoints()).failback(quick_failback()))
-            .build()
-            .unwrap();
-        let handle = layer.handle();
-        let mut svc = service(&pair, layer);
-
-        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
-        pair.primary.kill().await;
-        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        let (mut svc, handle, log) = logged_service(&pair, quick_failback());
+        fail_over_by_killing_the_primary(&pair, &mut svc).await;
         let switched = log.switches()[0].at;
 
         // Down for well past the minimum time: every probe fails, nothing moves.
@@ -382,17 +386,8 @@ async fn failback_needs_n_healthy_probes_in_a_row() {
 async fn a_failed_probe_resets_the_count() {
     within(15, async {
         let mut pair = Pair::start().await;
-        let log = Log::default();
-        let layer = log
-            .attach(FailoverLayer::builder(endpoints()).failback(quick_failback()))
-            .build()
-            .unwrap();
-        let handle = layer.handle();
-        let mut svc = service(&pair, layer);
-
-        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
-        pair.primary.kill().await;
-        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        let (mut svc, handle, log) = logged_service(&pair, quick_failback());
+        fail_over_by_killing_the_primary(&pair, &mut svc).await;
         pair.restart_primary().await;
         pair.primary.set(alternating_unavailable());
 
@@ -461,20 +456,11 @@ fn most_failbacks(span: Duration, hold: Duration, max_hold: Duration) -> u64 {
 async fn flap_damping_bounds_the_switches() {
     within(20, async {
         let mut pair = Pair::start().await;
-        let log = Log::default();
-        let failback = Failback::new()
+        let failback = quick_failback()
             .interval(ms(30))
-            .jitter_percent(JITTER)
             .min_time_on_alternate(ms(100))
-            .healthy_probes(2)
-            .probe_timeout(PROBE_TIMEOUT)
-            .hold(HOLD, MAX_HOLD);
-        let layer = log
-            .attach(FailoverLayer::builder(endpoints()).failback(failback))
-            .build()
-            .unwrap();
-        let handle = layer.handle();
-        let mut svc = service(&pair, layer);
+            .healthy_probes(2);
+        let (mut svc, handle, log) = logged_service(&pair, failback);
         assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
 
         let stop = Arc::new(AtomicBool::new(false));
@@ -631,20 +617,7 @@ struct Traced {
 async fn maintenance_window_moves_calls_without_errors() {
     within(15, async {
         let mut pair = Pair::start().await;
-        let log = Log::default();
-        let failback = Failback::new()
-            .interval(INTERVAL)
-            .jitter_percent(JITTER)
-            .min_time_on_alternate(MIN_TIME)
-            .healthy_probes(2)
-            .probe_timeout(PROBE_TIMEOUT)
-            .hold(HOLD, MAX_HOLD);
-        let layer = log
-            .attach(FailoverLayer::builder(endpoints()).failback(failback))
-            .build()
-            .unwrap();
-        let handle = layer.handle();
-        let mut svc = service(&pair, layer);
+        let (mut svc, handle, log) = logged_service(&pair, quick_failback().healthy_probes(2));
         assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
 
         let stop = Arc::new(AtomicBool::new(false));

@@ -11,14 +11,14 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use http::{Request, Response};
-use http_body_util::{BodyExt, Full};
+use http_body_util::Full;
 use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::{TokioExecutor, TokioIo};
 use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
-use support::{within, Resolver, ALTERNATE_HOST, PRIMARY_HOST};
+use support::{send_ok, within, Resolver, ALTERNATE_HOST, PRIMARY_HOST};
 use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, ReplayBody, Side};
@@ -138,11 +138,6 @@ fn https_client(pki: &TestPki, resolver: &Resolver) -> HttpsClient {
     Client::builder(TokioExecutor::new()).build(https)
 }
 
-async fn body_text(response: Response<tower_failover::ResponseBody<Incoming>>) -> String {
-    let bytes = response.into_body().collect().await.unwrap().to_bytes();
-    String::from_utf8_lossy(&bytes).into_owned()
-}
-
 fn get(path: &str) -> Request<Full<Bytes>> {
     Request::get(format!("https://{PRIMARY_HOST}{path}"))
         .body(Full::new(Bytes::new()))
@@ -161,20 +156,11 @@ async fn after_the_switch_the_client_verifies_the_alternate_by_its_own_name() {
 
         let layer = FailoverLayer::new(Endpoints::dynamics(&format!("https://{PRIMARY_HOST}")).unwrap());
         let handle = layer.handle();
-        let mut service = ServiceBuilder::new()
+        let service = ServiceBuilder::new()
             .layer(layer)
             .service(https_client(&pki, &resolver));
 
-        let first = body_text(
-            service
-                .ready()
-                .await
-                .unwrap()
-                .call(get("/api/data/v9.2/WhoAmI"))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let first = send_ok(&service, get("/api/data/v9.2/WhoAmI")).await;
         assert!(
             first.contains(&format!(r#""server":"{PRIMARY_HOST}""#)),
             "{first}"
@@ -182,16 +168,7 @@ async fn after_the_switch_the_client_verifies_the_alternate_by_its_own_name() {
         assert!(first.contains(&format!(r#""sni":"{PRIMARY_HOST}""#)), "{first}");
 
         primary.kill();
-        let second = body_text(
-            service
-                .ready()
-                .await
-                .unwrap()
-                .call(get("/api/data/v9.2/WhoAmI"))
-                .await
-                .unwrap(),
-        )
-        .await;
+        let second = send_ok(&service, get("/api/data/v9.2/WhoAmI")).await;
         // The alternate only has its own certificate: this answer proves the handshake used
         // its name and the client verified it against the test root.
         assert!(

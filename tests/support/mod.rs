@@ -132,6 +132,11 @@ impl Server {
         self.seen.lock().unwrap().len()
     }
 
+    /// The method and path of every request seen, in order.
+    pub fn requests(&self) -> Vec<(http::Method, String)> {
+        self.seen().into_iter().map(|s| (s.method, s.path)).collect()
+    }
+
     /// Makes a real outage: closes the listener (new connections are refused) and drops every
     /// open connection (requests in flight are cut off).
     pub async fn kill(&self) {
