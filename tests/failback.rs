@@ -68,6 +68,13 @@ fn logged_service(pair: &Pair, failback: Failback) -> (Svc, tower_failover::Fail
     (service(pair, layer), handle, log)
 }
 
+/// A service over `pair` with the default layer (no failback), and its handle.
+fn plain_service(pair: &Pair) -> (Svc, tower_failover::FailoverHandle) {
+    let layer = FailoverLayer::builder(endpoints()).build().unwrap();
+    let handle = layer.handle();
+    (service(pair, layer), handle)
+}
+
 /// One call answered by the primary, then the primary killed: the next call is answered by
 /// the alternate.
 async fn fail_over_by_killing_the_primary(pair: &Pair, svc: &mut Svc) {
@@ -738,10 +745,8 @@ async fn startup_check_starts_on_alternate_when_primary_is_down() {
     within(10, async {
         let pair = Pair::start().await;
         pair.primary.kill().await;
-        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
-        let handle = layer.handle();
+        let (mut svc, handle) = plain_service(&pair);
         let mut events = handle.events();
-        let mut svc = service(&pair, layer);
 
         assert_eq!(svc.check_startup::<ReqBody, _>().await, Side::Alternate);
         assert_eq!(
@@ -774,10 +779,8 @@ async fn startup_check_starts_on_alternate_when_primary_is_down() {
 async fn startup_check_stays_on_healthy_primary() {
     within(10, async {
         let pair = Pair::start().await;
-        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
-        let handle = layer.handle();
+        let (mut svc, handle) = plain_service(&pair);
         let mut events = handle.events();
-        let mut svc = service(&pair, layer);
 
         assert_eq!(svc.check_startup::<ReqBody, _>().await, Side::Primary);
         assert_no_event(&mut events);
@@ -797,10 +800,8 @@ async fn startup_check_stays_on_primary_when_both_are_down() {
         let pair = Pair::start().await;
         pair.primary.kill().await;
         pair.alternate.kill().await;
-        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
-        let handle = layer.handle();
+        let (svc, handle) = plain_service(&pair);
         let mut events = handle.events();
-        let svc = service(&pair, layer);
 
         assert_eq!(svc.check_startup::<ReqBody, _>().await, Side::Primary);
         assert_no_event(&mut events);
@@ -876,10 +877,8 @@ async fn dropping_everything_stops_the_probe_task() {
 async fn endpoint_state_after_a_failover() {
     within(10, async {
         let pair = Pair::start().await;
-        let layer = FailoverLayer::builder(endpoints()).build().unwrap();
-        let handle = layer.handle();
+        let (mut svc, handle) = plain_service(&pair);
         let mut watch = handle.subscribe();
-        let mut svc = service(&pair, layer);
 
         let state = handle.state();
         assert_eq!(
