@@ -14,7 +14,7 @@ use crate::classify::DefaultClassifier;
 use crate::endpoint::Endpoints;
 use crate::error::ConfigError;
 use crate::failback::Failback;
-use crate::ledger::{Ledger, LedgerConfig};
+use crate::ledger::{Ledger, LedgerConfig, MAX_LEDGER_CAPACITY};
 use crate::policy::{RetryPolicy, RouteTable};
 use crate::replay::DEFAULT_REPLAY_CAP;
 use crate::service::Failover;
@@ -543,15 +543,17 @@ impl<C> FailoverLayerBuilder<C> {
         self
     }
 
-    /// How many writes the ledger keeps (default 10,000); beyond it the oldest are dropped and
-    /// counted in the next report.
+    /// How many writes the ledger keeps (default 10,000, at most [`MAX_LEDGER_CAPACITY`]);
+    /// beyond it the oldest are dropped and counted in the next report. A write the server
+    /// refused (a 4xx) is not reported, but keeps its place until the writes before it have
+    /// left. Above the limit, [`build`](Self::build) fails.
     ///
     /// ```
     /// use std::convert::Infallible;
     /// use bytes::Bytes;
     /// use http_body_util::Full;
     /// use tower::{Service, ServiceBuilder, ServiceExt};
-    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody};
+    /// use tower_failover::{Endpoints, FailoverLayer, ReplayBody, MAX_LEDGER_CAPACITY};
     ///
     /// # #[tokio::main(flavor = "current_thread")]
     /// # async fn main() {
@@ -559,6 +561,10 @@ impl<C> FailoverLayerBuilder<C> {
     ///     .ledger_capacity(2)
     ///     .build()
     ///     .unwrap();
+    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    ///     .ledger_capacity(MAX_LEDGER_CAPACITY + 1)
+    ///     .build()
+    ///     .is_err());
     /// let handle = layer.handle();
     /// // Both endpoints answer 200.
     /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
@@ -799,6 +805,12 @@ impl<C> FailoverLayerBuilder<C> {
             return Err(ConfigError::new(
                 "ledger_capacity(0) keeps no writes; turn the report off with data_loss_report(false) instead",
             ));
+        }
+        if self.data_loss_report && self.ledger.capacity > MAX_LEDGER_CAPACITY {
+            return Err(ConfigError::new(format!(
+                "ledger_capacity({}) is above the limit of {MAX_LEDGER_CAPACITY} writes; the ledger sets 8 bytes aside per write up front, keep it near the writes you send in one replication window",
+                self.ledger.capacity
+            )));
         }
         if self.replay_cap > MAX_REPLAY_CAP {
             return Err(ConfigError::new(format!(

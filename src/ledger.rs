@@ -9,11 +9,13 @@
 //!   alternate is asynchronous, so the alternate may not have them yet;
 //! * writes whose outcome is unknown: in flight at the switch, or failed after they were sent.
 //!
-//! Reads cost nothing here. A write costs one small record (its method, path, key, times and
-//! outcome: no body), one short lock to add it and one to settle it.
+//! Reads cost nothing here. A write costs one small record (its method, path, key and send
+//! time: no body) added under a short lock, and one atomic word for its fate (outcome, side,
+//! acknowledgement time), settled without the lock.
 
 use std::collections::VecDeque;
 use std::fmt;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, PoisonError};
 use std::time::{Duration, SystemTime};
 
@@ -28,6 +30,10 @@ use crate::endpoint::{Endpoint, Side};
 pub const DEFAULT_REPLICATION_WINDOW: Duration = Duration::from_secs(5 * 60);
 /// The default number of writes the ledger keeps.
 pub const DEFAULT_LEDGER_CAPACITY: usize = 10_000;
+/// The most writes the ledger can be asked to keep. Each place costs 8 bytes up front (the
+/// write's fate, changed without a lock), so at this limit the ledger holds 32 MiB before its
+/// first write.
+pub const MAX_LEDGER_CAPACITY: usize = 1 << 22;
 
 /// A key the application attaches to a request (in its extensions) to name a write in the
 /// data-loss report, when no header carries one.
@@ -177,7 +183,7 @@ pub struct WriteRecord {
     pub side: Side,
     /// When it was sent (to the ledger clock's step of 1–10 ms: see the crate's README).
     pub sent_at: SystemTime,
-    /// When it was acknowledged, if it was (to the same step).
+    /// When it was acknowledged, if it was (rounded up to a step of about 8 ms).
     pub acknowledged_at: Option<SystemTime>,
     /// What became of it.
     pub outcome: WriteOutcome,
@@ -345,17 +351,16 @@ impl Default for LedgerConfig {
     }
 }
 
+/// What the ledger holds of a write that never changes after it is sent. Its fate (outcome,
+/// side, acknowledgement) is kept apart, in [`Fate`] words. An entry's write id is its place
+/// in the book: ids are handed out in order and entries leave only from the front.
 struct Entry {
-    id: u64,
     method: Method,
     // The query is cut off only when a report is made.
     path: KeptPath,
     key: Option<Key>,
-    side: Side,
-    // Coarse readings (see `coarse_clock`): two per write, so they must be cheap.
+    // A coarse reading (see `coarse_clock`): read for every write, so it must be cheap.
     sent: Tick,
-    acknowledged: Option<Tick>,
-    outcome: WriteOutcome,
 }
 
 /// A write's path and query as the ledger keeps it. A short one (most are) is copied into the
@@ -408,31 +413,134 @@ enum Key {
 
 struct Book {
     entries: VecDeque<Entry>,
+    // The id the next write gets; the front entry's id is `next_id - entries.len()`.
     next_id: u64,
     dropped: u64,
 }
 
-impl Book {
-    /// Where the write `id` is, if the ledger still holds it. Ids are handed out in order and
-    /// entries mostly leave from the front, so a write usually sits exactly `id - front` from
-    /// the front: one probe, rather than a bisection that touches cold entries all over a
-    /// large ledger. Only `forget` leaves gaps; then the entry is found by bisection (ids grow
-    /// with position).
-    fn position(&self, id: WriteId) -> Option<usize> {
-        let front = self.entries.front()?.id;
-        let guess = usize::try_from(id.0.checked_sub(front)?).ok()?;
-        if self.entries.get(guess).is_some_and(|e| e.id == id.0) {
-            return Some(guess);
+/// What has become of a write, packed into one word so that a call can change it with one
+/// atomic compare-and-swap, without the ledger's lock.
+///
+/// Every write is settled on its call's success path. Settling under the lock, as the ledger
+/// first did, cost a second lock round trip per write (and serialised concurrent calls on
+/// it); a write's id already names its slot, so no search is needed either.
+///
+/// From the low bits up:
+///
+/// * 3 bits: the outcome (`Fate::IN_FLIGHT` ...), or `FORGOTTEN` for a write that proved not
+///   applied: it is left out of reports and leaves at the front without being counted as
+///   dropped.
+/// * 1 bit: the side that may hold the write.
+/// * 36 bits: when it was acknowledged, in steps of 2^23 ns (about 8.4 ms) after the
+///   ledger's anchor, rounded up, plus one; zero when it was not. 36 bits of steps last 18
+///   years. Rounding up can only keep a write in the window longer.
+/// * 24 bits: the write's lap, `id >> shift`. Slot `id & mask` is reused by the write `slots`
+///   later; a late settle for a write that was evicted finds another lap there and does
+///   nothing. Laps repeat after 2^24 reuses of a slot (with the minimum of 1,024 slots, 17
+///   billion writes) while that one call is still in flight: not a case that arises.
+#[derive(Clone, Copy, PartialEq, Eq)]
+struct Fate(u64);
+
+impl Fate {
+    const IN_FLIGHT: u64 = 0;
+    const ACKNOWLEDGED: u64 = 1;
+    const UNKNOWN: u64 = 2;
+    const RESENT_ON_ALTERNATE: u64 = 3;
+    const FORGOTTEN: u64 = 4;
+    const OUTCOME_MASK: u64 = 0b111;
+    const SIDE_BIT: u64 = 1 << 3;
+    const ACK_SHIFT: u32 = 4;
+    const ACK_BITS: u32 = 36;
+    const ACK_MASK: u64 = ((1 << Self::ACK_BITS) - 1) << Self::ACK_SHIFT;
+    const LAP_SHIFT: u32 = 40;
+    // One acknowledgement step, as a shift of nanoseconds.
+    const STEP_SHIFT: u32 = 23;
+
+    fn sent(lap: u32, side: Side) -> Fate {
+        Fate((u64::from(lap) << Self::LAP_SHIFT) | Self::side_bit(side) | Self::IN_FLIGHT)
+    }
+
+    fn side_bit(side: Side) -> u64 {
+        match side {
+            Side::Primary => 0,
+            Side::Alternate => Self::SIDE_BIT,
         }
-        self.entries.binary_search_by_key(&id.0, |e| e.id).ok()
+    }
+
+    fn lap(self) -> u32 {
+        (self.0 >> Self::LAP_SHIFT) as u32
+    }
+
+    fn side(self) -> Side {
+        if self.0 & Self::SIDE_BIT == 0 {
+            Side::Primary
+        } else {
+            Side::Alternate
+        }
+    }
+
+    fn code(self) -> u64 {
+        self.0 & Self::OUTCOME_MASK
+    }
+
+    /// The outcome; `None` for a forgotten write.
+    fn outcome(self) -> Option<WriteOutcome> {
+        match self.code() {
+            Self::IN_FLIGHT => Some(WriteOutcome::InFlight),
+            Self::ACKNOWLEDGED => Some(WriteOutcome::Acknowledged),
+            Self::UNKNOWN => Some(WriteOutcome::Unknown),
+            Self::RESENT_ON_ALTERNATE => Some(WriteOutcome::ResentOnAlternate),
+            _ => None,
+        }
+    }
+
+    fn code_of(outcome: WriteOutcome) -> u64 {
+        match outcome {
+            WriteOutcome::InFlight => Self::IN_FLIGHT,
+            WriteOutcome::Acknowledged => Self::ACKNOWLEDGED,
+            WriteOutcome::Unknown => Self::UNKNOWN,
+            WriteOutcome::ResentOnAlternate => Self::RESENT_ON_ALTERNATE,
+        }
+    }
+
+    fn with_code(self, code: u64) -> Fate {
+        Fate((self.0 & !Self::OUTCOME_MASK) | code)
+    }
+
+    fn with_side(self, side: Side) -> Fate {
+        Fate((self.0 & !Self::SIDE_BIT) | Self::side_bit(side))
+    }
+
+    /// Acknowledged at `at`, a reading taken `since_anchor` after the ledger's anchor.
+    fn with_acknowledged(self, since_anchor: u64) -> Fate {
+        let steps = since_anchor.div_ceil(1 << Self::STEP_SHIFT).saturating_add(1);
+        let stored = steps.min((1 << Self::ACK_BITS) - 1);
+        Fate((self.0 & !Self::ACK_MASK) | (stored << Self::ACK_SHIFT))
+    }
+
+    /// When it was acknowledged, in nanoseconds after the ledger's anchor (rounded up).
+    fn acknowledged(self) -> Option<u64> {
+        let stored = (self.0 & Self::ACK_MASK) >> Self::ACK_SHIFT;
+        stored.checked_sub(1).map(|steps| steps << Self::STEP_SHIFT)
     }
 }
+
+/// Slots are a power of two, so a write's slot and lap are a mask and a shift; and no fewer
+/// than this, so a slot is reused rarely even in a small ledger.
+const MIN_SLOTS: usize = 1024;
 
 pub(crate) struct Ledger {
     // One clock reading pair; wall-clock times in reports are derived from it.
     anchor: (Tick, SystemTime),
     config: LedgerConfig,
+    // The replication window widened by the clock's slack, in nanoseconds.
+    keep_for: u64,
     book: Mutex<Book>,
+    // One `Fate` word per slot; write `id` is in slot `id & mask`. There are at least as many
+    // slots as the book holds entries, so two writes in the book never share one.
+    fates: Box<[AtomicU64]>,
+    mask: u64,
+    shift: u32,
 }
 
 /// A write's place in the ledger, held by the call until it settles.
@@ -440,15 +548,23 @@ pub(crate) struct Ledger {
 pub(crate) struct WriteId(u64);
 
 impl Ledger {
-    pub(crate) fn new(config: LedgerConfig) -> Self {
+    pub(crate) fn new(mut config: LedgerConfig) -> Self {
+        // The builder refuses anything else; clamped here too so no path can ask for more.
+        config.capacity = config.capacity.clamp(1, MAX_LEDGER_CAPACITY);
+        let slots = config.capacity.next_power_of_two().max(MIN_SLOTS);
+        let keep_for = config.window.saturating_add(SLACK).as_nanos();
         Ledger {
             anchor: (Tick::now(), SystemTime::now()),
+            keep_for: u64::try_from(keep_for).unwrap_or(u64::MAX),
             config,
             book: Mutex::new(Book {
                 entries: VecDeque::new(),
                 next_id: 0,
                 dropped: 0,
             }),
+            fates: std::iter::repeat_with(AtomicU64::default).take(slots).collect(),
+            mask: slots as u64 - 1,
+            shift: slots.trailing_zeros(),
         }
     }
 
@@ -462,11 +578,30 @@ impl Ledger {
     /// coarse clock may trail by up to `SLACK`: the window is widened by as much, so a write
     /// is kept and reported longer, never shorter.
     fn within_window(&self, now: Tick, at: Tick) -> bool {
-        now.saturating_since(at) <= self.config.window.saturating_add(SLACK)
+        now.0.saturating_sub(at.0) <= self.keep_for
     }
 
     fn book(&self) -> std::sync::MutexGuard<'_, Book> {
         self.book.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    fn slot(&self, id: u64) -> &AtomicU64 {
+        // `mask` is below the number of slots, so the index is in bounds.
+        &self.fates[(id & self.mask) as usize]
+    }
+
+    fn lap(&self, id: u64) -> u32 {
+        ((id >> self.shift) & 0xff_ffff) as u32
+    }
+
+    fn fate(&self, id: u64) -> Fate {
+        Fate(self.slot(id).load(Ordering::Acquire))
+    }
+
+    /// When a write whose fate is `fate` was acknowledged.
+    fn acknowledged_at(&self, fate: Fate) -> Option<Tick> {
+        fate.acknowledged()
+            .map(|since| Tick(self.anchor.0 .0.saturating_add(since)))
     }
 
     /// Records a write as it is sent.
@@ -485,72 +620,94 @@ impl Ledger {
             .and_then(|name| headers.get(name))
             .map(|v| Key::Header(v.clone()))
             .or_else(|| extensions.get::<WriteKey>().map(|k| Key::App(k.0.clone())));
-        let now = Tick::now();
-        let mut book = self.book();
-        self.prune(&mut book, now);
-        // Make room for this one: the oldest goes first, counted. It is dropped after the lock
-        // is released: dropping it may free the old request's buffers, cold in the cache, and
-        // other calls wait on this lock.
-        let mut evicted = None;
-        while book.entries.len() >= self.config.capacity.max(1) {
-            evicted = book.entries.pop_front();
-            book.dropped += 1;
-        }
-        let id = book.next_id;
-        book.next_id += 1;
-        book.entries.push_back(Entry {
-            id,
+        let entry = Entry {
             method: method.clone(),
             path: KeptPath::of(path),
             key,
-            side,
-            sent: now,
-            acknowledged: None,
-            outcome: WriteOutcome::InFlight,
-        });
+            sent: Tick::now(),
+        };
+        let mut book = self.book();
+        self.prune(&mut book, entry.sent);
+        // Make room for this one: the oldest goes first, counted (`prune` has just taken any
+        // forgotten ones off the front). It is dropped after the lock is released: dropping it
+        // may free the old request's buffers, cold in the cache, and other calls wait on this
+        // lock.
+        let mut evicted = None;
+        while book.entries.len() >= self.config.capacity {
+            book.dropped += 1;
+            evicted = book.entries.pop_front();
+        }
+        let id = book.next_id;
+        book.next_id += 1;
+        // The slot's previous write left the book above (or long ago), so nothing else can
+        // change this word now but a late settle for that write, which the new lap turns away.
+        self.slot(id)
+            .store(Fate::sent(self.lap(id), side).0, Ordering::Release);
+        book.entries.push_back(entry);
         drop(book);
         drop(evicted);
         WriteId(id)
     }
 
-    /// Settles a write. `side` is where it was last sent.
-    pub(crate) fn settle(&self, id: WriteId, outcome: WriteOutcome) {
-        let mut book = self.book();
-        if let Some(i) = book.position(id) {
-            let entry = &mut book.entries[i];
-            entry.outcome = outcome;
-            if outcome == WriteOutcome::Acknowledged || outcome == WriteOutcome::ResentOnAlternate {
-                entry.acknowledged = Some(Tick::now());
+    /// Changes a write's fate, unless it has left the ledger.
+    fn change(&self, id: WriteId, change: impl Fn(Fate) -> Fate) {
+        let slot = self.slot(id.0);
+        let lap = self.lap(id.0);
+        let mut current = slot.load(Ordering::Acquire);
+        // A retry only when another change to the same write raced this one.
+        while Fate(current).lap() == lap {
+            let new = change(Fate(current));
+            match slot.compare_exchange_weak(current, new.0, Ordering::AcqRel, Ordering::Acquire) {
+                Ok(_) => return,
+                Err(actual) => current = actual,
             }
         }
+    }
+
+    /// Settles a write.
+    pub(crate) fn settle(&self, id: WriteId, outcome: WriteOutcome) {
+        let acknowledged = matches!(
+            outcome,
+            WriteOutcome::Acknowledged | WriteOutcome::ResentOnAlternate
+        )
+        .then(|| Tick::now().0.saturating_sub(self.anchor.0 .0));
+        self.change(id, |fate| {
+            let fate = fate.with_code(Fate::code_of(outcome));
+            match acknowledged {
+                Some(since) => fate.with_acknowledged(since),
+                None => fate,
+            }
+        });
     }
 
     /// Notes that a write that provably never reached `side`'s predecessor is now sent to `side`.
     pub(crate) fn moved(&self, id: WriteId, side: Side) {
-        let mut book = self.book();
-        if let Some(i) = book.position(id) {
-            book.entries[i].side = side;
-        }
+        self.change(id, |fate| fate.with_side(side));
     }
 
-    /// Forgets a write that provably never left the client (it cannot be at risk).
+    /// Forgets a write that provably was not applied (it cannot be at risk). It keeps its place
+    /// until it reaches the front: removing it from the middle would shift the entries behind
+    /// it, under the lock.
     pub(crate) fn forget(&self, id: WriteId) {
-        let mut book = self.book();
-        if let Some(i) = book.position(id) {
-            book.entries.remove(i);
-        }
+        self.change(id, |fate| fate.with_code(Fate::FORGOTTEN));
     }
 
-    /// Drops settled entries older than the window.
+    /// Drops forgotten entries, and settled entries older than the window, from the front.
     fn prune(&self, book: &mut Book, now: Tick) {
         while let Some(front) = book.entries.front() {
-            let expired = front.outcome != WriteOutcome::InFlight
-                && !self.within_window(now, front.acknowledged.unwrap_or(front.sent));
-            if expired {
-                book.entries.pop_front();
-            } else {
+            let fate = self.fate(book.next_id - book.entries.len() as u64);
+            let expired = match fate.code() {
+                Fate::FORGOTTEN => true,
+                Fate::IN_FLIGHT => false,
+                _ => {
+                    let settled = self.acknowledged_at(fate).unwrap_or(front.sent);
+                    !self.within_window(now, settled)
+                }
+            };
+            if !expired {
                 break;
             }
+            book.entries.pop_front();
         }
     }
 
@@ -566,17 +723,23 @@ impl Ledger {
         self.prune(&mut book, now);
         let mut acknowledged = Vec::new();
         let mut unknown = Vec::new();
-        for entry in book.entries.iter().filter(|e| e.side == from) {
-            match entry.outcome {
-                WriteOutcome::Acknowledged => {
-                    let within = entry.acknowledged.is_some_and(|at| self.within_window(now, at));
+        let front = book.next_id - book.entries.len() as u64;
+        for (id, entry) in (front..).zip(book.entries.iter()) {
+            let fate = self.fate(id);
+            if fate.side() != from {
+                continue;
+            }
+            match fate.outcome() {
+                None => {}
+                Some(WriteOutcome::Acknowledged) => {
+                    let within = self
+                        .acknowledged_at(fate)
+                        .is_some_and(|at| self.within_window(now, at));
                     if within {
-                        acknowledged.push(self.record(entry));
+                        acknowledged.push(self.record(entry, fate));
                     }
                 }
-                WriteOutcome::InFlight | WriteOutcome::Unknown | WriteOutcome::ResentOnAlternate => {
-                    unknown.push(self.record(entry))
-                }
+                Some(_) => unknown.push(self.record(entry, fate)),
             }
         }
         let dropped = std::mem::take(&mut book.dropped);
@@ -591,7 +754,7 @@ impl Ledger {
         }
     }
 
-    fn record(&self, entry: &Entry) -> WriteRecord {
+    fn record(&self, entry: &Entry, fate: Fate) -> WriteRecord {
         let path_and_query = entry.path.as_str();
         let path = if self.config.record_query {
             path_and_query
@@ -599,6 +762,11 @@ impl Ledger {
             path_and_query.split('?').next().unwrap_or(path_and_query)
         };
         let path = if path.is_empty() { "/" } else { path }.to_string();
+        let outcome = fate.outcome().unwrap_or(WriteOutcome::Unknown);
+        let acknowledged = matches!(
+            outcome,
+            WriteOutcome::Acknowledged | WriteOutcome::ResentOnAlternate
+        );
         WriteRecord {
             method: entry.method.clone(),
             path,
@@ -606,10 +774,13 @@ impl Ledger {
                 Key::Header(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 Key::App(s) => s.clone(),
             }),
-            side: entry.side,
+            side: fate.side(),
             sent_at: self.wall_clock(entry.sent),
-            acknowledged_at: entry.acknowledged.map(|at| self.wall_clock(at)),
-            outcome: entry.outcome,
+            acknowledged_at: self
+                .acknowledged_at(fate)
+                .filter(|_| acknowledged)
+                .map(|at| self.wall_clock(at)),
+            outcome,
         }
     }
 
@@ -654,33 +825,84 @@ mod tests {
     }
 
     #[test]
-    fn writes_are_found_after_evictions_and_gaps() {
+    fn a_late_settle_for_an_evicted_write_leaves_the_slots_next_write_alone() {
         let ledger = Ledger::new(LedgerConfig {
-            capacity: 8,
+            capacity: 2,
             ..LedgerConfig::default()
         });
-        let h = HeaderMap::new();
-        let x = http::Extensions::new();
-        let ids: Vec<_> = (0..12)
+        let (h, x) = (HeaderMap::new(), http::Extensions::new());
+        let slots = ledger.fates.len() as u64;
+        assert_eq!(slots, MIN_SLOTS as u64);
+        let first = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+        // Enough writes that the first one's slot is taken by a later one, still in flight.
+        let mut last = first;
+        for _ in 0..slots {
+            last = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+        }
+        assert_eq!(last.0 & ledger.mask, first.0 & ledger.mask, "same slot");
+        ledger.settle(first, WriteOutcome::Acknowledged);
+        ledger.moved(first, Side::Alternate);
+        ledger.forget(first);
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert_eq!(report.dropped, slots - 1, "all but the two kept");
+        assert!(report.acknowledged.is_empty());
+        assert_eq!(report.unknown.len(), 2, "both kept writes still in flight");
+        assert!(report.unknown.iter().all(|w| w.outcome == WriteOutcome::InFlight));
+    }
+
+    #[test]
+    fn forgotten_writes_are_not_reported_nor_counted_as_dropped() {
+        let ledger = Ledger::new(LedgerConfig {
+            capacity: 4,
+            ..LedgerConfig::default()
+        });
+        let (h, x) = (HeaderMap::new(), http::Extensions::new());
+        let ids: Vec<_> = (0..4)
             .map(|_| ledger.begin(&Method::POST, None, &h, &x, Side::Primary))
             .collect();
-        // The first four were evicted; forgetting two more leaves gaps.
-        ledger.forget(ids[5]);
-        ledger.forget(ids[7]);
-        {
-            let book = ledger.book();
-            for (k, id) in ids.iter().enumerate() {
-                let found = book.position(*id).map(|i| book.entries[i].id);
-                let expected = (k >= 4 && k != 5 && k != 7).then_some(id.0);
-                assert_eq!(found, expected, "write {k}");
-            }
-        }
-        for &id in &ids {
-            ledger.settle(id, WriteOutcome::Acknowledged);
+        // Refused (say, a 400) in the middle: it keeps its place but is not at risk.
+        ledger.forget(ids[1]);
+        ledger.settle(ids[2], WriteOutcome::Acknowledged);
+        ledger.settle(ids[3], WriteOutcome::Unknown);
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert_eq!(report.acknowledged.len(), 1);
+        assert_eq!(report.unknown.len(), 2, "in flight and unknown");
+        // Two more writes push out the first (counted) and the forgotten one (not counted).
+        for _ in 0..2 {
+            ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
         }
         let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
-        assert_eq!(report.acknowledged.len(), 6);
-        assert!(report.unknown.is_empty());
+        assert_eq!(report.dropped, 1);
+        assert_eq!(ledger.len(), 4);
+    }
+
+    #[test]
+    fn acknowledgement_times_round_up_and_moves_change_the_side() {
+        let ledger = Ledger::new(LedgerConfig::default());
+        let (h, x) = (HeaderMap::new(), http::Extensions::new());
+        let id = ledger.begin(&Method::PUT, None, &h, &x, Side::Primary);
+        ledger.moved(id, Side::Alternate);
+        ledger.settle(id, WriteOutcome::Acknowledged);
+        let report = ledger.report(Side::Alternate, ep("http://b.example"), ep("http://a.example"));
+        let write = &report.acknowledged[0];
+        assert_eq!(write.side, Side::Alternate);
+        let (sent, acknowledged) = (write.sent_at, write.acknowledged_at.unwrap());
+        assert!(acknowledged >= sent);
+        assert!(acknowledged.duration_since(sent).unwrap() < Duration::from_millis(100));
+        assert!(ledger
+            .report(Side::Primary, ep("http://a.example"), ep("http://b.example"))
+            .is_empty());
+        // The packing itself: a step up, never down, and none for zero.
+        let fate = Fate::sent(7, Side::Primary);
+        assert_eq!(fate.acknowledged(), None);
+        assert_eq!(fate.with_acknowledged(0).acknowledged(), Some(0));
+        assert_eq!(
+            fate.with_acknowledged(1).acknowledged(),
+            Some(1 << Fate::STEP_SHIFT)
+        );
+        let late = fate.with_acknowledged(u64::MAX);
+        assert_eq!(late.lap(), 7, "a huge time does not spill into the lap");
+        assert_eq!(late.code(), Fate::IN_FLIGHT);
     }
 
     #[test]

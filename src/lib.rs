@@ -130,6 +130,7 @@ pub use future::ResponseFuture;
 pub use layer::{FailoverLayer, FailoverLayerBuilder, MAX_REPLAY_CAP};
 pub use ledger::{
     DataLossReport, WriteKey, WriteOutcome, WriteRecord, DEFAULT_LEDGER_CAPACITY, DEFAULT_REPLICATION_WINDOW,
+    MAX_LEDGER_CAPACITY,
 };
 pub use policy::RetryPolicy;
 pub use replay::{ReplayBody, ReplayHandle, DEFAULT_REPLAY_CAP};
