@@ -851,6 +851,36 @@ mod tests {
     }
 
     #[test]
+    fn concurrent_writes_settle_exactly_while_others_evict_them() {
+        let ledger = Ledger::new(LedgerConfig {
+            capacity: 64,
+            ..LedgerConfig::default()
+        });
+        std::thread::scope(|scope| {
+            for thread in 0..4u64 {
+                let ledger = &ledger;
+                scope.spawn(move || {
+                    let (h, x) = (HeaderMap::new(), http::Extensions::new());
+                    for n in 0..5_000u64 {
+                        let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+                        match (thread + n) % 3 {
+                            0 => ledger.settle(id, WriteOutcome::Acknowledged),
+                            1 => ledger.settle(id, WriteOutcome::Unknown),
+                            _ => ledger.forget(id),
+                        }
+                    }
+                });
+            }
+        });
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        // Every write that is still in the ledger was settled by its own call, even though the
+        // other threads were evicting writes and reusing slots meanwhile.
+        assert!(report.at_risk().all(|w| w.outcome != WriteOutcome::InFlight));
+        assert!(report.acknowledged.len() + report.unknown.len() <= 64);
+        assert!(report.dropped > 0 && report.dropped < 20_000);
+    }
+
+    #[test]
     fn forgotten_writes_are_not_reported_nor_counted_as_dropped() {
         let ledger = Ledger::new(LedgerConfig {
             capacity: 4,
