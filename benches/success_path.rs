@@ -215,6 +215,16 @@ fn main() {
             "Request<ReplayBody<Full<Bytes>>>",
             std::mem::size_of::<Request<ReplayBody<Full<Bytes>>>>()
         );
+        println!(
+            "{:<52} {:>6}",
+            "Response<Full<Bytes>> (what the bare service answers)",
+            std::mem::size_of::<http::Response<Full<Bytes>>>()
+        );
+        println!(
+            "{:<52} {:>6}",
+            "Response<ResponseBody<Full<Bytes>>> (the layer's)",
+            std::mem::size_of::<http::Response<tower_failover::ResponseBody<Full<Bytes>>>>()
+        );
         drop(future);
     }
 

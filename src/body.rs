@@ -62,15 +62,22 @@ pin_project! {
     #[project = InnerProj]
     enum Inner<B: Body> {
         Streaming { #[pin] body: B },
-        // Only 5xx responses with a small declared length get here, so boxing the rest (to
-        // move it out of the future that peeked) costs nothing on the success path.
-        Peeked {
-            prefix: Option<Bytes>,
-            trailers: Option<HeaderMap>,
-            error: Option<B::Error>,
-            rest: Option<Pin<Box<B>>>,
-        },
+        // Only 5xx responses with a small declared length get here. Boxed: every response the
+        // layer hands back is moved several times on its way to the caller, and inline this
+        // variant (a `HeaderMap` of trailers among it) made it 150 bytes larger than the inner
+        // service's body. The box costs nothing on the success path.
+        Peeked { peeked: Box<PeekedRest<B>> },
+        // Made by `Default`, for layers that answer on their own.
+        Empty,
     }
+}
+
+/// What is left to hand out of a body the classifier peeked at, in order.
+struct PeekedRest<B: Body> {
+    prefix: Option<Bytes>,
+    trailers: Option<HeaderMap>,
+    error: Option<B::Error>,
+    rest: Option<Pin<Box<B>>>,
 }
 
 impl<B: Body> ResponseBody<B> {
@@ -85,14 +92,16 @@ impl<B: Body> ResponseBody<B> {
         let done = peek.ended || peek.error.is_some();
         ResponseBody {
             inner: Inner::Peeked {
-                prefix: if peek.data.is_empty() {
-                    None
-                } else {
-                    Some(peek.data)
-                },
-                trailers: peek.trailers,
-                error: peek.error,
-                rest: if done { None } else { Some(peek.rest) },
+                peeked: Box::new(PeekedRest {
+                    prefix: if peek.data.is_empty() {
+                        None
+                    } else {
+                        Some(peek.data)
+                    },
+                    trailers: peek.trailers,
+                    error: peek.error,
+                    rest: if done { None } else { Some(peek.rest) },
+                }),
             },
         }
     }
@@ -101,14 +110,7 @@ impl<B: Body> ResponseBody<B> {
 impl<B: Body> Default for ResponseBody<B> {
     /// An empty body, for layers that answer on their own (tower-http's `TimeoutLayer`, say).
     fn default() -> Self {
-        ResponseBody {
-            inner: Inner::Peeked {
-                prefix: None,
-                trailers: None,
-                error: None,
-                rest: None,
-            },
-        }
+        ResponseBody { inner: Inner::Empty }
     }
 }
 
@@ -140,12 +142,14 @@ impl<B: Body> Body for ResponseBody<B> {
             InnerProj::Streaming { body } => body
                 .poll_frame(cx)
                 .map(|frame| frame.map(|result| result.map(|frame| frame.map_data(into_bytes)))),
-            InnerProj::Peeked {
-                prefix,
-                trailers,
-                error,
-                rest,
-            } => {
+            InnerProj::Empty => Poll::Ready(None),
+            InnerProj::Peeked { peeked } => {
+                let PeekedRest {
+                    prefix,
+                    trailers,
+                    error,
+                    rest,
+                } = &mut **peeked;
                 if let Some(data) = prefix.take() {
                     return Poll::Ready(Some(Ok(Frame::data(data))));
                 }
@@ -169,12 +173,14 @@ impl<B: Body> Body for ResponseBody<B> {
     fn is_end_stream(&self) -> bool {
         match &self.inner {
             Inner::Streaming { body } => body.is_end_stream(),
-            Inner::Peeked {
-                prefix,
-                trailers,
-                error,
-                rest,
-            } => {
+            Inner::Empty => true,
+            Inner::Peeked { peeked } => {
+                let PeekedRest {
+                    prefix,
+                    trailers,
+                    error,
+                    rest,
+                } = &**peeked;
                 prefix.is_none()
                     && trailers.is_none()
                     && error.is_none()
@@ -186,7 +192,9 @@ impl<B: Body> Body for ResponseBody<B> {
     fn size_hint(&self) -> SizeHint {
         match &self.inner {
             Inner::Streaming { body } => body.size_hint(),
-            Inner::Peeked { prefix, rest, .. } => {
+            Inner::Empty => SizeHint::with_exact(0),
+            Inner::Peeked { peeked } => {
+                let PeekedRest { prefix, rest, .. } = &**peeked;
                 let kept = prefix.as_ref().map_or(0, |p| p.len() as u64);
                 match rest {
                     None => SizeHint::with_exact(kept),
@@ -210,6 +218,7 @@ impl<B: Body> fmt::Debug for ResponseBody<B> {
         let kind = match &self.inner {
             Inner::Streaming { .. } => "streaming",
             Inner::Peeked { .. } => "peeked",
+            Inner::Empty => "empty",
         };
         f.debug_struct("ResponseBody").field("kind", &kind).finish()
     }

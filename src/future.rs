@@ -246,15 +246,18 @@ where
         }
     }
 
+    /// `send` makes the first attempt's future. It is called last, inside the struct
+    /// expression, so the inner future can be built where it will stay instead of being
+    /// built on the stack and then copied in.
     #[inline(always)]
     pub(crate) fn routed(
-        future: S::Future,
         core: Arc<Core<S, C>>,
         call: CallState,
         resend: Result<ResendTemplate<B>, NotResent>,
+        send: impl FnOnce() -> S::Future,
     ) -> Self {
         ResponseFuture {
-            state: State::Waiting { future },
+            state: State::Waiting { future: send() },
             routed: Some(Routed {
                 core,
                 call,

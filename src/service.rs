@@ -277,7 +277,9 @@ where
             body,
         });
         let call = CallState::new(&self.core.shared, plan, &parts.method);
-        let future = self.inner.call(Request::from_parts(parts, body));
-        ResponseFuture::routed(future, self.core.clone(), call, resend)
+        let inner = &mut self.inner;
+        ResponseFuture::routed(self.core.clone(), call, resend, || {
+            inner.call(Request::from_parts(parts, body))
+        })
     }
 }
