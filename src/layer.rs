@@ -561,10 +561,12 @@ impl<C> FailoverLayerBuilder<C> {
     ///     .ledger_capacity(2)
     ///     .build()
     ///     .unwrap();
-    /// assert!(FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
+    /// // Above the limit, the builder says so, and what to do instead.
+    /// let err = FailoverLayer::builder(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap())
     ///     .ledger_capacity(MAX_LEDGER_CAPACITY + 1)
     ///     .build()
-    ///     .is_err());
+    ///     .unwrap_err();
+    /// assert!(err.to_string().contains("ledger_capacity(4194305) is above the limit of 4194304 writes"));
     /// let handle = layer.handle();
     /// // Both endpoints answer 200.
     /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
