@@ -48,10 +48,11 @@ type Answer = Response<Full<Bytes>>;
 /// * tell whether the request names the primary (one string comparison) and read which side
 ///   is active (one atomic load);
 /// * keep what a re-send needs, since the request itself goes to the inner service: method,
-///   path and query, version, headers and extensions (clones; for this GET, one reference
-///   count and nothing to allocate; an empty header map is not even cloned);
-/// * hold the shared switch state in the call's future (one reference count), because the
-///   switch is decided when the answer comes;
+///   path and query (one reference count), version, headers (boxed, and only when there are
+///   some) and extensions (empty here: nothing to allocate);
+/// * hold the shared switch state in the call's future (one reference count, `Arc`): a
+///   layer must own what its calls' futures outlive, and the switch is decided when the
+///   answer comes;
 /// * look at the answer's status.
 ///
 /// No policies, no retry budget, no counters, no deadline, no ledger, no tracing. The switch
@@ -79,10 +80,14 @@ mod floor {
         switch: Arc<Switch>,
         on_alternate: bool,
         method: Method,
+        // Shared with the request (a reference count). Copying a short path into the future
+        // instead was tried: memset, copy and a larger future cost more than the count
+        // (2,416 instructions a call against 2,396, +51 to +56 ns against +39 to +41).
         path_and_query: Option<PathAndQuery>,
         version: Version,
-        // `None` when there are none: an empty map is not worth a clone.
-        headers: Option<HeaderMap>,
+        // `None` when there are none: an empty map is not worth a clone, and a boxed one
+        // keeps the future small.
+        headers: Option<Box<HeaderMap>>,
         extensions: Extensions,
     }
 
@@ -127,7 +132,7 @@ mod floor {
                 method: request.method().clone(),
                 path_and_query: request.uri().path_and_query().cloned(),
                 version: request.version(),
-                headers: (!request.headers().is_empty()).then(|| request.headers().clone()),
+                headers: (!request.headers().is_empty()).then(|| Box::new(request.headers().clone())),
                 extensions: request.extensions().clone(),
             });
             FloorFuture {
@@ -154,9 +159,11 @@ mod floor {
         fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
             let this = self.project();
             let response = ready!(this.inner.poll(cx))?;
+            // A failover layer would switch here on a 503 and re-send from `kept`; the
+            // compiler must not drop the kept state for being unread.
+            std::hint::black_box(&this.kept);
             if this.kept.is_some() && response.status() == http::StatusCode::SERVICE_UNAVAILABLE {
-                // A failover layer would switch here and re-send from `kept`.
-                std::hint::black_box(&this.kept);
+                std::hint::black_box(response.status());
             }
             Poll::Ready(Ok(response))
         }

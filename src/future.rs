@@ -246,9 +246,9 @@ where
         }
     }
 
-    /// `send` makes the first attempt's future. It is called last, inside the struct
-    /// expression, so the inner future can be built where it will stay instead of being
-    /// built on the stack and then copied in.
+    /// `send` makes the first attempt's future. It is called inside the struct expression,
+    /// after everything else the future holds was made, so the inner future can be built
+    /// where it will stay instead of on the stack and then copied in.
     #[inline(always)]
     pub(crate) fn routed(
         core: Arc<Core<S, C>>,

@@ -544,9 +544,9 @@ impl<C> FailoverLayerBuilder<C> {
     }
 
     /// How many writes the ledger keeps (default 10,000, at most [`MAX_LEDGER_CAPACITY`]);
-    /// beyond it the oldest are dropped and counted in the next report. A write the server
-    /// refused (a 4xx) is not reported, but keeps its place until the writes before it have
-    /// left. Above the limit, [`build`](Self::build) fails.
+    /// beyond it the oldest are dropped and counted in the next report. Writes the server
+    /// refused (a 4xx) or that provably never left the client are not reported and do not
+    /// count. Above the limit, [`build`](Self::build) fails.
     ///
     /// ```
     /// use std::convert::Infallible;
@@ -566,7 +566,7 @@ impl<C> FailoverLayerBuilder<C> {
     ///     .ledger_capacity(MAX_LEDGER_CAPACITY + 1)
     ///     .build()
     ///     .unwrap_err();
-    /// assert!(err.to_string().contains("ledger_capacity(4194305) is above the limit of 4194304 writes"));
+    /// assert!(err.to_string().contains("ledger_capacity(2097153) is above the limit of 2097152 writes"));
     /// let handle = layer.handle();
     /// // Both endpoints answer 200.
     /// let client = tower::service_fn(|_request: http::Request<ReplayBody<Full<Bytes>>>| async {
@@ -810,7 +810,7 @@ impl<C> FailoverLayerBuilder<C> {
         }
         if self.data_loss_report && self.ledger.capacity > MAX_LEDGER_CAPACITY {
             return Err(ConfigError::new(format!(
-                "ledger_capacity({}) is above the limit of {MAX_LEDGER_CAPACITY} writes; the ledger sets 8 bytes aside per write up front, keep it near the writes you send in one replication window",
+                "ledger_capacity({}) is above the limit of {MAX_LEDGER_CAPACITY} writes; the ledger sets its bookkeeping aside up front (32 MiB at the limit), keep it near the writes you send in one replication window",
                 self.ledger.capacity
             )));
         }
