@@ -862,6 +862,14 @@ mod tests {
         Endpoint::parse(s).unwrap()
     }
 
+    /// A ledger that keeps `capacity` writes, otherwise as configured by default.
+    fn holding(capacity: usize) -> Ledger {
+        Ledger::new(LedgerConfig {
+            capacity,
+            ..LedgerConfig::default()
+        })
+    }
+
     #[test]
     fn report_lists_acknowledged_and_unknown_on_the_failed_side_only() {
         let ledger = Ledger::new(LedgerConfig::default());
@@ -889,10 +897,7 @@ mod tests {
 
     #[test]
     fn a_late_settle_for_an_evicted_write_leaves_the_slots_next_write_alone() {
-        let ledger = Ledger::new(LedgerConfig {
-            capacity: 2,
-            ..LedgerConfig::default()
-        });
+        let ledger = holding(2);
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         let slots = ledger.fates.len() as u64;
         assert_eq!(slots, MIN_SLOTS as u64);
@@ -971,10 +976,7 @@ mod tests {
         // that landed on the later write, or a change that was not one atomic step, would
         // show up as a wrong outcome or side.
         for _round in 0..4 {
-            let ledger = Ledger::new(LedgerConfig {
-                capacity: 1024,
-                ..LedgerConfig::default()
-            });
+            let ledger = holding(1024);
             std::thread::scope(|scope| {
                 for t in 0..4u64 {
                     let ledger = &ledger;
@@ -1001,10 +1003,7 @@ mod tests {
 
     #[test]
     fn a_full_ledger_larger_than_the_minimum_slots_keeps_each_writes_fate() {
-        let ledger = Ledger::new(LedgerConfig {
-            capacity: 3000,
-            ..LedgerConfig::default()
-        });
+        let ledger = holding(3000);
         let h = HeaderMap::new();
         let ids: Vec<_> = (0..6000u64)
             .map(|n| ledger.begin(&Method::POST, None, &h, &keyed(0, n), Side::Primary))
@@ -1018,10 +1017,7 @@ mod tests {
 
     #[test]
     fn forgotten_writes_leave_room_for_writes_at_risk() {
-        let ledger = Ledger::new(LedgerConfig {
-            capacity: 4,
-            ..LedgerConfig::default()
-        });
+        let ledger = holding(4);
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         let first = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
         ledger.settle(first, WriteOutcome::Acknowledged);
@@ -1042,10 +1038,7 @@ mod tests {
 
     #[test]
     fn forgotten_writes_are_not_reported_nor_counted_as_dropped() {
-        let ledger = Ledger::new(LedgerConfig {
-            capacity: 4,
-            ..LedgerConfig::default()
-        });
+        let ledger = holding(4);
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         let ids: Vec<_> = (0..4)
             .map(|_| ledger.begin(&Method::POST, None, &h, &x, Side::Primary))
