@@ -546,7 +546,8 @@ impl<C> FailoverLayerBuilder<C> {
     /// How many writes the ledger keeps (default 10,000, at most [`MAX_LEDGER_CAPACITY`]);
     /// beyond it the oldest are dropped and counted in the next report. Writes the server
     /// refused (a 4xx) or that provably never left the client are not reported and do not
-    /// count. Above the limit, [`build`](Self::build) fails.
+    /// count (the ledger has room for a quarter of the capacity again in such writes waiting
+    /// to leave). Above the limit, [`build`](Self::build) fails.
     ///
     /// ```
     /// use std::convert::Infallible;
