@@ -423,9 +423,8 @@ struct Book {
     // do not count against the capacity.
     forgotten_left: u64,
     // No entry can leave the window before this: the front's send time plus the window (and
-    // the clock's slack). A
-    // write's window starts when it settles, never before it was sent, and no entry was sent
-    // before the front. Until then `begin` skips pruning.
+    // the clock's slack). A write's window starts when it settles, never before it was sent,
+    // and no entry was sent before the front. Until then `begin` skips pruning.
     prune_after: Tick,
 }
 
