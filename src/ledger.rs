@@ -415,7 +415,7 @@ enum Key {
 
 struct Book {
     entries: VecDeque<Entry>,
-    // The id the next write gets; the front entry's id is `next_id - entries.len()`.
+    // The id the next write gets; see `front_id`.
     next_id: u64,
     dropped: u64,
     // Forgotten writes that have left the book. With `Ledger::forgotten` (forgotten writes
@@ -426,6 +426,13 @@ struct Book {
     // the clock's slack). A write's window starts when it settles, never before it was sent,
     // and no entry was sent before the front. Until then `begin` skips pruning.
     prune_after: Tick,
+}
+
+impl Book {
+    /// The id of the front entry (of the next write, when the book is empty).
+    fn front_id(&self) -> u64 {
+        self.next_id - self.entries.len() as u64
+    }
 }
 
 /// What has become of a write, packed into one word so that a call can change it with one
@@ -495,7 +502,7 @@ impl Fate {
         self.0 & Self::OUTCOME_MASK
     }
 
-    /// The outcome; `None` for a forgotten write.
+    /// The outcome; `None` for a forgotten write, or one that has left the book.
     fn outcome(self) -> Option<WriteOutcome> {
         match self.code() {
             Self::IN_FLIGHT => Some(WriteOutcome::InFlight),
@@ -669,7 +676,7 @@ impl Ledger {
         // buffers, cold in the cache, and other calls wait on this lock.
         let mut evicted = None;
         while book.entries.len() >= self.fates.len() || self.at_risk(&book) >= self.config.capacity {
-            let front = book.next_id - book.entries.len() as u64;
+            let front = book.front_id();
             if self.leave(front, &mut book).code() != Fate::FORGOTTEN {
                 book.dropped += 1;
             }
@@ -764,7 +771,7 @@ impl Ledger {
     /// Drops forgotten entries, and settled entries older than the window, from the front.
     fn prune(&self, book: &mut Book, now: Tick) {
         while let Some(front) = book.entries.front() {
-            let fate = self.fate(book.next_id - book.entries.len() as u64);
+            let fate = self.fate(book.front_id());
             let expired = match fate.code() {
                 Fate::FORGOTTEN => true,
                 Fate::IN_FLIGHT => false,
@@ -776,7 +783,7 @@ impl Ledger {
             if !expired {
                 break;
             }
-            self.leave(book.next_id - book.entries.len() as u64, book);
+            self.leave(book.front_id(), book);
             book.entries.pop_front();
         }
         book.prune_after = match book.entries.front() {
@@ -797,8 +804,7 @@ impl Ledger {
         self.prune(&mut book, now);
         let mut acknowledged = Vec::new();
         let mut unknown = Vec::new();
-        let front = book.next_id - book.entries.len() as u64;
-        for (id, entry) in (front..).zip(book.entries.iter()) {
+        for (id, entry) in (book.front_id()..).zip(book.entries.iter()) {
             let fate = self.fate(id);
             if fate.side() != from {
                 continue;

@@ -160,6 +160,12 @@ impl Nginx {
     fn error_log(&self) -> String {
         std::fs::read_to_string(self.dir.join("error.log")).unwrap_or_default()
     }
+
+    /// Fails, showing the whole log, unless nginx's error log contains `text`.
+    fn assert_logged(&self, text: &str) {
+        let log = self.error_log();
+        assert!(log.contains(text), "{log}");
+    }
 }
 
 impl Drop for Nginx {
@@ -344,11 +350,7 @@ async fn a_dead_primary_backend_gives_502_and_fails_over_through_nginx() {
         assert_eq!(error.not_resent_because(), Some(NotResent::NotIdempotent));
         assert_eq!(s.pair.alternate.count(), before, "not sent to the alternate");
         assert_eq!(s.handle.active(), Side::Alternate, "but later calls go there");
-        assert!(
-            s.nginx[0].error_log().contains("connect() failed"),
-            "{}",
-            s.nginx[0].error_log()
-        );
+        s.nginx[0].assert_logged("connect() failed");
     })
     .await
 }
@@ -397,11 +399,7 @@ async fn a_backend_killed_mid_request_gives_502_and_only_reads_are_resent() {
         assert!(text(response).await.contains(ALTERNATE_HOST));
         let on_alternate: Vec<_> = s.pair.alternate.seen().into_iter().map(|r| r.method).collect();
         assert_eq!(on_alternate, vec![Method::GET], "only the read was re-sent");
-        assert!(
-            s.nginx[0].error_log().contains("upstream prematurely closed"),
-            "{}",
-            s.nginx[0].error_log()
-        );
+        s.nginx[0].assert_logged("upstream prematurely closed");
     })
     .await
 }
@@ -427,11 +425,7 @@ async fn a_hung_primary_backend_gives_504_and_a_read_fails_over() {
                 status: StatusCode::GATEWAY_TIMEOUT
             })
         );
-        assert!(
-            s.nginx[0].error_log().contains("timed out"),
-            "{}",
-            s.nginx[0].error_log()
-        );
+        s.nginx[0].assert_logged("timed out");
     })
     .await
 }
