@@ -254,8 +254,9 @@ pub struct DataLossReport {
     pub window: Duration,
     /// Writes `from` acknowledged within the window: `to` may not have them yet.
     pub acknowledged: Vec<WriteRecord>,
-    /// Writes sent to `from` whose outcome is unknown (in flight, or failed after sending,
-    /// including those then re-sent on `to`): `from` may or may not have applied them.
+    /// Writes sent to `from` whose outcome is unknown: still in flight, however old, or sent
+    /// within the window and failed after they may have reached `from` (including those then
+    /// re-sent on `to`, timed from their acknowledgement there). `from` may or may not have applied them.
     pub unknown: Vec<WriteRecord>,
     /// Writes the ledger dropped, oldest first, to stay within its capacity since the
     /// previous report. Non-zero means the lists above may be incomplete.
@@ -809,17 +810,27 @@ impl Ledger {
             if fate.side() != from {
                 continue;
             }
+            // The same test `prune` applies at the front, applied to every entry: a settled
+            // write behind one still in flight (which `prune` stops at) must not be listed
+            // once it has left the window, or what a report lists would depend on the order
+            // writes were sent in.
+            let within = || {
+                let settled = self.acknowledged_at(fate).unwrap_or(entry.sent);
+                self.within_window(now, settled)
+            };
             match fate.outcome() {
                 None => {}
+                Some(WriteOutcome::InFlight) => unknown.push(self.record(entry, fate)),
                 Some(WriteOutcome::Acknowledged) => {
-                    let within = self
-                        .acknowledged_at(fate)
-                        .is_some_and(|at| self.within_window(now, at));
-                    if within {
+                    if within() {
                         acknowledged.push(self.record(entry, fate));
                     }
                 }
-                Some(_) => unknown.push(self.record(entry, fate)),
+                Some(_) => {
+                    if within() {
+                        unknown.push(self.record(entry, fate));
+                    }
+                }
             }
         }
         let dropped = std::mem::take(&mut book.dropped);
@@ -1224,6 +1235,33 @@ mod tests {
         // The next write takes the three settled ones out; those in flight stay.
         ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
         assert_eq!(ledger.len(), 6);
+    }
+
+    #[test]
+    fn settled_writes_behind_one_in_flight_leave_the_report_with_the_window() {
+        let ledger = Ledger::new(LedgerConfig {
+            window: Duration::from_millis(30),
+            ..LedgerConfig::default()
+        });
+        let (h, x) = (HeaderMap::new(), http::Extensions::new());
+        let pq: PathAndQuery = "/slow".parse().unwrap();
+        // Still in flight: it stays in the book, and every write behind it with it.
+        let _slow = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Primary);
+        let failed = ledger.begin(&Method::PATCH, None, &h, &x, Side::Primary);
+        ledger.settle(failed, WriteOutcome::Unknown);
+        let applied = ledger.begin(&Method::PUT, None, &h, &x, Side::Primary);
+        ledger.settle(applied, WriteOutcome::Acknowledged);
+        let resent = ledger.begin(&Method::DELETE, None, &h, &x, Side::Primary);
+        ledger.settle(resent, WriteOutcome::ResentOnAlternate);
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert_eq!((report.acknowledged.len(), report.unknown.len()), (1, 3));
+        std::thread::sleep(Duration::from_millis(30) + SLACK + Duration::from_millis(40));
+        let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
+        assert!(report.acknowledged.is_empty());
+        assert_eq!(report.unknown.len(), 1, "{:?}", report.unknown);
+        assert_eq!(report.unknown[0].path, "/slow");
+        assert_eq!(report.unknown[0].outcome, WriteOutcome::InFlight);
+        assert_eq!(ledger.len(), 4, "the book keeps them until the front leaves");
     }
 
     #[test]
