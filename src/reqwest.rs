@@ -7,9 +7,13 @@
 //! re-sent too (what reqwest-retry refuses). A [`FailoverLayer`] and a middleware made from it
 //! share one switch state, so a tower stack and a reqwest client switch together.
 
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll, Waker};
 
+use bytes::Bytes;
 use http::{Extensions, Request as HttpRequest, Uri};
+use http_body::Body as _;
 use reqwest_middleware::{Middleware, Next};
 
 use crate::body::ResponseBody;
@@ -189,6 +193,29 @@ impl Template {
     }
 }
 
+/// The bytes of a body reqwest holds whole in memory (made from bytes, a string, JSON or a
+/// form: `as_bytes` is `Some`) of at most `cap` bytes, taken without a copy; `body` is left an
+/// equal body over the same buffer. `None` leaves a streamed or larger body untouched.
+fn take_whole(body: &mut reqwest::Body, cap: usize) -> Option<Bytes> {
+    if body.as_bytes()?.len() > cap {
+        return None;
+    }
+    // An in-memory body answers at once, so a waker that does nothing is enough.
+    let mut cx = Context::from_waker(Waker::noop());
+    let first = match Pin::new(&mut *body).poll_frame(&mut cx) {
+        Poll::Ready(Some(Ok(frame))) => frame.into_data().unwrap_or_default(),
+        _ => Bytes::new(),
+    };
+    // reqwest hands an in-memory body out in one frame, leaving it empty (a unit test holds
+    // it to that). Were it ever to split it, the rest is joined on, so nothing is lost.
+    let whole = match body.as_bytes() {
+        Some([]) | None => first,
+        Some(rest) => Bytes::from([&first[..], rest].concat()),
+    };
+    *body = reqwest::Body::from(whole.clone());
+    Some(whole)
+}
+
 /// Settles the call as abandoned if the caller drops the future mid-call.
 struct CallGuard {
     shared: Arc<Shared>,
@@ -247,11 +274,22 @@ where
 
         let body = request.body_mut().take();
         let resend_body = match body_plan {
-            BodyPlan::Record(cap) => {
-                let (first, handle) = ReplayBody::recorded(body.unwrap_or_default(), cap);
-                *request.body_mut() = Some(reqwest::Body::wrap(first));
-                Ok(ResendBody::Recorded(handle))
-            }
+            BodyPlan::Record(cap) => match body {
+                Some(mut body) => match take_whole(&mut body, cap) {
+                    // In memory already: the first attempt keeps it as reqwest made it (so
+                    // reqwest can follow a 307 or 308 with it), a re-send clones the bytes.
+                    Some(bytes) => {
+                        *request.body_mut() = Some(body);
+                        Ok(ResendBody::Whole(bytes))
+                    }
+                    None => {
+                        let (first, handle) = ReplayBody::recorded(body, cap);
+                        *request.body_mut() = Some(reqwest::Body::wrap(first));
+                        Ok(ResendBody::Recorded(handle))
+                    }
+                },
+                None => Ok(ResendBody::Empty),
+            },
             BodyPlan::Empty => {
                 *request.body_mut() = body;
                 Ok(ResendBody::Empty)
@@ -347,5 +385,32 @@ impl<C: Classifier> FailoverMiddleware<C> {
             reqwest::Response::from(http::Response::from_parts(head, body)),
             verdict,
         )
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_body_in_memory_is_taken_whole_and_left_equal() {
+        let payload = Bytes::from(vec![7u8; 5000]);
+        let mut body = reqwest::Body::from(payload.clone());
+        let taken = take_whole(&mut body, 5000).expect("in memory, within the cap");
+        assert_eq!(taken, payload);
+        assert_eq!(taken.as_ptr(), payload.as_ptr(), "no copy");
+        assert_eq!(body.as_bytes(), Some(&payload[..]), "left as it was");
+
+        let mut empty = reqwest::Body::from(Vec::new());
+        assert_eq!(take_whole(&mut empty, 10), Some(Bytes::new()));
+
+        // Over the cap, or streamed: left alone, for the recorded path.
+        let mut large = reqwest::Body::from(payload.clone());
+        assert_eq!(take_whole(&mut large, 4999), None);
+        assert_eq!(large.as_bytes(), Some(&payload[..]));
+        let frames = futures_util::stream::iter([Ok::<_, std::io::Error>(http_body::Frame::data(payload))]);
+        let mut streamed = reqwest::Body::wrap(http_body_util::StreamBody::new(frames));
+        assert_eq!(take_whole(&mut streamed, usize::MAX), None);
+        assert!(streamed.as_bytes().is_none());
     }
 }

@@ -242,3 +242,56 @@ async fn a_reqwest_only_client_fails_back_with_a_lent_probe_client() {
     })
     .await
 }
+
+/// A body reqwest holds in memory goes out as reqwest made it: reqwest can follow a 307 with
+/// it (it follows a 307 or 308 only with a body it can send again, never with a stream), and
+/// a re-send after a 503 carries the same bytes.
+#[tokio::test]
+async fn a_body_in_memory_follows_a_307_and_is_re_sent_whole_after_a_503() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        let payload = br#"{"name":"Contoso","revenue":1000}"#.repeat(100);
+        s.primary.set(custom(|received| async move {
+            if received.head.uri.path() == "/api/data/v9.2/accounts" {
+                reply(307, &[("location", "/api/data/v9.2/accounts-moved")], "")
+            } else {
+                reply(201, &[], r#"{"created":true}"#)
+            }
+        }));
+        let url = format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/accounts", s.port);
+        let response = s
+            .client
+            .post(&url)
+            .header("idempotency-key", "acct-8")
+            .body(payload.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 201, "reqwest followed the 307 with the body");
+        let seen = s.primary.seen();
+        assert_eq!(seen.len(), 2);
+        assert_eq!(seen[1].path, "/api/data/v9.2/accounts-moved");
+        assert_eq!(
+            seen[1].body_sha256,
+            digest(&payload),
+            "the same body after the redirect"
+        );
+
+        s.primary.set(Behavior::Status(503, r#"{"error":"down"}"#));
+        let response = s
+            .client
+            .post(&url)
+            .header("idempotency-key", "acct-9")
+            .body(payload.clone())
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        let alternate = s.alternate.seen();
+        assert_eq!(alternate.len(), 1);
+        assert_eq!(alternate[0].body_len, payload.len());
+        assert_eq!(alternate[0].body_sha256, digest(&payload), "re-sent whole");
+        assert_eq!(alternate[0].idempotency_key.as_deref(), Some("acct-9"));
+    })
+    .await
+}
