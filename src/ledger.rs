@@ -821,16 +821,12 @@ impl Ledger {
             match fate.outcome() {
                 None => {}
                 Some(WriteOutcome::InFlight) => unknown.push(self.record(entry, fate)),
-                Some(WriteOutcome::Acknowledged) => {
-                    if within() {
-                        acknowledged.push(self.record(entry, fate));
-                    }
+                Some(WriteOutcome::Acknowledged) if within() => {
+                    acknowledged.push(self.record(entry, fate));
                 }
-                Some(_) => {
-                    if within() {
-                        unknown.push(self.record(entry, fate));
-                    }
-                }
+                Some(WriteOutcome::Acknowledged) => {}
+                Some(_) if within() => unknown.push(self.record(entry, fate)),
+                Some(_) => {}
             }
         }
         let dropped = std::mem::take(&mut book.dropped);
