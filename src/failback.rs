@@ -636,6 +636,13 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
         } else {
             healthy = 0;
         }
+        // Looked at again: a probe takes time, and another window may have opened during it
+        // (calls must then stay where they are until that one ends). A window opening after
+        // this check switches to the alternate after it counts itself in, so it ends there.
+        let another_open = shared.maintenance_windows.load(Ordering::Acquire) > 1;
+        if another_open || shared.active().side == Side::Primary {
+            break;
+        }
         if healthy >= needed {
             shared.switch_to(Side::Primary, SwitchCause::Planned);
             break;

@@ -739,6 +739,35 @@ async fn maintenance_window_moves_calls_without_errors() {
     .await
 }
 
+/// Two windows, the second opening while the first one's task is probing the primary (slow
+/// to answer): the first must not bring calls back in the middle of the second.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_that_ends_during_another_leaves_calls_on_the_alternate() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let (mut svc, handle) = plain_service(&pair);
+        // The first call lends the prober.
+        call_ok(&mut svc, "/api/data/v9.2/WhoAmI").await;
+        pair.primary.set(Behavior::Delay(ms(500)));
+        let now = SystemTime::now();
+        handle
+            .schedule_maintenance_with_lead(now, now + ms(200), Duration::ZERO)
+            .unwrap();
+        handle
+            .schedule_maintenance_with_lead(now + ms(400), now + ms(6000), Duration::ZERO)
+            .unwrap();
+        // The first window's probe starts at 200 ms and answers at 700 ms: inside the second.
+        tokio::time::sleep(ms(1500)).await;
+        assert_eq!(
+            (handle.active(), handle.generation()),
+            (Side::Alternate, 1),
+            "calls moved back during the second window (cause {:?})",
+            handle.state().cause
+        );
+    })
+    .await
+}
+
 /// With the primary down at start-up, the check starts on the alternate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn startup_check_starts_on_alternate_when_primary_is_down() {
