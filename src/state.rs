@@ -2,7 +2,7 @@
 //! the compare-and-switch that moves it, and the ways the application hears about it
 //! ([`FailoverHandle::subscribe`], [`FailoverHandle::events`], callbacks).
 
-use std::cell::Cell;
+use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -300,23 +300,30 @@ pub(crate) struct Shared {
 }
 
 thread_local! {
-    /// Set while this thread runs switch callbacks (holding `switching`).
-    static RAISING: Cell<bool> = const { Cell::new(false) };
+    /// The switch states (by address) whose callbacks this thread is running, each holding its
+    /// `switching` lock: innermost last. Per state, not one flag, so that a callback of one
+    /// layer can switch another layer at once (two organisations failed over together).
+    static RAISING: RefCell<Vec<usize>> = const { RefCell::new(Vec::new()) };
 }
 
-/// Marks this thread as raising events; cleared on drop, even if a callback panics.
+/// Marks this thread as raising `shared`'s events; unmarked on drop, even if a callback panics.
 struct Raising;
 
 impl Raising {
-    fn enter() -> Raising {
-        RAISING.with(|r| r.set(true));
+    fn enter(shared: &Shared) -> Raising {
+        RAISING.with(|raising| raising.borrow_mut().push(shared.address()));
         Raising
+    }
+
+    /// Whether this thread is inside one of `shared`'s callbacks.
+    fn within(shared: &Shared) -> bool {
+        RAISING.with(|raising| raising.borrow().contains(&shared.address()))
     }
 }
 
 impl Drop for Raising {
     fn drop(&mut self) {
-        RAISING.with(|r| r.set(false));
+        RAISING.with(|raising| raising.borrow_mut().pop());
     }
 }
 
@@ -430,7 +437,7 @@ impl Shared {
     /// `on_switch_required`, say) cannot be made there: this thread holds `switching` while it
     /// raises the event. It is queued and made as soon as the event's callbacks have returned.
     pub(crate) fn switch_from(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
-        if RAISING.with(Cell::get) {
+        if Raising::within(self) {
             self.deferred
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
@@ -529,6 +536,11 @@ impl Shared {
         SwitchOutcome::Switched { to }
     }
 
+    /// Tells this switch state from others in the process (see `Raising`).
+    fn address(&self) -> usize {
+        std::ptr::from_ref(self) as usize
+    }
+
     fn raise_required_once(&self, failed: Active, cause: SwitchCause) -> SwitchOutcome {
         let mut required_for = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
         if self.active().generation == failed.generation && *required_for != Some(failed.generation) {
@@ -561,7 +573,7 @@ impl Shared {
             state.last_event = Some(event.clone());
         });
         {
-            let _raising = Raising::enter();
+            let _raising = Raising::enter(self);
             self.run_callbacks(&event);
         }
         let _ = self.events.send(event);

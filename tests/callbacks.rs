@@ -78,3 +78,75 @@ async fn the_application_switches_from_inside_on_switch_required() {
     })
     .await
 }
+
+/// A callback of one layer switches another layer (two organisations that fail over together)
+/// at once, and that layer's callback may switch the first one back in turn: each layer defers
+/// only switches asked for inside its own callbacks.
+#[test]
+fn a_callback_of_one_layer_switches_another_layer_at_once() {
+    let fabrikam = FailoverLayer::new(Endpoints::dynamics("https://fabrikam.api.crm.dynamics.com").unwrap());
+    let fabrikam_handle = fabrikam.handle();
+    let contoso_cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
+    let cell = contoso_cell.clone();
+    let in_callback = fabrikam_handle.clone();
+    let contoso = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+        .on_switched(move |_| {
+            in_callback.switch_to(Side::Alternate);
+        })
+        .build()
+        .unwrap();
+    let contoso_handle = contoso.handle();
+    contoso_cell.set(contoso_handle.clone()).unwrap();
+    // Fabrikam's own callbacks are not involved; its state must follow at once.
+    contoso_handle.switch_endpoint();
+    assert_eq!(contoso_handle.active(), Side::Alternate);
+    assert_eq!(
+        (fabrikam_handle.active(), fabrikam_handle.generation()),
+        (Side::Alternate, 1),
+        "asked from the other layer's callback"
+    );
+    let _ = cell;
+}
+
+/// Each layer's callback switches the other back to its primary: the chain ends (no deadlock,
+/// no switch lost), because each layer defers only what its own callbacks ask of it.
+#[test]
+fn two_layers_switching_each_other_from_their_callbacks_neither_deadlock_nor_lose_a_switch() {
+    let first_cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
+    let second_cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
+    let (to_second, to_first) = (second_cell.clone(), first_cell.clone());
+    let first = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+        .on_switched(move |event: &SwitchEvent| {
+            // Moved to the alternate: move the other layer too.
+            if event.cause().to_string() == "manual" {
+                if let Some(second) = to_second.get() {
+                    second.switch_to(Side::Alternate);
+                }
+            }
+        })
+        .build()
+        .unwrap();
+    let second =
+        FailoverLayer::builder(Endpoints::dynamics("https://fabrikam.api.crm.dynamics.com").unwrap())
+            .on_switched(move |_: &SwitchEvent| {
+                // Asks the first layer, still inside its own callback, to switch again: deferred
+                // there, made once the first layer's callbacks return.
+                if let Some(first) = to_first.get() {
+                    first.switch_to(Side::Primary);
+                }
+            })
+            .build()
+            .unwrap();
+    first_cell.set(first.handle()).unwrap();
+    second_cell.set(second.handle()).unwrap();
+    first.handle().switch_to(Side::Alternate);
+    assert_eq!(
+        (second.handle().active(), second.handle().generation()),
+        (Side::Alternate, 1)
+    );
+    assert_eq!(
+        (first.handle().active(), first.handle().generation()),
+        (Side::Primary, 2),
+        "the first layer's deferred switch back was made"
+    );
+}
