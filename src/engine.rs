@@ -185,7 +185,9 @@ impl Shared {
         }
         if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
             if received {
+                // It may be held by both sides now: reports off either list it.
                 plan.resent_after_received = true;
+                ledger.resent(id);
             } else {
                 ledger.moved(id, to);
             }

@@ -179,8 +179,10 @@ pub struct WriteRecord {
     pub path: String,
     /// The request's key: the configured header, or a [`WriteKey`] from its extensions.
     pub key: Option<String>,
-    /// The side that may hold it: where it was sent first, unless that attempt provably was not
-    /// processed (refused at connect, say) and the write was re-sent on the other side.
+    /// The side that may hold it, the side of the report's `from`. A write is listed off the
+    /// side it was sent to first, unless that attempt provably was not processed (refused at
+    /// connect, say) and it moved; one re-sent after it may have been received is listed off
+    /// both sides: as unknown off the first, and as the re-send's outcome off the second.
     pub side: Side,
     /// When it was sent (to the ledger clock's step of 1–10 ms: see the crate's README).
     pub sent_at: SystemTime,
@@ -252,11 +254,13 @@ pub struct DataLossReport {
     pub at: SystemTime,
     /// The replication window the acknowledged writes were taken from.
     pub window: Duration,
-    /// Writes `from` acknowledged within the window: `to` may not have them yet.
+    /// Writes `from` acknowledged within the window, including writes re-sent to `from` after
+    /// they failed on `to` (outcome [`WriteOutcome::ResentOnAlternate`]): `to` may not have
+    /// them yet.
     pub acknowledged: Vec<WriteRecord>,
-    /// Writes sent to `from` whose outcome is unknown: still in flight, however old, or sent
-    /// within the window and failed after they may have reached `from` (including those then
-    /// re-sent on `to`, timed from their acknowledgement there). `from` may or may not have applied them.
+    /// Writes sent to `from` whose outcome is unknown: still in flight, however old, or failed
+    /// within the window after they may have reached `from` (including those then re-sent on
+    /// `to`: a later report off `to` lists them again, with the re-send's outcome). `from` may or may not have applied them.
     pub unknown: Vec<WriteRecord>,
     /// Writes the ledger dropped, oldest first, to stay within its capacity since the
     /// previous report. Non-zero means the lists above may be incomplete.
@@ -448,13 +452,17 @@ impl Book {
 /// * 3 bits: the outcome (`Fate::IN_FLIGHT` ...); `FORGOTTEN` for a write that proved not
 ///   applied: it is left out of reports and leaves at the front without being counted as
 ///   dropped; `LEFT` once the write has left the book. Both are final.
-/// * 1 bit: the side that may hold the write.
-/// * 36 bits: when it was acknowledged, in steps of 2^23 ns (about 8.4 ms) after the
-///   ledger's anchor, rounded up, plus one; zero when it was not. 36 bits of steps last 18
-///   years. Rounding up can only keep a write in the window longer.
-/// * 24 bits: the write's lap, `id >> shift`. Slot `id & mask` is reused by the write `slots`
+/// * 1 bit: the side that may hold the write (where it was first sent, unless that attempt
+///   provably never arrived and it moved).
+/// * 36 bits: when it settled (acknowledged, or failed with an unknown outcome), in steps of
+///   2^23 ns (about 8.4 ms) after the ledger's anchor, rounded up, plus one; zero while in
+///   flight. 36 bits of steps last 18 years. Rounding up can only keep a write in the window
+///   longer.
+/// * 1 bit: re-sent to the other side after it may have been received on its own: it may
+///   then be held by both sides, and reports off either list it.
+/// * 23 bits: the write's lap, `id >> shift`. Slot `id & mask` is reused by the write `slots`
 ///   later; a late settle for a write that was evicted finds another lap there and does
-///   nothing. Laps repeat after 2^24 reuses of a slot (with the minimum of 1,024 slots, 17
+///   nothing. Laps repeat after 2^23 reuses of a slot (with the minimum of 1,024 slots, 8.6
 ///   billion writes) while that one call is still in flight: not a case that arises.
 #[derive(Clone, Copy, PartialEq, Eq)]
 struct Fate(u64);
@@ -469,10 +477,12 @@ impl Fate {
     const LEFT: u64 = 0b111;
     const OUTCOME_MASK: u64 = 0b111;
     const SIDE_BIT: u64 = 1 << 3;
-    const ACK_SHIFT: u32 = 4;
-    const ACK_BITS: u32 = 36;
-    const ACK_MASK: u64 = ((1 << Self::ACK_BITS) - 1) << Self::ACK_SHIFT;
-    const LAP_SHIFT: u32 = 40;
+    const SETTLED_SHIFT: u32 = 4;
+    const SETTLED_BITS: u32 = 36;
+    const SETTLED_MASK: u64 = ((1 << Self::SETTLED_BITS) - 1) << Self::SETTLED_SHIFT;
+    const RESENT_BIT: u64 = 1 << 40;
+    const LAP_SHIFT: u32 = 41;
+    const LAP_MASK: u64 = (1 << 23) - 1;
     // One acknowledgement step, as a shift of nanoseconds.
     const STEP_SHIFT: u32 = 23;
 
@@ -531,16 +541,25 @@ impl Fate {
         Fate((self.0 & !Self::SIDE_BIT) | Self::side_bit(side))
     }
 
-    /// Acknowledged at `at`, a reading taken `since_anchor` after the ledger's anchor.
-    fn with_acknowledged(self, since_anchor: u64) -> Fate {
+    /// Sent again to the other side after it may have been received on its own.
+    fn with_resent(self) -> Fate {
+        Fate(self.0 | Self::RESENT_BIT)
+    }
+
+    fn resent(self) -> bool {
+        self.0 & Self::RESENT_BIT != 0
+    }
+
+    /// Settled at a reading taken `since_anchor` after the ledger's anchor.
+    fn with_settled(self, since_anchor: u64) -> Fate {
         let steps = since_anchor.div_ceil(1 << Self::STEP_SHIFT).saturating_add(1);
-        let stored = steps.min((1 << Self::ACK_BITS) - 1);
-        Fate((self.0 & !Self::ACK_MASK) | (stored << Self::ACK_SHIFT))
+        let stored = steps.min((1 << Self::SETTLED_BITS) - 1);
+        Fate((self.0 & !Self::SETTLED_MASK) | (stored << Self::SETTLED_SHIFT))
     }
 
     /// When it was acknowledged, in nanoseconds after the ledger's anchor (rounded up).
-    fn acknowledged(self) -> Option<u64> {
-        let stored = (self.0 & Self::ACK_MASK) >> Self::ACK_SHIFT;
+    fn settled(self) -> Option<u64> {
+        let stored = (self.0 & Self::SETTLED_MASK) >> Self::SETTLED_SHIFT;
         stored.checked_sub(1).map(|steps| steps << Self::STEP_SHIFT)
     }
 }
@@ -627,7 +646,7 @@ impl Ledger {
     }
 
     fn lap(&self, id: u64) -> u32 {
-        ((id >> self.shift) & 0xff_ffff) as u32
+        ((id >> self.shift) & Fate::LAP_MASK) as u32
     }
 
     fn fate(&self, id: u64) -> Fate {
@@ -635,8 +654,8 @@ impl Ledger {
     }
 
     /// When a write whose fate is `fate` was acknowledged.
-    fn acknowledged_at(&self, fate: Fate) -> Option<Tick> {
-        fate.acknowledged()
+    fn settled_at(&self, fate: Fate) -> Option<Tick> {
+        fate.settled()
             .map(|since| Tick(self.anchor.0 .0.saturating_add(since)))
     }
 
@@ -740,18 +759,23 @@ impl Ledger {
 
     /// Settles a write.
     pub(crate) fn settle(&self, id: WriteId, outcome: WriteOutcome) {
-        let acknowledged = matches!(
-            outcome,
-            WriteOutcome::Acknowledged | WriteOutcome::ResentOnAlternate
-        )
-        .then(|| Tick::now().0.saturating_sub(self.anchor.0 .0));
+        // Every settled write is timed, not only acknowledged ones: a write's window starts
+        // when it settles. Timed from when it was sent, a write that failed after a call longer
+        // than the window would be pruned by the very switch its failure caused.
+        let since = Tick::now().0.saturating_sub(self.anchor.0 .0);
         let _ = self.change(id, |fate| {
             let fate = fate.with_code(Fate::code_of(outcome));
-            match acknowledged {
-                Some(since) => fate.with_acknowledged(since),
-                None => fate,
+            match outcome {
+                WriteOutcome::InFlight => fate,
+                _ => fate.with_settled(since),
             }
         });
+    }
+
+    /// Notes that a write that may have been received is sent again to the other side: reports
+    /// off that side list it too.
+    pub(crate) fn resent(&self, id: WriteId) {
+        let _ = self.change(id, Fate::with_resent);
     }
 
     /// Notes that a write that provably never reached `side`'s predecessor is now sent to `side`.
@@ -777,7 +801,7 @@ impl Ledger {
                 Fate::FORGOTTEN => true,
                 Fate::IN_FLIGHT => false,
                 _ => {
-                    let settled = self.acknowledged_at(fate).unwrap_or(front.sent);
+                    let settled = self.settled_at(fate).unwrap_or(front.sent);
                     !self.within_window(now, settled)
                 }
             };
@@ -807,7 +831,14 @@ impl Ledger {
         let mut unknown = Vec::new();
         for (id, entry) in (book.front_id()..).zip(book.entries.iter()) {
             let fate = self.fate(id);
-            if fate.side() != from {
+            let Some(outcome) = fate.outcome() else {
+                continue;
+            };
+            // Sent to `from` first, or re-sent there after it may have been received on the
+            // other side (then both may hold it).
+            let sent_first = fate.side() == from;
+            let resent_here = fate.resent() && fate.side().other() == from;
+            if !sent_first && !resent_here {
                 continue;
             }
             // The same test `prune` applies at the front, applied to every entry: a settled
@@ -815,18 +846,17 @@ impl Ledger {
             // once it has left the window, or what a report lists would depend on the order
             // writes were sent in.
             let within = || {
-                let settled = self.acknowledged_at(fate).unwrap_or(entry.sent);
+                let settled = self.settled_at(fate).unwrap_or(entry.sent);
                 self.within_window(now, settled)
             };
-            match fate.outcome() {
-                None => {}
-                Some(WriteOutcome::InFlight) => unknown.push(self.record(entry, fate)),
-                Some(WriteOutcome::Acknowledged) if within() => {
-                    acknowledged.push(self.record(entry, fate));
-                }
-                Some(WriteOutcome::Acknowledged) => {}
-                Some(_) if within() => unknown.push(self.record(entry, fate)),
-                Some(_) => {}
+            let record = || self.record(entry, fate, from);
+            match outcome {
+                WriteOutcome::InFlight => unknown.push(record()),
+                _ if !within() => {}
+                WriteOutcome::Acknowledged => acknowledged.push(record()),
+                // Acknowledged by the side it was re-sent to.
+                WriteOutcome::ResentOnAlternate if resent_here => acknowledged.push(record()),
+                _ => unknown.push(record()),
             }
         }
         let dropped = std::mem::take(&mut book.dropped);
@@ -841,7 +871,7 @@ impl Ledger {
         }
     }
 
-    fn record(&self, entry: &Entry, fate: Fate) -> WriteRecord {
+    fn record(&self, entry: &Entry, fate: Fate, side: Side) -> WriteRecord {
         let path_and_query = entry.path.as_str();
         let path = if self.config.record_query {
             path_and_query
@@ -861,10 +891,10 @@ impl Ledger {
                 Key::Header(v) => String::from_utf8_lossy(v.as_bytes()).into_owned(),
                 Key::App(s) => s.clone(),
             }),
-            side: fate.side(),
+            side,
             sent_at: self.wall_clock(entry.sent),
             acknowledged_at: self
-                .acknowledged_at(fate)
+                .settled_at(fate)
                 .filter(|_| acknowledged)
                 .map(|at| self.wall_clock(at)),
             outcome,
@@ -1173,13 +1203,10 @@ mod tests {
             .is_empty());
         // The packing itself: a step up, never down, and none for zero.
         let fate = Fate::sent(7, Side::Primary);
-        assert_eq!(fate.acknowledged(), None);
-        assert_eq!(fate.with_acknowledged(0).acknowledged(), Some(0));
-        assert_eq!(
-            fate.with_acknowledged(1).acknowledged(),
-            Some(1 << Fate::STEP_SHIFT)
-        );
-        let late = fate.with_acknowledged(u64::MAX);
+        assert_eq!(fate.settled(), None);
+        assert_eq!(fate.with_settled(0).settled(), Some(0));
+        assert_eq!(fate.with_settled(1).settled(), Some(1 << Fate::STEP_SHIFT));
+        let late = fate.with_settled(u64::MAX);
         assert_eq!(late.lap(), 7, "a huge time does not spill into the lap");
         assert_eq!(late.code(), Fate::IN_FLIGHT);
     }
