@@ -429,7 +429,7 @@ impl Shared {
         self.auto_switch && self.endpoints.alternate().is_some()
     }
 
-    /// Compare-and-switch: moves calls off `failed` only if it is still the active generation.
+    /// Compare-and-switch: moves calls off `failed.side` only if calls still go there.
     /// `automatic` is false for a switch the application asked for, which ignores
     /// `auto_switch(false)`.
     ///
@@ -459,19 +459,22 @@ impl Shared {
 
     fn switch_from_unqueued(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
         // Fast path for a failure wave: most callers see the switch already made without
-        // taking the lock.
+        // taking the lock. As the seed's `CanSwitch(uri)`, the test is the endpoint the call
+        // failed on, not the generation: calls may have moved off it and back while this one
+        // was in flight (a failback), and a "re-send on the new endpoint" must never go back
+        // to the endpoint that just failed.
         let now = self.active();
-        if now.generation != failed.generation {
+        if now.side != failed.side {
             return SwitchOutcome::AlreadySwitched { to: now.side };
         }
         if self.endpoints.alternate().is_none() || (automatic && !self.auto_switch) {
-            return self.raise_required_once(failed, cause);
+            return self.raise_required_once(now, cause);
         }
 
         let mut required_for = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
-        let now = self.active();
-        if now.generation != failed.generation {
-            return SwitchOutcome::AlreadySwitched { to: now.side };
+        let failed = self.active();
+        if failed.side != now.side {
+            return SwitchOutcome::AlreadySwitched { to: failed.side };
         }
         let to = failed.side.other();
         let previous = self.endpoint(failed.side).clone();

@@ -1223,3 +1223,68 @@ async fn get_mut_on_one_clone_does_not_take_a_spare_from_another() {
     })
     .await
 }
+
+/// A call in flight on the primary while calls moved to the alternate and back (the alternate
+/// gave one 503) fails on the primary: it is re-sent on the alternate, the other endpoint, and
+/// never again on the primary it just failed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_call_that_fails_after_calls_moved_away_and_back_is_re_sent_on_the_other_endpoint() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary.set(custom(|received| async move {
+            if received.head.uri.path().ends_with("/slow") {
+                tokio::time::sleep(Duration::from_millis(800)).await;
+            }
+            reply(503, &[], "")
+        }));
+        pair.alternate.set(custom(|received| async move {
+            let status = if received.head.uri.path().ends_with("/b") {
+                503
+            } else {
+                200
+            };
+            reply(status, &[], "{}")
+        }));
+        let slow = tokio::spawn({
+            let service = service.clone();
+            async move {
+                send(
+                    &service,
+                    support::request(http::Method::GET, "/api/data/v9.2/slow"),
+                )
+                .await
+                .map(|r| r.status())
+            }
+        });
+        wait_until(5, "the slow read reached the primary", || {
+            pair.primary.count() == 1
+        })
+        .await;
+        let _ = send(&service, support::request(http::Method::GET, "/api/data/v9.2/a")).await;
+        assert_eq!((handle.active(), handle.generation()), (Side::Alternate, 1));
+        let _ = send(&service, support::request(http::Method::GET, "/api/data/v9.2/b")).await;
+        assert_eq!((handle.active(), handle.generation()), (Side::Primary, 2));
+
+        let result = slow.await.unwrap();
+        let slow_on = |server: &Server| {
+            server
+                .requests()
+                .into_iter()
+                .filter(|(_, path)| path.ends_with("/slow"))
+                .count()
+        };
+        assert_eq!(
+            (slow_on(&pair.primary), slow_on(&pair.alternate)),
+            (1, 1),
+            "re-sent on the other endpoint; result {result:?}"
+        );
+        assert_eq!(result.unwrap(), 200);
+        // Its failure was on the endpoint calls were going to: it moved them, as the seed's
+        // `CanSwitch(uri)` would.
+        assert_eq!((handle.active(), handle.generation()), (Side::Alternate, 3));
+    })
+    .await
+}
