@@ -353,6 +353,8 @@ pub(crate) struct CallState {
     span: Option<Box<tracing::Span>>,
     pub(crate) side: Side,
     throttle_retries: u32,
+    // Whether the last throttling was an error (it may have been received) rather than a 429.
+    throttled_by_error: bool,
     // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
     // Boxed: it is set only after a failure, and inline it would add about 170 bytes to every
     // routed call's future.
@@ -382,6 +384,7 @@ impl CallState {
             side: plan.active.side,
             plan,
             throttle_retries: 0,
+            throttled_by_error: false,
             first: None,
         }
     }
@@ -431,13 +434,15 @@ impl CallState {
                     Err(error) => Step::Fail(error),
                 }
             }
-            Verdict::Throttled { retry_after } => match self.on_throttled(shared, retry_after, build) {
-                Some((wait, retry)) => Step::Wait(wait, retry),
-                None => {
-                    self.respond(shared, status);
-                    Step::Answer
+            Verdict::Throttled { retry_after } => {
+                match self.on_throttled(shared, retry_after, false, build) {
+                    Some((wait, retry)) => Step::Wait(wait, retry),
+                    None => {
+                        self.respond(shared, status);
+                        Step::Answer
+                    }
                 }
-            },
+            }
             _ => {
                 self.respond(shared, status);
                 Step::Answer
@@ -523,15 +528,54 @@ impl CallState {
         if self.plan.refusal_if_received.is_some() {
             return None;
         }
-        self.on_throttled(shared, retry_after, build)
+        self.on_throttled(shared, retry_after, true, build)
+    }
+
+    /// After a throttling wait, before the retry goes out: if calls have moved to the other
+    /// endpoint during the wait, the retry `build` makes for it, to send instead. The endpoint
+    /// the call was throttled on may be the one calls left because it went down, and the
+    /// throttled attempt was turned away (a 429) or may be sent again anyway (a throttling
+    /// error is retried only then), so it may go where calls go now. `None`: send the retry
+    /// as it was built.
+    pub(crate) fn after_wait<R>(
+        &mut self,
+        shared: &Shared,
+        build: impl FnOnce(Side) -> Result<R, NotResent>,
+    ) -> Option<R> {
+        let now = shared.active();
+        if now.side == self.side {
+            return None;
+        }
+        let retry = build(now.side).ok()?;
+        if let (Some(ledger), Some(id)) = (&shared.ledger, self.plan.write) {
+            if self.throttled_by_error {
+                // It may have been received where it was throttled: at risk on both sides.
+                self.plan.resent_after_received = true;
+                ledger.resent(id);
+            } else {
+                ledger.moved(id, now.side);
+            }
+        }
+        tracing::debug!(
+            parent: self.parent(),
+            server.address = %shared.endpoint(now.side),
+            "failover: calls moved during the throttling wait, retrying where they go now"
+        );
+        self.side = now.side;
+        // A failure of the retry is a failure of the endpoint calls use now.
+        self.plan.active = now;
+        Some(retry)
     }
 
     fn on_throttled<R>(
         &mut self,
         shared: &Shared,
         retry_after: Option<Duration>,
+        by_error: bool,
         build: impl FnOnce(Side) -> Result<R, NotResent>,
     ) -> Option<(Duration, R)> {
+        // The last throttling decides what a retry moved by `after_wait` means for the ledger.
+        self.throttled_by_error = by_error;
         let retry = shared
             .after_throttle(&self.plan, self.throttle_retries, retry_after)
             .and_then(|wait| build(self.side).map(|r| (wait, r)));

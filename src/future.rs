@@ -500,7 +500,25 @@ where
                 }
                 StateProj::Sleeping { sleep, resend } => {
                     ready!(sleep.as_mut().poll(cx));
-                    Next::Resend(resend.take().expect("present until the wait ends"))
+                    let mut resend = resend.take().expect("present until the wait ends");
+                    let routed = this.routed.as_mut().expect("only routed calls wait");
+                    let Routed {
+                        core,
+                        call,
+                        resend: template,
+                        ..
+                    } = routed;
+                    if let Ok(template) = template {
+                        if let Some((service, request)) =
+                            call.after_wait(&core.shared, |side| template.build(core, side))
+                        {
+                            *resend = Resend {
+                                service,
+                                request: Some(request),
+                            };
+                        }
+                    }
+                    Next::Resend(resend)
                 }
                 StateProj::Readying { resend } => {
                     let routed = this.routed.as_mut().expect("only routed calls are re-sent");

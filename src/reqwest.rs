@@ -347,7 +347,11 @@ where
                 Step::Resend(request) => request,
                 Step::Wait(wait, request) => {
                     tokio::time::sleep(wait).await;
-                    request
+                    // Calls may have moved during the wait: the retry goes where they go now.
+                    guard
+                        .call
+                        .after_wait(shared, |side| template.build(shared, side))
+                        .unwrap_or(request)
                 }
             };
             attempt = next_attempt;

@@ -484,3 +484,55 @@ async fn a_throttling_storm_stays_within_the_budget_and_failover_still_works() {
     })
     .await
 }
+
+/// Calls move to the alternate while a throttled POST waits out its `Retry-After`: the retry
+/// goes to the alternate, not to the primary calls left because it went down. (The 429 proved
+/// the POST was not processed, so it may go anywhere.) The data-loss report of a switch back
+/// lists it off the alternate, where it was applied, and not off the primary.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_retry_goes_where_calls_went_during_the_wait() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary.set(always_429("1"));
+        let throttled = tokio::spawn({
+            let service = service.clone();
+            async move {
+                send(&service, request(Method::POST, "/api/data/v9.2/tasks"))
+                    .await
+                    .map(|response| response.status())
+            }
+        });
+        wait_until(5, "the primary throttled the POST", || pair.primary.count() == 1).await;
+        pair.primary.set(Behavior::Status(503, ""));
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
+        assert_eq!(handle.active(), Side::Alternate);
+
+        let result = throttled.await.unwrap();
+        let posts_to = |server: &Server| {
+            server
+                .requests()
+                .into_iter()
+                .filter(|(method, _)| *method == Method::POST)
+                .count()
+        };
+        assert_eq!(
+            (posts_to(&pair.primary), posts_to(&pair.alternate)),
+            (1, 1),
+            "the retry went to the alternate; result {result:?}"
+        );
+        assert_eq!(result.unwrap(), 200);
+
+        pair.primary.set(Behavior::Ok);
+        handle.fail_back();
+        let report = handle.last_report().unwrap();
+        let listed: Vec<_> = report.at_risk().map(|w| (w.path.as_str(), w.outcome)).collect();
+        assert_eq!(
+            listed,
+            [("/api/data/v9.2/tasks", tower_failover::WriteOutcome::Acknowledged)]
+        );
+    })
+    .await
+}
