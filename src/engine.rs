@@ -70,28 +70,32 @@ impl Shared {
     pub(crate) fn plan(&self, parts: &mut Parts, body_is_empty: bool) -> Option<(CallPlan, BodyPlan)> {
         let (side, exact) = self.endpoints.locate(&parts.uri)?;
         self.calls.add();
-        let active = self.active();
-        // Most calls already name the active endpoint as configured: their URI stays as it is.
-        if !(exact && side == active.side && parts.uri.path_and_query().is_some()) {
-            parts.uri = rewrite_uri(std::mem::take(&mut parts.uri), self.endpoint(active.side));
-        }
-        rewrite_host_header(&mut parts.headers, &self.endpoints, self.endpoint(active.side));
+        // The path is the same before and after the URI is pointed at an endpoint.
         let policy = self.routes.choose(
             &self.default_policy,
             &parts.method,
             parts.uri.path(),
             &parts.extensions,
         );
-        let write = match &self.ledger {
-            Some(ledger) if policy.is_write(&parts.method) => Some(ledger.begin(
-                &parts.method,
-                parts.uri.path_and_query(),
-                &parts.headers,
-                &parts.extensions,
-                active.side,
-            )),
-            _ => None,
+        // A write reads the active side under the ledger's lock (see `Ledger::begin`).
+        let (active, write) = match &self.ledger {
+            Some(ledger) if policy.is_write(&parts.method) => {
+                let (id, active) = ledger.begin(
+                    &parts.method,
+                    parts.uri.path_and_query(),
+                    &parts.headers,
+                    &parts.extensions,
+                    || self.active(),
+                );
+                (active, Some(id))
+            }
+            _ => (self.active(), None),
         };
+        // Most calls already name the active endpoint as configured: their URI stays as it is.
+        if !(exact && side == active.side && parts.uri.path_and_query().is_some()) {
+            parts.uri = rewrite_uri(std::mem::take(&mut parts.uri), self.endpoint(active.side));
+        }
+        rewrite_host_header(&mut parts.headers, &self.endpoints, self.endpoint(active.side));
         let (throttle_retries, throttle_max_delay) = policy.throttle_limits();
         let plan = CallPlan {
             active,

@@ -25,6 +25,7 @@ use http::{HeaderMap, HeaderValue, Method};
 
 use crate::coarse_clock::{Tick, SLACK};
 use crate::endpoint::{Endpoint, Side};
+use crate::state::Active;
 
 /// The default replication window: acknowledged writes younger than this are reported.
 pub const DEFAULT_REPLICATION_WINDOW: Duration = Duration::from_secs(5 * 60);
@@ -659,15 +660,22 @@ impl Ledger {
             .map(|since| Tick(self.anchor.0 .0.saturating_add(since)))
     }
 
-    /// Records a write as it is sent.
+    /// Records a write as it is sent, to a side read with `read_active` under the ledger's lock;
+    /// returns what it read, which the write must be sent to.
+    ///
+    /// Read under the lock, not before: a switch stores the new active side and then takes
+    /// the lock to make its report. A write whose side was read before the store but recorded
+    /// after the report would be sent to the side calls left and listed in no report. Read
+    /// under the lock, either the report finds the write (with the side it goes to), or the
+    /// write finds the new side.
     pub(crate) fn begin(
         &self,
         method: &Method,
         path: Option<&PathAndQuery>,
         headers: &HeaderMap,
         extensions: &http::Extensions,
-        side: Side,
-    ) -> WriteId {
+        read_active: impl FnOnce() -> Active,
+    ) -> (WriteId, Active) {
         let key = self
             .config
             .key_header
@@ -682,6 +690,8 @@ impl Ledger {
             sent: Tick::now(),
         };
         let mut book = self.book();
+        let active = read_active();
+        let side = active.side;
         // Send times rise from front to back (the clock was read before the lock, so another
         // call may have taken it first with a later reading): `prune_after` relies on it. A
         // reading moved later only keeps the write in the window longer.
@@ -711,7 +721,7 @@ impl Ledger {
         book.entries.push_back(entry);
         drop(book);
         drop(evicted);
-        WriteId(id)
+        (WriteId(id), active)
     }
 
     /// How many entries of the book count against the capacity: all but the forgotten ones
@@ -917,6 +927,24 @@ mod tests {
     }
 
     /// A ledger that keeps `capacity` writes, otherwise as configured by default.
+    impl Ledger {
+        /// `begin`, with the side given.
+        fn begin_to(
+            &self,
+            method: &Method,
+            path: Option<&PathAndQuery>,
+            headers: &HeaderMap,
+            extensions: &http::Extensions,
+            side: Side,
+        ) -> WriteId {
+            self.begin(method, path, headers, extensions, || Active {
+                generation: 0,
+                side,
+            })
+            .0
+        }
+    }
+
     fn holding(capacity: usize) -> Ledger {
         Ledger::new(LedgerConfig {
             capacity,
@@ -930,10 +958,10 @@ mod tests {
         let h = HeaderMap::new();
         let x = http::Extensions::new();
         let pq: PathAndQuery = "/accounts?secret=1".parse().unwrap();
-        let a = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Primary);
-        let b = ledger.begin(&Method::PATCH, Some(&pq), &h, &x, Side::Primary);
-        let c = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Alternate);
-        let d = ledger.begin(&Method::DELETE, Some(&pq), &h, &x, Side::Primary);
+        let a = ledger.begin_to(&Method::POST, Some(&pq), &h, &x, Side::Primary);
+        let b = ledger.begin_to(&Method::PATCH, Some(&pq), &h, &x, Side::Primary);
+        let c = ledger.begin_to(&Method::POST, Some(&pq), &h, &x, Side::Alternate);
+        let d = ledger.begin_to(&Method::DELETE, Some(&pq), &h, &x, Side::Primary);
         ledger.settle(a, WriteOutcome::Acknowledged);
         ledger.settle(c, WriteOutcome::Acknowledged);
         ledger.forget(d);
@@ -955,11 +983,11 @@ mod tests {
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         let slots = ledger.fates.len() as u64;
         assert_eq!(slots, MIN_SLOTS as u64);
-        let first = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+        let first = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         // Enough writes that the first one's slot is taken by a later one, still in flight.
         let mut last = first;
         for _ in 0..slots {
-            last = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            last = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         }
         assert_eq!(last.0 & ledger.mask, first.0 & ledger.mask, "same slot");
         ledger.settle(first, WriteOutcome::Acknowledged);
@@ -1038,7 +1066,7 @@ mod tests {
                         let h = HeaderMap::new();
                         let mut held = VecDeque::new();
                         for n in 0..10_000u64 {
-                            let id = ledger.begin(&Method::POST, None, &h, &keyed(t, n), Side::Primary);
+                            let id = ledger.begin_to(&Method::POST, None, &h, &keyed(t, n), Side::Primary);
                             held.push_back((id, n));
                             if held.len() > 500 + (n % 64) as usize {
                                 let (id, n) = held.pop_front().unwrap();
@@ -1063,7 +1091,7 @@ mod tests {
         let ledger = holding(3000);
         let h = HeaderMap::new();
         let ids: Vec<_> = (0..6000u64)
-            .map(|n| ledger.begin(&Method::POST, None, &h, &keyed(0, n), Side::Primary))
+            .map(|n| ledger.begin_to(&Method::POST, None, &h, &keyed(0, n), Side::Primary))
             .collect();
         for n in 3000..6000u64 {
             carry_out(&ledger, ids[n as usize], 0, n);
@@ -1076,16 +1104,16 @@ mod tests {
     fn forgotten_writes_leave_room_for_writes_at_risk() {
         let ledger = holding(4);
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
-        let first = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+        let first = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         ledger.settle(first, WriteOutcome::Acknowledged);
         for _ in 0..3 {
             // Refused (a 400, say): not at risk, and it takes no room.
-            let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            let id = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
             ledger.forget(id);
             // Forgotten is final: a later change does not bring it back.
             ledger.settle(id, WriteOutcome::Unknown);
         }
-        let last = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+        let last = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         ledger.settle(last, WriteOutcome::Acknowledged);
         let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
         assert_eq!(report.acknowledged.len(), 2);
@@ -1103,13 +1131,13 @@ mod tests {
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         // An overload: a burst of writes, most pushed out while in flight, then refused.
         let burst: Vec<_> = (0..1000)
-            .map(|_| ledger.begin(&Method::POST, None, &h, &x, Side::Primary))
+            .map(|_| ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary))
             .collect();
         for id in burst {
             ledger.forget(id);
         }
         for _ in 0..100 {
-            let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            let id = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
             ledger.settle(id, WriteOutcome::Unknown);
         }
         assert_eq!(primary_report(&ledger).unknown.len(), 4);
@@ -1119,7 +1147,7 @@ mod tests {
     #[test]
     fn forgotten_writes_pushed_out_or_pruned_give_their_room_back_uncounted() {
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
-        let begin = |ledger: &Ledger| ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+        let begin = |ledger: &Ledger| ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         // Pushed out from the front: a, then forgotten b (not counted), then c.
         let ledger = holding(2);
         begin(&ledger);
@@ -1166,7 +1194,7 @@ mod tests {
         let ledger = holding(4);
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         let ids: Vec<_> = (0..4)
-            .map(|_| ledger.begin(&Method::POST, None, &h, &x, Side::Primary))
+            .map(|_| ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary))
             .collect();
         // Refused (say, a 400) in the middle: it keeps its place but is not at risk.
         ledger.forget(ids[1]);
@@ -1178,7 +1206,7 @@ mod tests {
         // Two more writes: the first one is pushed out (counted); the forgotten one then leaves
         // from the front, uncounted.
         for _ in 0..2 {
-            ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         }
         let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
         assert_eq!(report.dropped, 1);
@@ -1189,7 +1217,7 @@ mod tests {
     fn acknowledgement_times_round_up_and_moves_change_the_side() {
         let ledger = Ledger::new(LedgerConfig::default());
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
-        let id = ledger.begin(&Method::PUT, None, &h, &x, Side::Primary);
+        let id = ledger.begin_to(&Method::PUT, None, &h, &x, Side::Primary);
         ledger.moved(id, Side::Alternate);
         ledger.settle(id, WriteOutcome::Acknowledged);
         let report = ledger.report(Side::Alternate, ep("http://b.example"), ep("http://a.example"));
@@ -1222,10 +1250,10 @@ mod tests {
             let (h, x) = (HeaderMap::new(), http::Extensions::new());
             for path in ["/accounts?$select=name", long.as_str(), "/"] {
                 let pq: PathAndQuery = path.parse().unwrap();
-                let id = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Primary);
+                let id = ledger.begin_to(&Method::POST, Some(&pq), &h, &x, Side::Primary);
                 ledger.settle(id, WriteOutcome::Acknowledged);
             }
-            let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            let id = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
             ledger.settle(id, WriteOutcome::Acknowledged);
             let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
             let paths: Vec<&str> = report.acknowledged.iter().map(|w| w.path.as_str()).collect();
@@ -1246,17 +1274,17 @@ mod tests {
         });
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         for _ in 0..3 {
-            let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            let id = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
             ledger.settle(id, WriteOutcome::Acknowledged);
         }
         // Within the window nothing leaves, however many writes come.
         for _ in 0..5 {
-            ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         }
         assert_eq!(ledger.len(), 8);
         std::thread::sleep(Duration::from_millis(30) + SLACK + Duration::from_millis(40));
         // The next write takes the three settled ones out; those in flight stay.
-        ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+        ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
         assert_eq!(ledger.len(), 6);
     }
 
@@ -1269,12 +1297,12 @@ mod tests {
         let (h, x) = (HeaderMap::new(), http::Extensions::new());
         let pq: PathAndQuery = "/slow".parse().unwrap();
         // Still in flight: it stays in the book, and every write behind it with it.
-        let _slow = ledger.begin(&Method::POST, Some(&pq), &h, &x, Side::Primary);
-        let failed = ledger.begin(&Method::PATCH, None, &h, &x, Side::Primary);
+        let _slow = ledger.begin_to(&Method::POST, Some(&pq), &h, &x, Side::Primary);
+        let failed = ledger.begin_to(&Method::PATCH, None, &h, &x, Side::Primary);
         ledger.settle(failed, WriteOutcome::Unknown);
-        let applied = ledger.begin(&Method::PUT, None, &h, &x, Side::Primary);
+        let applied = ledger.begin_to(&Method::PUT, None, &h, &x, Side::Primary);
         ledger.settle(applied, WriteOutcome::Acknowledged);
-        let resent = ledger.begin(&Method::DELETE, None, &h, &x, Side::Primary);
+        let resent = ledger.begin_to(&Method::DELETE, None, &h, &x, Side::Primary);
         ledger.settle(resent, WriteOutcome::ResentOnAlternate);
         let report = ledger.report(Side::Primary, ep("http://a.example"), ep("http://b.example"));
         assert_eq!((report.acknowledged.len(), report.unknown.len()), (1, 3));
@@ -1297,7 +1325,7 @@ mod tests {
         let h = HeaderMap::new();
         let x = http::Extensions::new();
         for _ in 0..12 {
-            let id = ledger.begin(&Method::POST, None, &h, &x, Side::Primary);
+            let id = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
             ledger.settle(id, WriteOutcome::Acknowledged);
         }
         assert!(ledger.len() <= 5);

@@ -610,3 +610,82 @@ async fn a_write_re_sent_after_it_may_have_been_received_is_listed_off_both_side
     })
     .await
 }
+
+/// Writes racing a switch: every write the primary received is in the switch's report (or
+/// went to the alternate). A write that read the active side just before the switch stored
+/// the new one, but was recorded just after the switch made its report, used to be in none.
+/// Many routes (none matching) widen that gap, as a large route table would.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn writes_racing_a_switch_are_all_in_its_report() {
+    use std::collections::HashSet;
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::Mutex;
+    use tower::{Service, ServiceExt};
+    use tower_failover::ReplayBody;
+
+    within(60, async {
+        for trial in 0..8 {
+            let mut layer = builder();
+            for i in 0..3000 {
+                layer = layer.route_any_method(&format!("/elsewhere/{i}/*"), RetryPolicy::by_method());
+            }
+            let layer = layer.build().unwrap();
+            let handle = layer.handle();
+            let received: Arc<Mutex<Vec<(String, String)>>> = Arc::default();
+            let log = received.clone();
+            // In process: the race is between the layer's routing and its switch, not the network.
+            let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+                let host = request.uri().host().unwrap_or_default().to_string();
+                let key = request.headers()["idempotency-key"].to_str().unwrap().to_string();
+                log.lock().unwrap().push((host, key));
+                async {
+                    Ok::<_, std::convert::Infallible>(
+                        http::Response::builder().status(201).body(Full::new(Bytes::new())).unwrap(),
+                    )
+                }
+            });
+            let service = ServiceBuilder::new().layer(layer).service(inner);
+            let stop = Arc::new(AtomicBool::new(false));
+            let mut writers = Vec::new();
+            for writer in 0..4 {
+                let (mut service, stop) = (service.clone(), stop.clone());
+                writers.push(tokio::spawn(async move {
+                    let mut n = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let request = with_header(
+                            request(Method::POST, "/api/data/v9.2/accounts"),
+                            "idempotency-key",
+                            &format!("w{writer}-{n}"),
+                        );
+                        service.ready().await.unwrap().call(request).await.unwrap();
+                        n += 1;
+                        tokio::task::yield_now().await;
+                    }
+                }));
+            }
+            tokio::time::sleep(Duration::from_millis(30)).await;
+            handle.switch_endpoint();
+            tokio::time::sleep(Duration::from_millis(10)).await;
+            stop.store(true, Ordering::Relaxed);
+            for writer in writers {
+                writer.await.unwrap();
+            }
+            let report = handle.last_report().unwrap();
+            assert_eq!(report.dropped, 0);
+            let reported: HashSet<String> = report.at_risk().filter_map(|w| w.key.clone()).collect();
+            let missing: Vec<String> = received
+                .lock()
+                .unwrap()
+                .iter()
+                .filter(|(host, key)| host == PRIMARY_HOST && !reported.contains(key))
+                .map(|(_, key)| key.clone())
+                .collect();
+            assert!(
+                missing.is_empty(),
+                "trial {trial}: the primary received writes the switch's report does not list: {missing:?} ({} listed)",
+                reported.len()
+            );
+        }
+    })
+    .await
+}
