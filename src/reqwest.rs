@@ -10,6 +10,7 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Extensions, Request as HttpRequest, Uri};
@@ -173,6 +174,8 @@ impl<C> std::fmt::Debug for FailoverMiddleware<C> {
 struct Template {
     head: HeadTemplate,
     body: Result<ResendBody<reqwest::Body>, NotResent>,
+    // The request's own `.timeout(..)`: reqwest keeps it on the request, not in the head.
+    timeout: Option<Duration>,
 }
 
 impl Template {
@@ -189,6 +192,7 @@ impl Template {
         *request.headers_mut() = parts.headers;
         *request.version_mut() = parts.version;
         *request.body_mut() = body;
+        *request.timeout_mut() = self.timeout;
         Ok(request)
     }
 }
@@ -302,6 +306,7 @@ where
         let template = Template {
             head,
             body: resend_body,
+            timeout: request.timeout().copied(),
         };
         let mut guard = CallGuard {
             shared: self.shared.clone(),
@@ -310,18 +315,24 @@ where
         let shared = &*self.shared;
         let mut attempt = request;
         loop {
-            let sent = next.clone().run(attempt, extensions);
+            // The attempt and the read of a small error body for the classifier, both within
+            // the call's deadline, as in the tower future.
+            let attempt_judged = async {
+                match next.clone().run(attempt, extensions).await {
+                    Ok(response) => Ok(self.judge(response).await),
+                    Err(error) => Err(error),
+                }
+            };
             let result = match guard.call.plan.deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline.into(), sent).await {
+                Some(deadline) => match tokio::time::timeout_at(deadline.into(), attempt_judged).await {
                     Ok(result) => result,
                     Err(_) => return Err(failed(guard.call.on_deadline(shared))),
                 },
-                None => sent.await,
+                None => attempt_judged.await,
             };
             let build = |side| template.build(shared, side);
             let step = match result {
-                Ok(response) => {
-                    let (response, verdict) = self.judge(response).await;
+                Ok((response, verdict)) => {
                     match guard
                         .call
                         .after_response(shared, response.status(), verdict, build)

@@ -295,3 +295,84 @@ async fn a_body_in_memory_follows_a_307_and_is_re_sent_whole_after_a_503() {
     })
     .await
 }
+
+/// A re-send keeps the caller's own `.timeout(..)`: reqwest keeps it on the request, and a
+/// re-send is a new request.
+#[tokio::test]
+async fn a_re_sent_request_keeps_its_own_timeout() {
+    within(20, async {
+        let s = setup(|b| b).await;
+        s.alternate.set(Behavior::Delay(Duration::from_secs(3)));
+        // Refused at connect: the GET is re-sent on the alternate, which is slow.
+        s.primary.kill().await;
+        let started = std::time::Instant::now();
+        let result = s
+            .client
+            .get(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port))
+            .timeout(Duration::from_millis(300))
+            .send()
+            .await;
+        let elapsed = started.elapsed();
+        wait_until(5, "the re-send reached the alternate", || {
+            s.alternate.count() == 1
+        })
+        .await;
+        assert!(
+            result.is_err() && elapsed < Duration::from_secs(2),
+            "a 300 ms request ran {elapsed:?} and ended {:?}",
+            result.map(|r| r.status())
+        );
+    })
+    .await
+}
+
+/// `RetryPolicy::deadline` bounds the whole call on the reqwest path too, the read of a small
+/// error body for the classifier included: here a 500 whose declared 80-byte body never comes.
+#[tokio::test]
+async fn the_deadline_bounds_the_read_of_an_error_body() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+    within(20, async {
+        // A server that sends a 500's head and then stalls, on a real socket.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let stalling = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            loop {
+                let (mut socket, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    let mut buf = [0u8; 4096];
+                    let _ = socket.read(&mut buf).await;
+                    let head = "HTTP/1.1 500 Internal Server Error\r\ncontent-type: application/json\r\n\
+                                content-length: 80\r\n\r\n";
+                    let _ = socket.write_all(head.as_bytes()).await;
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                });
+            }
+        });
+        let port = stalling.port();
+        let layer =
+            FailoverLayer::builder(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}:{port}")).unwrap())
+                .default_policy(tower_failover::RetryPolicy::by_method().deadline(Duration::from_millis(300)))
+                .build()
+                .unwrap();
+        let client = reqwest_middleware::ClientBuilder::new(
+            reqwest::Client::builder()
+                .resolve(PRIMARY_HOST, stalling)
+                .build()
+                .unwrap(),
+        )
+        .with(layer.middleware())
+        .build();
+        let started = std::time::Instant::now();
+        let result = client.get(format!("http://{PRIMARY_HOST}:{port}/x")).send().await;
+        let elapsed = started.elapsed();
+        server.abort();
+        let error = result.expect_err("the deadline passed while the error body was read");
+        assert_eq!(
+            failover_error(&error).kind(),
+            &FailoverErrorKind::DeadlineExceeded
+        );
+        assert!(elapsed < Duration::from_secs(1), "{elapsed:?}");
+    })
+    .await
+}
