@@ -158,7 +158,7 @@ impl Shared {
             } else {
                 // It provably never reached this side: take it off this side before the switch
                 // makes its report, or the report would list it as in flight here. Where it
-                // goes next is set below; if it is not re-sent, the call fails as not applied
+                // goes next is set by `commit_resend`; if it is not re-sent, the call fails as not applied
                 // and the write is forgotten.
                 ledger.moved(id, plan.active.side.other());
             }
@@ -179,6 +179,19 @@ impl Shared {
         if plan.deadline.is_some_and(|d| Instant::now() >= d) {
             return Err(NotResent::DeadlineTooClose);
         }
+        Ok(to)
+    }
+
+    /// The re-send `after_down` allowed was built: takes it from the budget, and records it.
+    /// Only once it is built, so that a re-send refused for its body spends nothing and is not
+    /// counted as made.
+    pub(crate) fn commit_resend(
+        &self,
+        plan: &mut CallPlan,
+        kind: &DownKind,
+        to: Side,
+    ) -> Result<(), NotResent> {
+        let received = kind.request_may_have_been_sent();
         if !self.failover_budget.withdraw(self.calls.get()) {
             self.counters.add(Counter::RefusedByBudget);
             tracing::warn!(
@@ -197,7 +210,7 @@ impl Shared {
             }
         }
         self.counters.add(Counter::FailoverResends);
-        Ok(to)
+        Ok(())
     }
 
     /// A routed attempt was throttled. Says how long to wait before retrying on the same
@@ -225,6 +238,12 @@ impl Shared {
         {
             return Err(NotResent::DeadlineTooClose);
         }
+        Ok(wait)
+    }
+
+    /// The throttling retry `after_throttle` allowed was built: takes it from the budget, and
+    /// counts it (only then, as `commit_resend`).
+    pub(crate) fn commit_throttle_retry(&self) -> Result<(), NotResent> {
         if !self.throttle_budget.withdraw(self.calls.get()) {
             self.counters.add(Counter::RefusedByBudget);
             tracing::warn!(
@@ -234,7 +253,7 @@ impl Shared {
             return Err(NotResent::BudgetExhausted);
         }
         self.counters.add(Counter::ThrottleRetries);
-        Ok(wait)
+        Ok(())
     }
 
     /// The call is over: settle its write in the ledger and count what needs counting.
@@ -499,9 +518,11 @@ impl CallState {
                 second_failure_error(&first_kind, first, Some(&kind), cause),
             ));
         }
-        let resend = shared
-            .after_down(&mut self.plan, &kind)
-            .and_then(|side| build(side).map(|resend| (side, resend)));
+        let resend = shared.after_down(&mut self.plan, &kind).and_then(|side| {
+            let resend = build(side)?;
+            shared.commit_resend(&mut self.plan, &kind, side)?;
+            Ok((side, resend))
+        });
         match resend {
             Ok((side, resend)) => {
                 tracing::debug!(
@@ -582,7 +603,11 @@ impl CallState {
         self.throttled_by_error = by_error;
         let retry = shared
             .after_throttle(&self.plan, self.throttle_retries, retry_after)
-            .and_then(|wait| build(self.side).map(|r| (wait, r)));
+            .and_then(|wait| {
+                let retry = build(self.side)?;
+                shared.commit_throttle_retry()?;
+                Ok((wait, retry))
+            });
         match retry {
             Ok((wait, retry)) => {
                 tracing::debug!(

@@ -541,6 +541,8 @@ async fn body_over_the_cap_is_not_replayed_and_keeps_the_original_cause() {
         assert_eq!(pair.alternate.count(), 0);
         assert_eq!(handle.active(), Side::Alternate);
         assert_eq!((counts.required(), counts.switched()), (1, 1));
+        // Nothing was re-sent: not counted as a re-send, and nothing taken from the budget.
+        assert_eq!(handle.counters().failover_resends, 0);
     })
     .await
 }
