@@ -798,6 +798,9 @@ impl<C> FailoverLayerBuilder<C> {
         if let Some(error) = self.route_errors.into_iter().next() {
             return Err(error);
         }
+        self.default_policy
+            .validate()
+            .map_err(|e| e.context("default_policy"))?;
         self.failover_budget
             .validate()
             .map_err(|e| e.context("failover_budget"))?;

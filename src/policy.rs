@@ -234,7 +234,10 @@ impl RetryPolicy {
         self
     }
 
-    /// The replay cap for these requests, in place of the layer's.
+    /// The replay cap for these requests, in place of the layer's. At most
+    /// [`MAX_REPLAY_CAP`](crate::MAX_REPLAY_CAP), as the layer's: a larger one makes `build()`
+    /// fail for a policy given to the builder, and is lowered to the limit for a policy put in
+    /// a request's extensions (there is no `build()` to refuse it).
     ///
     /// ```
     /// use http::Method;
@@ -424,6 +427,18 @@ impl RetryPolicy {
         self.write.unwrap_or_else(|| is_write_method(method))
     }
 
+    /// Refuses what the layer's own settings would refuse: a policy given to the builder
+    /// fails `build()` with the same message as the layer's setting.
+    pub(crate) fn validate(&self) -> Result<(), ConfigError> {
+        match self.replay_cap {
+            Some(cap) if cap > crate::layer::MAX_REPLAY_CAP => Err(ConfigError::new(format!(
+                "replay_cap({cap}) is above the limit of {} bytes; a cap is memory held for every call in flight, keep it near your largest re-sendable request",
+                crate::layer::MAX_REPLAY_CAP
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub(crate) fn replay_cap_or(&self, layer_cap: usize) -> usize {
         self.replay_cap.unwrap_or(layer_cap)
     }
@@ -484,6 +499,9 @@ impl RouteTable {
                 "route pattern `{pattern}` must start with `/` (it matches the request path)"
             )));
         }
+        policy
+            .validate()
+            .map_err(|e| e.context(&format!("route `{pattern}`")))?;
         let star = pattern.find('*');
         let pattern = match star {
             None => PathPattern::Exact(pattern.to_string()),

@@ -333,3 +333,42 @@ async fn a_policy_replay_cap_replaces_the_layers() {
     })
     .await
 }
+
+/// A policy's replay cap obeys the layer's limit: given to the builder above it, `build()`
+/// refuses it and says which policy, as it does for the layer's own cap.
+#[test]
+fn a_policy_replay_cap_above_the_limit_is_refused_at_build_time() {
+    use tower_failover::MAX_REPLAY_CAP;
+    let builder = || FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap());
+    let too_large = RetryPolicy::by_method().replay_cap(MAX_REPLAY_CAP * 2);
+
+    let error = builder()
+        .default_policy(too_large)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("default_policy: replay_cap(134217728) is above the limit"),
+        "{error}"
+    );
+    let error = builder()
+        .route(http::Method::PUT, "/api/data/v9.2/annotations*", too_large)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(
+        error.starts_with("route `/api/data/v9.2/annotations*`: replay_cap(134217728) is above the limit"),
+        "{error}"
+    );
+    let error = builder()
+        .route_any_method("/api/data/v9.2/imports*", too_large)
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(error.contains("above the limit"), "{error}");
+    // At the limit: accepted.
+    builder()
+        .default_policy(RetryPolicy::by_method().replay_cap(MAX_REPLAY_CAP))
+        .build()
+        .unwrap();
+}
