@@ -181,9 +181,10 @@ impl Endpoint {
     /// let endpoint = Endpoint::parse("https://contoso.api.crm.dynamics.com").unwrap();
     /// assert!(endpoint.matches(&"https://CONTOSO.api.crm.dynamics.com./api/data".parse().unwrap()));
     /// assert!(endpoint.matches(&"https://contoso.api.crm.dynamics.com:443/".parse().unwrap()));
-    /// // Another port is another endpoint; so is plain http (port 80).
+    /// // Another port is another endpoint; so is plain http, on any port.
     /// assert!(!endpoint.matches(&"https://contoso.api.crm.dynamics.com:8443/".parse().unwrap()));
     /// assert!(!endpoint.matches(&"http://contoso.api.crm.dynamics.com/".parse().unwrap()));
+    /// assert!(!endpoint.matches(&"http://contoso.api.crm.dynamics.com:443/".parse().unwrap()));
     /// // A relative URI names no endpoint.
     /// assert!(!endpoint.matches(&"/api/data".parse().unwrap()));
     /// ```
@@ -237,15 +238,17 @@ impl Endpoint {
 /// A request's authority taken apart once (host, explicit port, the scheme's default port), so
 /// that comparing it with both endpoints scans it once rather than once per endpoint.
 struct Named<'a> {
+    scheme: Option<&'a Scheme>,
     host: &'a str,
     port: Option<u16>,
     default_port: Option<u16>,
 }
 
 impl<'a> Named<'a> {
-    fn new(authority: &'a Authority, scheme: Option<&Scheme>) -> Self {
+    fn new(authority: &'a Authority, scheme: Option<&'a Scheme>) -> Self {
         let (host, port) = host_and_port(authority.as_str());
         Named {
+            scheme,
             host,
             port,
             default_port: match scheme {
@@ -256,11 +259,15 @@ impl<'a> Named<'a> {
         }
     }
 
-    /// True when this names `endpoint`'s host and port (with no port and no known scheme,
-    /// the endpoint's own port is implied).
+    /// True when this names `endpoint`'s scheme, host and port (with no port and no known
+    /// scheme, the endpoint's own port is implied). The scheme must agree even when the port
+    /// is explicit: `https://host:80` is not `http://host`, and routing it there would send
+    /// in clear text a request the caller asked to send over TLS.
     fn is(&self, endpoint: &Endpoint) -> bool {
         let port = self.port.or(self.default_port).unwrap_or(endpoint.port);
-        port == endpoint.port && host_eq(self.host, &endpoint.host)
+        port == endpoint.port
+            && self.scheme.is_none_or(|scheme| *scheme == endpoint.scheme)
+            && host_eq(self.host, &endpoint.host)
     }
 }
 
@@ -701,6 +708,8 @@ mod tests {
         for uri in [
             "https://contoso.api.crm.dynamics.com:8443/x",
             "http://contoso.api.crm.dynamics.com/x",
+            // The other scheme on this scheme's port: still not this endpoint.
+            "http://contoso.api.crm.dynamics.com:443/x",
             "https://other.api.crm.dynamics.com/x",
             "/relative",
         ] {
@@ -744,6 +753,11 @@ mod tests {
             "https://contoso.api.crm.dynamics.com@evil.example/x",
             "https://contoso.api.crm.dynamics.com:99999/x",
             "https://contoso.api.crm.dynamics.com:+443/x",
+            "http://contoso.api.crm.dynamics.com:443/x",
+            "https://contoso--s.api.crm.dynamics.com:80/x",
+            "http://[::1]:8080/",
+            "https://[::1]:8080/",
+            "https://127.0.0.1:8080/",
             "https://contoso.api.crm.dynamics.com:abc/x",
             "https://contoso.api.crm.dynamics.com:-1/x",
             "https://CONTOSO--S.api.crm.dynamics.com.:+443/x",

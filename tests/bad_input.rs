@@ -279,6 +279,10 @@ async fn odd_hosts_in_requests_route_or_pass_through() {
     ];
     let passed = [
         "http://contoso.api.crm.dynamics.com/x",
+        // The endpoint's port with the other scheme: not the endpoint (routing it would
+        // change how the request is sent, in clear text or not).
+        "http://contoso.api.crm.dynamics.com:443/x",
+        "http://contoso--s.api.crm.dynamics.com:443/x",
         "https://contoso.api.crm.dynamics.com:8443/x",
         "https://contoso.api.crm.dynamics.com.evil.example/x",
         "https://xcontoso.api.crm.dynamics.com/x",
@@ -324,6 +328,7 @@ async fn odd_hosts_in_requests_route_or_pass_through() {
     }
     for uri in [
         "http://[::1]:9999/x",
+        "https://[::1]:8080/x",
         "http://[::2]:8080/x",
         "http://127.0.0.1:8080/x",
     ] {
