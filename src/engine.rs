@@ -635,7 +635,8 @@ impl CallState {
                 first_kind.request_may_have_been_sent(),
                 cause,
             )
-            .with_first(first),
+            .with_unsent_first(first)
+            .not_resent(NotResent::ServiceNotReady),
             None => FailoverError::new(FailoverErrorKind::Inner, false, cause),
         };
         self.fail(shared, error)

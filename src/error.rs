@@ -99,8 +99,9 @@ pub enum NotResent {
         /// The cap in bytes.
         cap: usize,
     },
-    /// The first attempt still holds the body (the server answered before reading it all),
-    /// so it cannot be replayed.
+    /// The first attempt still holds the body, so it cannot be replayed: the server answered
+    /// before reading it all, or the attempt failed (timed out, say) while the client was
+    /// still sending it.
     BodyInUse,
     /// Reading the body failed during the first attempt.
     BodyFailed,
@@ -113,6 +114,9 @@ pub enum NotResent {
     BudgetExhausted,
     /// The call's deadline leaves no time for another attempt.
     DeadlineTooClose,
+    /// The inner service could not get ready for the re-send (its `poll_ready` failed), so the
+    /// re-send never went out.
+    ServiceNotReady,
 }
 
 impl NotResent {
@@ -144,13 +148,14 @@ impl fmt::Display for NotResent {
                 write!(f, "the request body is larger than the replay cap of {cap} bytes")
             }
             NotResent::BodyInUse => f.write_str(
-                "the first attempt still holds the request body (the server answered before reading it)",
+                "the first attempt still holds the request body (the server answered before reading it all, or the attempt failed while the body was still being sent)",
             ),
             NotResent::BodyFailed => f.write_str("reading the request body failed"),
             NotResent::NotRouted => f.write_str("the request does not name a failover endpoint"),
             NotResent::PolicyForbids => f.write_str("its retry policy does not allow re-sending it"),
             NotResent::BudgetExhausted => f.write_str("the retry budget is spent"),
             NotResent::DeadlineTooClose => f.write_str("the call's deadline leaves no time for another attempt"),
+            NotResent::ServiceNotReady => f.write_str("the inner service could not get ready for the re-send"),
         }
     }
 }
@@ -509,6 +514,8 @@ struct ErrorInner {
     not_resent: Option<NotResent>,
     last: AttemptError,
     first: Option<AttemptError>,
+    // Whether the re-send after `first` went out; false when it could not be sent.
+    resent: bool,
 }
 
 impl FailoverError {
@@ -520,6 +527,7 @@ impl FailoverError {
                 not_resent: None,
                 last,
                 first: None,
+                resent: false,
             }),
         }
     }
@@ -529,8 +537,17 @@ impl FailoverError {
         self
     }
 
+    /// The call failed on its first endpoint with `first`, and was re-sent.
     pub(crate) fn with_first(mut self, first: AttemptError) -> Self {
         self.inner.first = Some(first);
+        self.inner.resent = true;
+        self
+    }
+
+    /// The call failed on its first endpoint with `first`, and its re-send could not go out.
+    pub(crate) fn with_unsent_first(mut self, first: AttemptError) -> Self {
+        self.inner.first = Some(first);
+        self.inner.resent = false;
         self
     }
 
@@ -657,7 +674,9 @@ impl FailoverError {
         &self.inner.last
     }
 
-    /// The first attempt's failure, when the call was re-sent and failed again.
+    /// The first attempt's failure, when the call failed on its first endpoint and was re-sent
+    /// (or its re-send could not go out: then [`was_resent`](Self::was_resent) is false and
+    /// [`not_resent_because`](Self::not_resent_because) says why).
     ///
     /// ```
     /// # use std::convert::Infallible;
@@ -715,7 +734,7 @@ impl FailoverError {
     /// # }
     /// ```
     pub fn was_resent(&self) -> bool {
-        self.inner.first.is_some()
+        self.inner.resent
     }
 }
 
@@ -727,11 +746,18 @@ impl fmt::Display for FailoverError {
                 "not re-sent on the other endpoint: {reason}; first attempt: {}",
                 self.inner.last
             )?,
-            (kind, Some(first)) => write!(
+            (kind, Some(first)) if self.inner.resent => write!(
                 f,
                 "{kind} on both endpoints: first attempt {first}; re-sent attempt {}",
                 self.inner.last
             )?,
+            (kind, Some(first)) => {
+                write!(f, "{kind}: {}", self.inner.last)?;
+                if let Some(reason) = &self.inner.not_resent {
+                    write!(f, "; not re-sent because {reason}")?;
+                }
+                write!(f, "; first attempt {first}")?;
+            }
             (kind, None) => {
                 write!(f, "{kind}: {}", self.inner.last)?;
                 if let Some(reason) = &self.inner.not_resent {

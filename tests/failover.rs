@@ -1290,3 +1290,62 @@ async fn a_call_that_fails_after_calls_moved_away_and_back_is_re_sent_on_the_oth
     })
     .await
 }
+
+/// An inner service that refuses the first attempt at connect, then fails `poll_ready`. A
+/// stand-in: no real client fails its readiness on demand after a refused connect.
+#[derive(Clone)]
+struct RefusedThenNotReady {
+    calls: Arc<AtomicUsize>,
+}
+
+impl tower::Service<Request<ReplayBody<Full<Bytes>>>> for RefusedThenNotReady {
+    type Response = Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.calls.load(Ordering::SeqCst) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Ready(Err(std::io::Error::other("service closed")))
+        }
+    }
+
+    fn call(&mut self, _: Request<ReplayBody<Full<Bytes>>>) -> Self::Future {
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready(Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)))
+    }
+}
+
+/// A re-send the inner service could not get ready for never went out: the error says so
+/// (`was_resent` false, `ServiceNotReady`) and keeps both causes.
+#[tokio::test]
+async fn a_re_send_that_never_went_out_is_not_reported_as_re_sent() {
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut service = ServiceBuilder::new()
+        .layer(FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap()))
+        .service(RefusedThenNotReady { calls: calls.clone() });
+    let request = Request::get(format!("{PRIMARY_URL}/api/data/v9.2/WhoAmI"))
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let error = tower::Service::call(service.ready().await.unwrap(), request)
+        .await
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "only the primary was called");
+    assert!(!error.was_resent(), "{error}");
+    assert_eq!(error.not_resent_because(), Some(NotResent::ServiceNotReady));
+    assert_eq!(
+        error.first_attempt().unwrap().endpoint().unwrap().host(),
+        PRIMARY_HOST
+    );
+    assert!(
+        !error.possibly_applied(),
+        "refused at connect, and nothing else was sent"
+    );
+    let text = error.to_string();
+    assert!(!text.contains("both endpoints"), "{text}");
+    assert!(
+        text.contains("service closed") && text.contains("connection refused"),
+        "{text}"
+    );
+}
