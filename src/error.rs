@@ -216,7 +216,8 @@ pub enum FailoverErrorKind {
         /// The fault code as a signed 32-bit value (`-2147176347`).
         code: i64,
     },
-    /// The service (or a gateway before it) answered 502, 503 or 504.
+    /// The service (or a gateway before it) answered 502, 503 or 504; with a classifier of
+    /// your own (or tower-http's, through `TowerHttpClassifier`), any status it judged down.
     Unavailable {
         /// The status it answered with.
         status: StatusCode,
