@@ -7,7 +7,7 @@
 
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant, SystemTime};
 
@@ -508,6 +508,11 @@ impl Shared {
             tracing::warn!("failover: no tokio runtime here, failback probing not started");
             return;
         };
+        // Pairs with the fence in `RunningGuard::drop`: a switch stores the active side, then
+        // looks at the flag here; an ending task clears the flag, then looks at the active
+        // side. Without a full fence on both sides each could see the other's old value (the
+        // task still running, the pair still on the primary), and no task would probe.
+        fence(Ordering::SeqCst);
         if self
             .probe_running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
@@ -526,6 +531,8 @@ impl Drop for RunningGuard {
     fn drop(&mut self) {
         if let Some(shared) = self.0.upgrade() {
             shared.probe_running.store(false, Ordering::Release);
+            // See `start_probe_task`.
+            fence(Ordering::SeqCst);
             shared.set_healthy_probes(0);
             // A switch to the alternate made while this task was ending found it still
             // running and did not start another: start it now.
