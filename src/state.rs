@@ -588,7 +588,14 @@ impl Shared {
             SwitchEvent::Switched { .. } => &self.callbacks.on_switched,
         };
         for callback in list {
-            callback(event);
+            // A panicking callback must not leave the switch half made (the side stored, the
+            // `Switched` event not sent, no probe task) nor fail the call that found the
+            // endpoint down: the panic is reported (the panic hook has printed it) and the
+            // switch goes on.
+            let run = std::panic::AssertUnwindSafe(|| callback(event));
+            if std::panic::catch_unwind(run).is_err() {
+                tracing::error!(event = event.name(), "failover: a switch callback panicked");
+            }
         }
     }
 }

@@ -150,3 +150,38 @@ fn two_layers_switching_each_other_from_their_callbacks_neither_deadlock_nor_los
         "the first layer's deferred switch back was made"
     );
 }
+
+/// A callback that panics does not leave the switch half made: the call that found the
+/// primary down is still re-sent and answered, `Switched` still reaches the event stream, and
+/// later switches still run every callback.
+#[tokio::test]
+async fn a_panicking_callback_neither_fails_the_call_nor_stops_the_switch() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let seen: Arc<Mutex<Vec<String>>> = Arc::default();
+        let log = seen.clone();
+        let layer = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+            .on_switch_required(|_: &SwitchEvent| panic!("a callback with a bug"))
+            .on_switched(move |event: &SwitchEvent| log.lock().unwrap().push(event.cause().to_string()))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut events = handle.events();
+        let mut service = pair.through(layer);
+        pair.primary.kill().await;
+
+        let request = http::Request::get(format!("{PRIMARY_URL}/x"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = service.ready().await.unwrap().call(request).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(handle.active(), Side::Alternate);
+        let names: Vec<&str> = std::iter::from_fn(|| events.try_recv().ok())
+            .map(|event| event.name())
+            .collect();
+        assert_eq!(names, ["SwitchRequired", "Switched"]);
+        handle.switch_endpoint();
+        assert_eq!(*seen.lock().unwrap(), ["endpoint not found", "manual"]);
+    })
+    .await
+}
