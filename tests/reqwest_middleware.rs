@@ -376,3 +376,47 @@ async fn the_deadline_bounds_the_read_of_an_error_body() {
     })
     .await
 }
+
+/// Notes whether each request it sees could be cloned, as a retry middleware needs.
+#[derive(Clone, Default)]
+struct CloneProbe(std::sync::Arc<std::sync::Mutex<Vec<bool>>>);
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for CloneProbe {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        self.0.lock().unwrap().push(request.try_clone().is_some());
+        next.run(request, extensions).await
+    }
+}
+
+/// Below the failover middleware, a request with a body in memory can still be cloned (what
+/// a retry middleware there needs); a streamed one could not be before either.
+#[tokio::test]
+async fn a_body_in_memory_stays_cloneable_for_the_middlewares_below() {
+    within(10, async {
+        let primary = Server::start(PRIMARY_HOST).await;
+        let port = primary.addr.port();
+        let layer =
+            FailoverLayer::new(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}:{port}")).unwrap());
+        let probe = CloneProbe::default();
+        let client = reqwest_middleware::ClientBuilder::new(
+            reqwest::Client::builder()
+                .resolve(PRIMARY_HOST, primary.addr)
+                .build()
+                .unwrap(),
+        )
+        .with(layer.middleware())
+        .with(probe.clone())
+        .build();
+        let url = format!("http://{PRIMARY_HOST}:{port}/api/data/v9.2/accounts(1)");
+        let response = client.put(&url).body(b"hello".to_vec()).send().await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(*probe.0.lock().unwrap(), [true]);
+    })
+    .await
+}
