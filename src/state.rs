@@ -6,7 +6,7 @@ use std::cell::RefCell;
 use std::collections::VecDeque;
 use std::fmt;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, OnceLock, PoisonError, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, TryLockError, Weak};
 use std::time::SystemTime;
 
 use tokio::sync::{broadcast, watch};
@@ -319,6 +319,11 @@ impl Raising {
     fn within(shared: &Shared) -> bool {
         RAISING.with(|raising| raising.borrow().contains(&shared.address()))
     }
+
+    /// Whether this thread is inside any layer's callbacks.
+    fn any() -> bool {
+        RAISING.with(|raising| !raising.borrow().is_empty())
+    }
 }
 
 impl Drop for Raising {
@@ -436,15 +441,44 @@ impl Shared {
     /// A switch asked for from inside a callback (the application deciding in
     /// `on_switch_required`, say) cannot be made there: this thread holds `switching` while it
     /// raises the event. It is queued and made as soon as the event's callbacks have returned.
+    ///
+    /// Inside another layer's callbacks this thread holds that layer's lock. Waiting there for
+    /// this layer's could deadlock with a thread that holds this one and waits for that one
+    /// (two layers whose callbacks switch each other, failing at once). So this lock is then
+    /// only taken if it is free; if not, the switch is queued for the thread holding it, which
+    /// makes what is queued once it lets go (every holder does, below).
     pub(crate) fn switch_from(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
         if Raising::within(self) {
-            self.deferred
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .push_back((failed.side.other(), cause));
+            self.defer(failed.side.other(), cause);
             return SwitchOutcome::Refused;
         }
-        let outcome = self.switch_from_unqueued(failed, cause, automatic);
+        let outcome = match self.switch_from_unqueued(failed, cause.clone(), automatic) {
+            Some(outcome) => outcome,
+            None if self.defer_to_holder(failed.side.other(), cause) => SwitchOutcome::Refused,
+            None => return SwitchOutcome::Refused,
+        };
+        self.make_deferred();
+        outcome
+    }
+
+    fn defer(&self, to: Side, cause: SwitchCause) {
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_back((to, cause));
+    }
+
+    /// Queues a switch for the thread holding `switching`. Returns true when the lock turns
+    /// out to be free once it is queued: its holder may have let go, and made what was queued,
+    /// before this one was; the caller must then make the queue itself.
+    fn defer_to_holder(&self, to: Side, cause: SwitchCause) -> bool {
+        self.defer(to, cause);
+        !matches!(self.switching.try_lock(), Err(TryLockError::WouldBlock))
+    }
+
+    /// Makes the switches queued while `switching` was held (by callbacks, or by a thread
+    /// that found it busy), in order.
+    fn make_deferred(&self) {
         loop {
             let next = self
                 .deferred
@@ -452,12 +486,38 @@ impl Shared {
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop_front();
             let Some((to, cause)) = next else { break };
-            self.switch_to(to, cause);
+            let now = self.active();
+            if now.side == to {
+                continue;
+            }
+            let busy = self.switch_from_unqueued(now, cause.clone(), false).is_none();
+            if busy && !self.defer_to_holder(to, cause) {
+                // Its holder makes it.
+                break;
+            }
         }
-        outcome
     }
 
-    fn switch_from_unqueued(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
+    /// `switching`: waited for, unless this thread runs another layer's callbacks (see
+    /// `switch_from`); `None` when it is busy then.
+    fn lock_switching(&self) -> Option<MutexGuard<'_, Option<u64>>> {
+        if !Raising::any() {
+            return Some(self.switching.lock().unwrap_or_else(PoisonError::into_inner));
+        }
+        match self.switching.try_lock() {
+            Ok(guard) => Some(guard),
+            Err(TryLockError::Poisoned(poisoned)) => Some(poisoned.into_inner()),
+            Err(TryLockError::WouldBlock) => None,
+        }
+    }
+
+    /// The switch itself; `None` when `switching` was busy and could not be waited for.
+    fn switch_from_unqueued(
+        &self,
+        failed: Active,
+        cause: SwitchCause,
+        automatic: bool,
+    ) -> Option<SwitchOutcome> {
         // Fast path for a failure wave: most callers see the switch already made without
         // taking the lock. As the seed's `CanSwitch(uri)`, the test is the endpoint the call
         // failed on, not the generation: calls may have moved off it and back while this one
@@ -465,16 +525,16 @@ impl Shared {
         // to the endpoint that just failed.
         let now = self.active();
         if now.side != failed.side {
-            return SwitchOutcome::AlreadySwitched { to: now.side };
+            return Some(SwitchOutcome::AlreadySwitched { to: now.side });
         }
         if self.endpoints.alternate().is_none() || (automatic && !self.auto_switch) {
             return self.raise_required_once(now, cause);
         }
 
-        let mut required_for = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
+        let mut required_for = self.lock_switching()?;
         let failed = self.active();
         if failed.side != now.side {
-            return SwitchOutcome::AlreadySwitched { to: failed.side };
+            return Some(SwitchOutcome::AlreadySwitched { to: failed.side });
         }
         let to = failed.side.other();
         let previous = self.endpoint(failed.side).clone();
@@ -536,7 +596,7 @@ impl Shared {
         if to == Side::Alternate {
             self.start_probe_task();
         }
-        SwitchOutcome::Switched { to }
+        Some(SwitchOutcome::Switched { to })
     }
 
     /// Tells this switch state from others in the process (see `Raising`).
@@ -544,8 +604,8 @@ impl Shared {
         std::ptr::from_ref(self) as usize
     }
 
-    fn raise_required_once(&self, failed: Active, cause: SwitchCause) -> SwitchOutcome {
-        let mut required_for = self.switching.lock().unwrap_or_else(PoisonError::into_inner);
+    fn raise_required_once(&self, failed: Active, cause: SwitchCause) -> Option<SwitchOutcome> {
+        let mut required_for = self.lock_switching()?;
         if self.active().generation == failed.generation && *required_for != Some(failed.generation) {
             *required_for = Some(failed.generation);
             let previous = self.endpoint(failed.side).clone();
@@ -561,7 +621,7 @@ impl Shared {
             );
             self.publish(SwitchEvent::SwitchRequired { previous, new, cause }, |_| {});
         }
-        SwitchOutcome::Refused
+        Some(SwitchOutcome::Refused)
     }
 
     /// Raises one event everywhere: the `watch` state, then the callbacks (they see every

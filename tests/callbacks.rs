@@ -185,3 +185,55 @@ async fn a_panicking_callback_neither_fails_the_call_nor_stops_the_switch() {
     })
     .await
 }
+
+/// Two layers fail at once, on two threads, and each one's `on_switch_required` moves the
+/// other: each thread holds its own layer's lock while it asks for the other's. Neither waits
+/// for the other (a deadlock, found by review): a switch that finds the other layer busy is
+/// queued for the thread making that layer's switch, and both end on their alternates.
+#[test]
+fn two_layers_failing_at_once_whose_callbacks_switch_each_other_do_not_deadlock() {
+    use std::sync::Barrier;
+    for _ in 0..20 {
+        let first_cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
+        let second_cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
+        let barrier = Arc::new(Barrier::new(2));
+        let (to_second, b1) = (second_cell.clone(), barrier.clone());
+        let first = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+            .on_switch_required(move |_: &SwitchEvent| {
+                b1.wait();
+                to_second.get().unwrap().switch_to(Side::Alternate);
+            })
+            .build()
+            .unwrap();
+        let (to_first, b2) = (first_cell.clone(), barrier.clone());
+        let second =
+            FailoverLayer::builder(Endpoints::dynamics("https://fabrikam.api.crm.dynamics.com").unwrap())
+                .on_switch_required(move |_: &SwitchEvent| {
+                    b2.wait();
+                    to_first.get().unwrap().switch_to(Side::Alternate);
+                })
+                .build()
+                .unwrap();
+        first_cell.set(first.handle()).unwrap();
+        second_cell.set(second.handle()).unwrap();
+        let (done, finished) = std::sync::mpsc::channel();
+        for handle in [first.handle(), second.handle()] {
+            let done = done.clone();
+            std::thread::spawn(move || {
+                handle.switch_to(Side::Alternate);
+                let _ = done.send(());
+            });
+        }
+        for _ in 0..2 {
+            finished
+                .recv_timeout(std::time::Duration::from_secs(5))
+                .expect("deadlock: the two switches never finished");
+        }
+        assert_eq!(first.handle().active(), Side::Alternate);
+        assert_eq!(second.handle().active(), Side::Alternate);
+        assert_eq!(
+            (first.handle().generation(), second.handle().generation()),
+            (1, 1)
+        );
+    }
+}
