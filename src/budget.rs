@@ -142,6 +142,17 @@ impl Bucket {
     }
 }
 
+impl Bucket {
+    /// Returns a re-send taken with `withdraw` that never went out.
+    pub(crate) fn give_back(&self) {
+        if self.budget.is_unlimited() {
+            return;
+        }
+        let mut state = self.inner.lock().unwrap_or_else(PoisonError::into_inner);
+        state.balance = state.balance.saturating_add(MILLI).min(self.cap());
+    }
+}
+
 /// How many slots the call counter is spread over.
 const COUNTER_SLOTS: usize = 8;
 

@@ -52,9 +52,19 @@ pub(crate) struct CallPlan {
     write: Option<WriteId>,
     /// The write failed after it may have been received, then was re-sent.
     resent_after_received: bool,
+    /// An attempt that may have been received was followed by another (a retry after a
+    /// throttling *error*): whatever the last attempt shows, the call may have been applied.
+    earlier_maybe_received: bool,
     settled: bool,
     /// When the whole call must be over.
     pub(crate) deadline: Option<Instant>,
+}
+
+/// Which kind of re-send a call made last: what to give back if it never goes out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Pending {
+    Failover,
+    Throttle,
 }
 
 /// How a call ended, for the ledger and the counters.
@@ -106,6 +116,7 @@ impl Shared {
             resend_possible: self.auto_switch_enabled(),
             write,
             resent_after_received: false,
+            earlier_maybe_received: false,
             settled: false,
             // A limit too far away to be an instant (`Duration::MAX`, say) is no limit.
             deadline: policy
@@ -213,6 +224,21 @@ impl Shared {
         Ok(())
     }
 
+    /// A re-send that was built, taken from its budget and counted, could not go out (the
+    /// inner service did not get ready): gives back its budget and its count.
+    pub(crate) fn give_back(&self, pending: Pending) {
+        match pending {
+            Pending::Failover => {
+                self.failover_budget.give_back();
+                self.counters.take_back(Counter::FailoverResends);
+            }
+            Pending::Throttle => {
+                self.throttle_budget.give_back();
+                self.counters.take_back(Counter::ThrottleRetries);
+            }
+        }
+    }
+
     /// A routed attempt was throttled. Says how long to wait before retrying on the same
     /// endpoint, or why not to (the caller then gets the throttling answer as it is).
     pub(crate) fn after_throttle(
@@ -271,6 +297,9 @@ impl Shared {
             }
             CallEnd::Response(_) => false,
         };
+        // Sent more than once, and an earlier attempt may have been received: neither a refusal
+        // nor an error of the last attempt proves the call was not applied.
+        let earlier_maybe = plan.resent_after_received || plan.earlier_maybe_received;
         if possibly_applied {
             self.counters.add(Counter::PossiblyApplied);
         }
@@ -287,10 +316,8 @@ impl Shared {
                 },
             ),
             // Refused by the server: not applied.
-            CallEnd::Response(status) if status.is_client_error() && !plan.resent_after_received => {
-                ledger.forget(id)
-            }
-            CallEnd::Error(_) if !possibly_applied => ledger.forget(id),
+            CallEnd::Response(status) if status.is_client_error() && !earlier_maybe => ledger.forget(id),
+            CallEnd::Error(_) if !possibly_applied && !earlier_maybe => ledger.forget(id),
             _ => ledger.settle(id, WriteOutcome::Unknown),
         }
     }
@@ -378,6 +405,8 @@ pub(crate) struct CallState {
     throttle_retries: u32,
     // Whether the last throttling was an error (it may have been received) rather than a 429.
     throttled_by_error: bool,
+    // What the re-send waiting to go out is, for `on_not_ready`.
+    pending: Pending,
     // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
     // Boxed: it is set only after a failure, and inline it would add about 170 bytes to every
     // routed call's future.
@@ -408,6 +437,7 @@ impl CallState {
             plan,
             throttle_retries: 0,
             throttled_by_error: false,
+            pending: Pending::Failover,
             first: None,
         }
     }
@@ -533,6 +563,7 @@ impl CallState {
                 );
                 self.side = side;
                 self.first = Some(Box::new((kind, cause)));
+                self.pending = Pending::Failover;
                 Ok(resend)
             }
             Err(reason) => Err(self.fail(shared, not_resent_error(&kind, reason, cause))),
@@ -557,39 +588,40 @@ impl CallState {
     }
 
     /// After a throttling wait, before the retry goes out: if calls have moved to the other
-    /// endpoint during the wait, the retry `build` makes for it, to send instead. The endpoint
-    /// the call was throttled on may be the one calls left because it went down, and the
-    /// throttled attempt was turned away (a 429) or may be sent again anyway (a throttling
-    /// error is retried only then), so it may go where calls go now. `None`: send the retry
-    /// as it was built.
-    pub(crate) fn after_wait<R>(
-        &mut self,
-        shared: &Shared,
-        build: impl FnOnce(Side) -> Result<R, NotResent>,
-    ) -> Option<R> {
-        let now = shared.active();
-        if now.side == self.side {
-            return None;
+    /// endpoint during the wait, `repoint` points the retry (built before the wait, and
+    /// holding the body) at the endpoint they go to now. The endpoint the call was throttled
+    /// on may be the one calls left because it went down, and the throttled attempt was turned
+    /// away (a 429), or may be sent again anyway (a throttling error is retried only then).
+    ///
+    /// It stays where it was throttled when its policy keeps it off the other endpoint
+    /// (`never`, `reads_only` for a write), and after a failover: a re-sent call never goes
+    /// back to the endpoint it failed on.
+    pub(crate) fn after_wait(&mut self, shared: &Shared, repoint: impl FnOnce(Side)) {
+        if self.first.is_some() || self.plan.refusal_if_unsent.is_some() {
+            return;
         }
-        let retry = build(now.side).ok()?;
-        if let (Some(ledger), Some(id)) = (&shared.ledger, self.plan.write) {
-            if self.throttled_by_error {
-                // It may have been received where it was throttled: at risk on both sides.
-                self.plan.resent_after_received = true;
-                ledger.resent(id);
-            } else {
-                ledger.moved(id, now.side);
-            }
+        let from = self.side;
+        // A write follows under the ledger's lock, as `Ledger::begin` reads its side: a switch
+        // off the side it moves to then either lists it or is seen here.
+        let now = match (&shared.ledger, self.plan.write) {
+            (Some(ledger), Some(id)) => ledger.follow(id, from, self.throttled_by_error, || shared.active()),
+            _ => shared.active(),
+        };
+        if now.side == from {
+            return;
+        }
+        if self.throttled_by_error {
+            self.plan.resent_after_received = true;
         }
         tracing::debug!(
             parent: self.parent(),
             server.address = %shared.endpoint(now.side),
             "failover: calls moved during the throttling wait, retrying where they go now"
         );
+        repoint(now.side);
         self.side = now.side;
         // A failure of the retry is a failure of the endpoint calls use now.
         self.plan.active = now;
-        Some(retry)
     }
 
     fn on_throttled<R>(
@@ -610,6 +642,8 @@ impl CallState {
             });
         match retry {
             Ok((wait, retry)) => {
+                self.plan.earlier_maybe_received |= by_error;
+                self.pending = Pending::Throttle;
                 tracing::debug!(
                     parent: self.parent(),
                     server.address = %shared.endpoint(self.side),
@@ -629,6 +663,8 @@ impl CallState {
 
     /// The inner service could not get ready for the re-send: the re-send was never sent.
     pub(crate) fn on_not_ready(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
+        // Taken from its budget and counted when it was built: it never went out.
+        shared.give_back(self.pending);
         let error = match self.first.take().map(|first| *first) {
             Some((first_kind, first)) => FailoverError::new(
                 FailoverErrorKind::Inner,
@@ -669,6 +705,11 @@ impl CallState {
     }
 
     fn fail(&mut self, shared: &Shared, error: FailoverError) -> FailoverError {
+        let error = if self.plan.earlier_maybe_received {
+            error.possibly_applied_anyway()
+        } else {
+            error
+        };
         if let Some(span) = &self.span {
             span.record("error.type", tracing::field::display(error.kind()));
         }

@@ -533,6 +533,13 @@ impl FailoverError {
         }
     }
 
+    /// Marks the call as possibly applied, whatever its last attempt showed: an earlier one
+    /// may have been received.
+    pub(crate) fn possibly_applied_anyway(mut self) -> Self {
+        self.inner.possibly_applied = true;
+        self
+    }
+
     pub(crate) fn not_resent(mut self, reason: NotResent) -> Self {
         self.inner.not_resent = Some(reason);
         self

@@ -502,22 +502,17 @@ where
                     ready!(sleep.as_mut().poll(cx));
                     let mut resend = resend.take().expect("present until the wait ends");
                     let routed = this.routed.as_mut().expect("only routed calls wait");
-                    let Routed {
-                        core,
-                        call,
-                        resend: template,
-                        ..
-                    } = routed;
-                    if let Ok(template) = template {
-                        if let Some((service, request)) =
-                            call.after_wait(&core.shared, |side| template.build(core, side))
-                        {
-                            *resend = Resend {
-                                service,
-                                request: Some(request),
-                            };
+                    let shared = &routed.core.shared;
+                    // Calls may have moved during the wait: the retry, body and all, is pointed
+                    // where they go now.
+                    routed.call.after_wait(shared, |side| {
+                        if let Some(request) = resend.request.take() {
+                            let (mut parts, body) = request.into_parts();
+                            let path_and_query = parts.uri.path_and_query().cloned();
+                            shared.point_at(side, &mut parts, path_and_query);
+                            resend.request = Some(Request::from_parts(parts, body));
                         }
-                    }
+                    });
                     Next::Resend(resend)
                 }
                 StateProj::Readying { resend } => {

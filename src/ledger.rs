@@ -542,9 +542,10 @@ impl Fate {
         Fate((self.0 & !Self::SIDE_BIT) | Self::side_bit(side))
     }
 
-    /// Sent again to the other side after it may have been received on its own.
+    /// Sent again to the other side after it may have been received on its own: in flight
+    /// again (unsettled), on both sides.
     fn with_resent(self) -> Fate {
-        Fate(self.0 | Self::RESENT_BIT)
+        Fate((self.0 & !(Self::OUTCOME_MASK | Self::SETTLED_MASK)) | Self::RESENT_BIT | Self::IN_FLIGHT)
     }
 
     fn resent(self) -> bool {
@@ -783,9 +784,31 @@ impl Ledger {
     }
 
     /// Notes that a write that may have been received is sent again to the other side: reports
-    /// off that side list it too.
+    /// off that side list it too, and both list it as in flight until it settles again.
     pub(crate) fn resent(&self, id: WriteId) {
         let _ = self.change(id, Fate::with_resent);
+    }
+
+    /// A throttled write retried after a wait: reads the side calls go to now under the
+    /// ledger's lock (see `begin`) and, if it is not `from`, notes the write as sent there:
+    /// moved when the throttling proved it unprocessed, re-sent when it may have been received.
+    pub(crate) fn follow(
+        &self,
+        id: WriteId,
+        from: Side,
+        maybe_received: bool,
+        read_active: impl FnOnce() -> Active,
+    ) -> Active {
+        let _book = self.book();
+        let active = read_active();
+        if active.side != from {
+            if maybe_received {
+                self.resent(id);
+            } else {
+                self.moved(id, active.side);
+            }
+        }
+        active
     }
 
     /// Notes that a write that provably never reached `side`'s predecessor is now sent to `side`.

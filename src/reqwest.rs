@@ -220,6 +220,18 @@ fn take_whole(body: &mut reqwest::Body, cap: usize) -> Option<Bytes> {
     Some(whole)
 }
 
+impl Template {
+    /// Points a request built for one side at `side`: its URL and `Host`, the rest kept.
+    fn point(&self, shared: &Shared, side: Side, request: &mut reqwest::Request) {
+        let parts = self.head.parts_for(shared, side);
+        // An endpoint's URL always parses; were it not to, the request stays as it was.
+        if let Ok(url) = reqwest::Url::parse(&parts.uri.to_string()) {
+            *request.url_mut() = url;
+            *request.headers_mut() = parts.headers;
+        }
+    }
+}
+
 /// Settles the call as abandoned if the caller drops the future mid-call.
 struct CallGuard {
     shared: Arc<Shared>,
@@ -356,13 +368,14 @@ where
                 Step::Answer => unreachable!("handed back above"),
                 Step::Fail(error) => return Err(failed(error)),
                 Step::Resend(request) => request,
-                Step::Wait(wait, request) => {
+                Step::Wait(wait, mut request) => {
                     tokio::time::sleep(wait).await;
-                    // Calls may have moved during the wait: the retry goes where they go now.
+                    // Calls may have moved during the wait: the retry, body and all, is
+                    // pointed where they go now.
                     guard
                         .call
-                        .after_wait(shared, |side| template.build(shared, side))
-                        .unwrap_or(request)
+                        .after_wait(shared, |side| template.point(shared, side, &mut request));
+                    request
                 }
             };
             attempt = next_attempt;

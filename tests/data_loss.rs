@@ -689,3 +689,124 @@ async fn writes_racing_a_switch_are_all_in_its_report() {
     })
     .await
 }
+
+/// a keyed POST fails on the primary after it may have been received (503) and is
+/// re-sent on the alternate, which is slow. While that re-send is still in flight on the
+/// alternate, longer than the window after the primary's failure, the alternate goes down: the
+/// switch off the alternate must list the write ("still in flight, however old"). Its fate says
+/// `Unknown`, settled when the primary failed, so the window test (or prune) drops it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_send_still_in_flight_on_the_alternate_is_in_the_report_off_the_alternate() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder()
+            .replication_window(Duration::from_millis(200))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary.set(custom(|received| async move {
+            if received.head.method == Method::POST {
+                reply(503, &[], "")
+            } else {
+                reply(200, &[], "{}")
+            }
+        }));
+        pair.alternate.set(custom(|received| async move {
+            if received.head.method == Method::POST {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                reply(201, &[], "{}")
+            } else {
+                reply(503, &[], "")
+            }
+        }));
+        let post = tokio::spawn({
+            let service = service.clone();
+            async move {
+                let request = with_header(
+                    request(Method::POST, "/api/data/v9.2/accounts"),
+                    "idempotency-key",
+                    "slow-resend",
+                );
+                send(&service, request).await.map(|r| r.status())
+            }
+        });
+        wait_until(5, "the re-send reached the alternate", || {
+            pair.alternate.count() == 1
+        })
+        .await;
+        assert_eq!(handle.active(), Side::Alternate);
+        // Well past the window (and its slack) after the primary's failure.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        // The alternate answers this GET 503: calls move back to the primary.
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
+        assert_eq!(handle.active(), Side::Primary);
+        let off_alternate = handle.last_report().unwrap();
+        assert_eq!(off_alternate.from.host(), ALTERNATE_HOST);
+        let keys: Vec<_> = off_alternate.at_risk().map(|w| w.key.clone()).collect();
+        assert_eq!(
+            keys,
+            [Some("slow-resend".to_string())],
+            "the write is in flight on the alternate right now: {off_alternate}"
+        );
+        assert_eq!(post.await.unwrap().unwrap(), 201);
+    })
+    .await
+}
+
+/// a PUT throttled by an *error* on the primary (may have been received, as the
+/// engine says) is moved by `after_wait` to the alternate (marked re-sent, at risk on both
+/// sides), is refused at connect there and again on the primary. The call then ends "not
+/// possibly applied" and `finish` forgets the write, though the primary may have applied it.
+#[tokio::test]
+async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    use tower::{Service, ServiceExt};
+    use tower_failover::{Classifier, DefaultClassifier, Outcome, ReplayBody, Verdict};
+
+    let classifier = |outcome: Outcome<'_>| match outcome {
+        Outcome::Error(error) if error.to_string() == "throttled" => Verdict::Throttled {
+            retry_after: Some(Duration::from_millis(50)),
+        },
+        other => DefaultClassifier::new().classify(other),
+    };
+    let layer = builder().classifier(classifier).build().unwrap();
+    let handle = layer.handle();
+    let cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
+    cell.set(handle.clone()).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |_request: Request<ReplayBody<Full<Bytes>>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        let cell = cell.clone();
+        async move {
+            if n == 0 {
+                // The primary takes the PUT and answers with a throttling error; meanwhile calls
+                // move to the alternate (another call found the primary down, say).
+                cell.get().unwrap().switch_to(Side::Alternate);
+                Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("throttled"))
+            } else {
+                Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+            }
+        }
+    });
+    let mut service = ServiceBuilder::new().layer(layer).service(inner);
+    let error = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(Method::PUT, "/api/data/v9.2/accounts(1)"))
+        .await
+        .unwrap_err();
+    assert_eq!(calls.load(Ordering::SeqCst), 3, "{error}");
+    // Calls are on the primary now; the primary may hold the PUT.
+    handle.switch_to(Side::Alternate);
+    let report = handle.last_report().unwrap();
+    let at_risk: Vec<_> = report.at_risk().map(|w| w.path.clone()).collect();
+    assert!(
+        error.possibly_applied() && at_risk == ["/api/data/v9.2/accounts(1)"],
+        "possibly_applied {} and at risk {at_risk:?}; error: {error}",
+        error.possibly_applied()
+    );
+}

@@ -420,3 +420,57 @@ async fn a_body_in_memory_stays_cloneable_for_the_middlewares_below() {
     })
     .await
 }
+
+/// On the reqwest path: a throttled POST with a streamed body waits out its
+/// `Retry-After`; calls move to the alternate meanwhile. The retry should go there, as it does
+/// for a body in memory, but the retry built before the wait still holds the recording, so
+/// `after_wait` cannot build another and the retry goes to the primary calls left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_wait() {
+    within(15, async {
+        let s = setup(|b| b).await;
+        s.primary
+            .set(custom(|_| async { reply(429, &[("retry-after", "1")], "") }));
+        let url = format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/tasks", s.port);
+        let throttled = tokio::spawn({
+            let client = s.client.clone();
+            let url = url.clone();
+            async move {
+                let frames = futures_util::stream::iter([Ok::<_, std::io::Error>(Frame::data(
+                    Bytes::from_static(br#"{"name":"x"}"#),
+                ))]);
+                client
+                    .post(&url)
+                    .body(reqwest::Body::wrap(StreamBody::new(frames)))
+                    .send()
+                    .await
+                    .map(|r| r.status())
+            }
+        });
+        wait_until(5, "the primary throttled the POST", || s.primary.count() == 1).await;
+        s.primary.set(Behavior::Status(503, ""));
+        let get = s
+            .client
+            .get(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(get.status(), 200);
+        assert_eq!(s.layer.handle().active(), Side::Alternate);
+        let result = throttled.await.unwrap();
+        let posts = |server: &Server| {
+            server
+                .requests()
+                .into_iter()
+                .filter(|(method, _)| *method == http::Method::POST)
+                .count()
+        };
+        assert_eq!(
+            (posts(&s.primary), posts(&s.alternate)),
+            (1, 1),
+            "the retry should have gone to the alternate; result {:?}",
+            result.as_ref().map_err(|e| e.to_string())
+        );
+    })
+    .await
+}

@@ -536,3 +536,150 @@ async fn a_throttling_retry_goes_where_calls_went_during_the_wait() {
     })
     .await
 }
+
+/// as `a_throttling_retry_goes_where_calls_went_during_the_wait`, with a body that
+/// is not a `Full<Bytes>` (here a `String`), so it is recorded rather than kept whole. The retry
+/// built before the wait still holds the recording, so `after_wait`'s new build is refused
+/// (`BodyInUse`) and the retry goes to the primary calls left.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_wait() {
+    use tower::ServiceExt;
+    use tower_failover::ReplayBody;
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = tower::Layer::layer(&layer, pair.client::<ReplayBody<String>>());
+        pair.primary.set(always_429("1"));
+        let throttled = tokio::spawn({
+            let service = service.clone();
+            async move {
+                let request = http::Request::post(format!("{PRIMARY_URL}/api/data/v9.2/tasks"))
+                    .body(String::from(r#"{"name":"x"}"#))
+                    .unwrap();
+                service.oneshot(request).await.map(|response| response.status())
+            }
+        });
+        wait_until(5, "the primary throttled the POST", || pair.primary.count() == 1).await;
+        pair.primary.set(Behavior::Status(503, ""));
+        let get = http::Request::get(format!("{PRIMARY_URL}/api/data/v9.2/WhoAmI"))
+            .body(String::new())
+            .unwrap();
+        assert_eq!(service.clone().oneshot(get).await.unwrap().status(), 200);
+        assert_eq!(handle.active(), Side::Alternate);
+
+        let result = throttled.await.unwrap();
+        let posts_to = |server: &Server| {
+            server
+                .requests()
+                .into_iter()
+                .filter(|(method, _)| *method == Method::POST)
+                .count()
+        };
+        assert_eq!(
+            (posts_to(&pair.primary), posts_to(&pair.alternate)),
+            (1, 1),
+            "the retry should have gone to the alternate; result {:?}",
+            result.as_ref().map_err(|e| e.to_string())
+        );
+    })
+    .await
+}
+
+/// `RetryPolicy::reads_only()` is documented as "writes never" re-sent on the
+/// other endpoint, and throttled calls "retried on the same endpoint". A throttled PUT under
+/// it is sent to the alternate by `after_wait` when calls moved during its wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reads_only_never_sends_a_write_to_the_other_endpoint_even_after_a_throttling_wait() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder()
+            .default_policy(RetryPolicy::reads_only())
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary.set(always_429("1"));
+        let throttled = tokio::spawn({
+            let service = service.clone();
+            async move {
+                send(&service, request(Method::PUT, "/api/data/v9.2/tasks(1)"))
+                    .await
+                    .map(|response| response.status())
+            }
+        });
+        wait_until(5, "the primary throttled the PUT", || pair.primary.count() == 1).await;
+        pair.primary.set(Behavior::Status(503, ""));
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
+        assert_eq!(handle.active(), Side::Alternate);
+        let result = throttled.await.unwrap();
+        let puts_to_alternate = pair
+            .alternate
+            .requests()
+            .into_iter()
+            .filter(|(method, _)| *method == Method::PUT)
+            .count();
+        assert_eq!(
+            puts_to_alternate,
+            0,
+            "reads_only: a write is never sent to the other endpoint; result {:?}",
+            result.as_ref().map_err(|e| e.to_string())
+        );
+    })
+    .await
+}
+
+/// README step 3: "a call re-sent on the new endpoint never goes back to the one
+/// it just failed on, even if calls moved away and back while it was in flight". A keyed POST
+/// fails on the primary (503), is re-sent on the alternate, is throttled there, and while it
+/// waits calls move back to the primary: `after_wait` sends it back to the primary it failed on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_sent_call_throttled_on_the_alternate_never_goes_back_to_the_endpoint_it_failed_on() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary.set(Behavior::Status(503, ""));
+        pair.alternate.set(custom(|received| async move {
+            if received.head.method == Method::POST {
+                reply(429, &[("retry-after", "1")], "")
+            } else {
+                reply(503, &[], "")
+            }
+        }));
+        let post = tokio::spawn({
+            let service = service.clone();
+            async move {
+                let mut request = request(Method::POST, "/api/data/v9.2/tasks");
+                request
+                    .headers_mut()
+                    .insert("idempotency-key", "task-1".parse().unwrap());
+                send(&service, request).await.map(|r| r.status())
+            }
+        });
+        wait_until(5, "the alternate throttled the re-send", || {
+            pair.alternate.count() == 1
+        })
+        .await;
+        assert_eq!(handle.active(), Side::Alternate);
+        // The alternate goes down for a GET: calls move back to the primary.
+        pair.primary.set(Behavior::Ok);
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
+        assert_eq!(handle.active(), Side::Primary);
+        let result = post.await.unwrap();
+        let posts_to_primary = pair
+            .primary
+            .requests()
+            .into_iter()
+            .filter(|(method, _)| *method == Method::POST)
+            .count();
+        assert_eq!(
+            posts_to_primary,
+            1,
+            "sent back to the endpoint it failed on; result {:?}",
+            result.as_ref().map_err(|e| e.to_string())
+        );
+    })
+    .await
+}
