@@ -61,6 +61,7 @@ use hyper_util::rt::TokioExecutor;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
+use tower::timeout::Timeout;
 use tower::ServiceExt;
 use tower_failover::{
     ConfigError, CountersSnapshot, DataLossReport, DefaultClassifier, Endpoint, Endpoints, Failover,
@@ -76,28 +77,51 @@ type BoxError = Box<dyn Error + Send + Sync>;
 /// so an upload streams through without being gathered first.
 pub type ClientBody = ReplayBody<Body>;
 
-/// The failover client the proxy forwards through.
-pub type Upstream<C> = Failover<Client<C, ClientBody>, DefaultClassifier>;
+/// The failover client the proxy forwards through, with a time limit on each attempt inside
+/// the layer: an endpoint that accepts a request and then hangs is an outage the layer must
+/// see to fail over (a limit outside it would only end the call).
+pub type Upstream<C> = Failover<Timeout<Client<C, ClientBody>>, DefaultClassifier>;
+
+/// How long one attempt may take by default before it counts as the endpoint being down.
+pub const DEFAULT_ATTEMPT_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// The request header that carries a per-request re-send policy.
 pub const POLICY_HEADER: &str = "x-failover-policy";
 
-/// Builds the failover client over `connector`.
-pub fn upstream<C>(connector: C, endpoints: Endpoints) -> Result<Upstream<C>, ConfigError>
+/// Builds the failover client over `connector`, each attempt limited to `attempt_timeout`.
+pub fn upstream<C>(
+    connector: C,
+    endpoints: Endpoints,
+    attempt_timeout: Duration,
+) -> Result<Upstream<C>, ConfigError>
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
     let layer = FailoverLayer::builder(endpoints).build()?;
     let client = Client::builder(TokioExecutor::new()).build(connector);
-    Ok(tower::Layer::layer(&layer, client))
+    Ok(tower::Layer::layer(&layer, Timeout::new(client, attempt_timeout)))
 }
 
-/// Serves the proxy on `listener` until the server fails.
+/// Serves the proxy on `listener` until the server fails, with the default attempt timeout.
 pub async fn run_proxy<C>(listener: TcpListener, endpoints: Endpoints, connector: C) -> Result<(), BoxError>
 where
     C: Connect + Clone + Send + Sync + 'static,
 {
-    let app = router(upstream(connector, endpoints)?);
+    run_proxy_with(listener, endpoints, connector, DEFAULT_ATTEMPT_TIMEOUT).await
+}
+
+/// Serves the proxy on `listener` until the server fails, each attempt limited to
+/// `attempt_timeout`.
+pub async fn run_proxy_with<C>(
+    listener: TcpListener,
+    endpoints: Endpoints,
+    connector: C,
+    attempt_timeout: Duration,
+) -> Result<(), BoxError>
+where
+    C: Connect + Clone + Send + Sync + 'static,
+{
+    let app = router(upstream(connector, endpoints, attempt_timeout)?);
     axum::serve(listener, app).await?;
     Ok(())
 }
@@ -338,40 +362,22 @@ async fn events<C>(State(proxy): State<Proxy<C>>) -> Sse<impl Stream<Item = Resu
         .event("State")
         .data(status_json(&proxy.handle).to_string());
     let endpoints = proxy.handle.endpoints().clone();
-    let switches = stream::unfold(
-        (receiver, endpoints, None::<Pending>),
-        |(mut receiver, endpoints, pending)| async move {
-            let (event, pending) = match receiver.recv().await {
-                Ok(event) => sse_event(&event, &endpoints, pending),
-                // A reader too slow for 64 events: say how many it missed rather than end.
-                Err(broadcast::error::RecvError::Lagged(missed)) => (
-                    Event::default()
-                        .event("Lagged")
-                        .data(json!({ "missed": missed }).to_string()),
-                    None,
-                ),
-                Err(broadcast::error::RecvError::Closed) => return None,
-            };
-            Some((Ok(event), (receiver, endpoints, pending)))
-        },
-    );
+    let switches = stream::unfold((receiver, endpoints), |(mut receiver, endpoints)| async move {
+        let event = match receiver.recv().await {
+            Ok(event) => sse_event(&event, &endpoints),
+            // A reader too slow for 64 events: say how many it missed rather than end.
+            Err(broadcast::error::RecvError::Lagged(missed)) => Event::default()
+                .event("Lagged")
+                .data(json!({ "missed": missed }).to_string()),
+            Err(broadcast::error::RecvError::Closed) => return None,
+        };
+        Some((Ok(event), (receiver, endpoints)))
+    });
     // Keep-alive comments stop idle-timeouts in between from closing a quiet stream.
     Sse::new(stream::once(async { Ok(hello) }).chain(switches)).keep_alive(KeepAlive::default())
 }
 
-/// The `SwitchRequired` just seen, whose cause its `Switched` repeats: `Switched` itself does
-/// not carry one, and every switch raises the two back to back.
-struct Pending {
-    previous: Endpoint,
-    new: Endpoint,
-    cause: String,
-}
-
-fn sse_event(
-    event: &SwitchEvent,
-    endpoints: &Endpoints,
-    pending: Option<Pending>,
-) -> (Event, Option<Pending>) {
+fn sse_event(event: &SwitchEvent, endpoints: &Endpoints) -> Event {
     let side_of = |endpoint: &Endpoint| {
         if endpoint == endpoints.primary() {
             "primary"
@@ -383,36 +389,13 @@ fn sse_event(
         "previous": event.previous().to_string(),
         "new": event.new_endpoint().to_string(),
         "new_side": side_of(event.new_endpoint()),
+        "cause": event.cause().to_string(),
     });
-    let next = match event {
-        SwitchEvent::SwitchRequired {
-            previous, new, cause, ..
-        } => {
-            data["cause"] = json!(cause.to_string());
-            Some(Pending {
-                previous: previous.clone(),
-                new: new.clone(),
-                cause: cause.to_string(),
-            })
-        }
-        SwitchEvent::Switched {
-            previous,
-            new,
-            report,
-            ..
-        } => {
-            // Only the cause of *this* switch's SwitchRequired; after a lag it is unknown.
-            let cause = pending
-                .filter(|p| p.previous == *previous && p.new == *new)
-                .map(|p| p.cause);
-            data["cause"] = json!(cause);
-            data["report"] = report.as_deref().map_or(Value::Null, report_json);
-            None
-        }
-        // Non-exhaustive: an event added later is still passed on, by name.
-        _ => None,
-    };
-    (Event::default().event(event.name()).data(data.to_string()), next)
+    if let SwitchEvent::Switched { report, .. } = event {
+        data["report"] = report.as_deref().map_or(Value::Null, report_json);
+    }
+    // Non-exhaustive: an event added later is still passed on, by name.
+    Event::default().event(event.name()).data(data.to_string())
 }
 
 fn side_name(side: Side) -> &'static str {
@@ -431,14 +414,17 @@ fn unix_ms(at: SystemTime) -> u64 {
 
 const USAGE: &str = "\
 usage:
-  failover_proxy --dynamics URL [--listen ADDR]
-  failover_proxy --primary URL --alternate URL [--listen ADDR]
+  failover_proxy --dynamics URL [--listen ADDR] [--attempt-timeout SECS]
+  failover_proxy --primary URL --alternate URL [--listen ADDR] [--attempt-timeout SECS]
   failover_proxy --demo
 
   --dynamics URL    a Dynamics 365 organization URL; the alternate is derived by the --s rule
   --primary URL     the primary endpoint (scheme and host only)
   --alternate URL   the alternate endpoint
   --listen ADDR     where to listen (default 127.0.0.1:8080)
+  --attempt-timeout SECS
+                    how long one attempt may take before the endpoint counts as down and
+                    the call fails over (default 30)
   --demo            run a scripted outage against two loopback servers and exit
 
 Send requests to the proxy with relative paths (http://ADDR/api/...). Read the proxy's state
@@ -450,6 +436,7 @@ enum Command {
     Serve {
         endpoints: Endpoints,
         listen: SocketAddr,
+        attempt_timeout: Duration,
     },
     Demo,
     Help,
@@ -462,6 +449,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let (mut dynamics, mut primary, mut alternate) = (None, None, None);
     let mut listen: SocketAddr = ([127, 0, 0, 1], 8080).into();
     let mut demo = false;
+    let mut attempt_timeout = DEFAULT_ATTEMPT_TIMEOUT;
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -478,6 +466,17 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                 listen = text
                     .parse()
                     .map_err(|e| format!("--listen {text}: {e} (give an address such as 127.0.0.1:8080)"))?;
+            }
+            "--attempt-timeout" => {
+                let text = value()?;
+                attempt_timeout = text
+                    .parse::<f64>()
+                    .ok()
+                    .and_then(|secs| Duration::try_from_secs_f64(secs).ok())
+                    .filter(|d| !d.is_zero())
+                    .ok_or_else(|| {
+                        format!("--attempt-timeout {text}: give a number of seconds above 0, such as 30")
+                    })?;
             }
             "--demo" => demo = true,
             "-h" | "--help" => return Ok(Command::Help),
@@ -505,7 +504,11 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
             ));
         }
     }
-    Ok(Command::Serve { endpoints, listen })
+    Ok(Command::Serve {
+        endpoints,
+        listen,
+        attempt_timeout,
+    })
 }
 
 #[tokio::main]
@@ -527,7 +530,11 @@ async fn main() -> ExitCode {
                 ExitCode::FAILURE
             }
         },
-        Ok(Command::Serve { endpoints, listen }) => match serve(endpoints, listen).await {
+        Ok(Command::Serve {
+            endpoints,
+            listen,
+            attempt_timeout,
+        }) => match serve(endpoints, listen, attempt_timeout).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("failover_proxy: {error}");
@@ -541,7 +548,7 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(endpoints: Endpoints, listen: SocketAddr) -> Result<(), BoxError> {
+async fn serve(endpoints: Endpoints, listen: SocketAddr, attempt_timeout: Duration) -> Result<(), BoxError> {
     // The library logs its switches and the writes at risk through `tracing`.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -561,7 +568,7 @@ async fn serve(endpoints: Endpoints, listen: SocketAddr) -> Result<(), BoxError>
     // is to wait for the operating system's connect timeout (minutes).
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.set_nodelay(true);
-    run_proxy(listener, endpoints, connector).await
+    run_proxy_with(listener, endpoints, connector, attempt_timeout).await
 }
 
 // ----- the demonstration -------------------------------------------------------------------

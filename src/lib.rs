@@ -72,9 +72,10 @@
 //!   `FailoverMiddleware` for `reqwest_middleware::ClientBuilder::with`, sharing the layer's
 //!   switch state, policies and ledger, and replaying streaming `reqwest::Body`s.
 //! * **Any language**, through the proxy example (`cargo run --example failover_proxy --
-//!   --dynamics https://contoso.api.crm.dynamics.com`): programs point at the proxy, which
-//!   forwards to the active endpoint and serves `GET /_failover/status` and Server-Sent
-//!   Events of every switch on `GET /_failover/events`.
+//!   --demo`; its binary speaks plain HTTP upstream, and its `run_proxy` takes any connector,
+//!   an HTTPS one for Dynamics 365): programs point at the proxy, which forwards to the active
+//!   endpoint and serves `GET /_failover/status` and Server-Sent Events of every switch on
+//!   `GET /_failover/events`.
 //!
 //! # Features
 //!

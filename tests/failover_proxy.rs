@@ -365,3 +365,38 @@ async fn the_policy_header_decides_what_is_resent() {
     })
     .await
 }
+
+/// A primary that reads each request and then hangs (a stuck backend): the proxy's per-attempt
+/// timeout, inside the layer, makes that an outage, so the call fails over and is answered by
+/// the alternate. Without one the proxy would wait on the primary for ever.
+#[tokio::test]
+async fn a_hung_primary_is_failed_over_by_the_proxys_attempt_timeout() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(Behavior::Delay(Duration::from_secs(30)));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap());
+        let endpoints = Endpoints::dynamics(PRIMARY_URL).unwrap();
+        let connector = pair.resolver.connector();
+        tokio::spawn(failover_proxy::run_proxy_with(
+            listener,
+            endpoints,
+            connector,
+            Duration::from_millis(300),
+        ));
+        let client: Plain = Client::builder(TokioExecutor::new()).build_http();
+        let request = Request::get(format!("{base}/api/data/v9.2/WhoAmI"))
+            .body(Full::new(Bytes::new()))
+            .unwrap();
+        let response = client.request(request).await.unwrap();
+        assert_eq!(response.status(), StatusCode::OK);
+        let body = response.into_body().collect().await.unwrap().to_bytes();
+        assert!(
+            String::from_utf8_lossy(&body).contains(ALTERNATE_HOST),
+            "{}",
+            String::from_utf8_lossy(&body)
+        );
+        assert_eq!((pair.primary.count(), pair.alternate.count()), (1, 1));
+    })
+    .await
+}
