@@ -419,9 +419,11 @@ impl CallState {
         // its fields for the `log` bridge when made: on the success path, that was most of the
         // cost of tracing.
         let span = if tracing::dispatcher::has_been_set() {
+            let endpoint = shared.endpoint(plan.active.side);
             let span = tracing::debug_span!(
                 "failover.call",
-                server.address = %shared.endpoint(plan.active.side),
+                server.address = endpoint.host(),
+                server.port = endpoint.port(),
                 http.request.method = %method,
                 http.response.status_code = tracing::field::Empty,
                 error.type = tracing::field::Empty,
@@ -439,6 +441,22 @@ impl CallState {
             throttled_by_error: false,
             pending: Pending::Failover,
             first: None,
+        }
+    }
+
+    /// The call's span, if a subscriber wants it: the drivers enter it while they work on the
+    /// call, so that what happens meanwhile (a switch the call causes, the inner client's own
+    /// events) is nested under it.
+    pub(crate) fn span(&self) -> Option<&tracing::Span> {
+        self.span.as_deref()
+    }
+
+    /// The attempts go to `side` from now on: the span says so.
+    fn span_at(&self, shared: &Shared, side: Side) {
+        if let Some(span) = &self.span {
+            let endpoint = shared.endpoint(side);
+            span.record("server.address", endpoint.host());
+            span.record("server.port", endpoint.port());
         }
     }
 
@@ -537,9 +555,9 @@ impl CallState {
     ) -> Result<R, FailoverError> {
         tracing::debug!(
             parent: self.parent(),
-            server.address = %shared.endpoint(self.side),
+            server.address = shared.endpoint(self.side).host(),
             attempt = self.attempt(),
-            error.type = %kind,
+            error.type = FailoverErrorKind::from_down(&kind).name(),
             "failover: endpoint down"
         );
         if let Some((first_kind, first)) = self.first.take().map(|first| *first) {
@@ -557,11 +575,12 @@ impl CallState {
             Ok((side, resend)) => {
                 tracing::debug!(
                     parent: self.parent(),
-                    server.address = %shared.endpoint(side),
+                    server.address = shared.endpoint(side).host(),
                     attempt = 2,
                     "failover: re-sending on the other endpoint"
                 );
                 self.side = side;
+                self.span_at(shared, side);
                 self.first = Some(Box::new((kind, cause)));
                 self.pending = Pending::Failover;
                 Ok(resend)
@@ -615,11 +634,12 @@ impl CallState {
         }
         tracing::debug!(
             parent: self.parent(),
-            server.address = %shared.endpoint(now.side),
+            server.address = shared.endpoint(now.side).host(),
             "failover: calls moved during the throttling wait, retrying where they go now"
         );
         repoint(now.side);
         self.side = now.side;
+        self.span_at(shared, now.side);
         // A failure of the retry is a failure of the endpoint calls use now.
         self.plan.active = now;
     }
@@ -646,7 +666,7 @@ impl CallState {
                 self.pending = Pending::Throttle;
                 tracing::debug!(
                     parent: self.parent(),
-                    server.address = %shared.endpoint(self.side),
+                    server.address = shared.endpoint(self.side).host(),
                     wait_ms = wait.as_millis() as u64,
                     retry = self.throttle_retries + 1,
                     "failover: throttled, retrying on the same endpoint"
@@ -711,11 +731,11 @@ impl CallState {
             error
         };
         if let Some(span) = &self.span {
-            span.record("error.type", tracing::field::display(error.kind()));
+            span.record("error.type", error.kind().name());
         }
         tracing::debug!(
             parent: self.parent(),
-            error.type = %error.kind(),
+            error.type = error.kind().name(),
             possibly_applied = error.possibly_applied(),
             "failover: failed"
         );

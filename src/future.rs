@@ -413,6 +413,14 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let mut this = self.project();
+        // The call's span is entered while it is worked on (see `CallState::span`). A clone,
+        // so the state can still be changed under it; there is one only when a subscriber
+        // wants it, so the success path without tracing pays one check.
+        let span = this
+            .routed
+            .as_ref()
+            .and_then(|routed| routed.call.span().cloned());
+        let _entered = span.as_ref().map(tracing::Span::enter);
         if let Some(routed) = this.routed.as_mut() {
             if let Some(at) = routed.call.plan.deadline {
                 let timer = routed

@@ -325,61 +325,67 @@ where
             call: CallState::new(&self.shared, plan, template.head.method()),
         };
         let shared = &*self.shared;
-        let mut attempt = request;
-        loop {
-            // The attempt and the read of a small error body for the classifier, both within
-            // the call's deadline, as in the tower future.
-            let attempt_judged = async {
-                match next.clone().run(attempt, extensions).await {
-                    Ok(response) => Ok(self.judge(response).await),
-                    Err(error) => Err(error),
-                }
-            };
-            let result = match guard.call.plan.deadline {
-                Some(deadline) => match tokio::time::timeout_at(deadline.into(), attempt_judged).await {
-                    Ok(result) => result,
-                    Err(_) => return Err(failed(guard.call.on_deadline(shared))),
-                },
-                None => attempt_judged.await,
-            };
-            let build = |side| template.build(shared, side);
-            let step = match result {
-                Ok((response, verdict)) => {
-                    match guard
-                        .call
-                        .after_response(shared, response.status(), verdict, build)
-                    {
-                        Step::Answer => return Ok(response),
-                        // The response is dropped here, before any wait: its connection goes
-                        // back to the pool.
-                        step => step,
+        // The call's span is entered while it runs (see `CallState::span`).
+        let span = guard.call.span().cloned().unwrap_or_else(tracing::Span::none);
+        let guard = &mut guard;
+        let run = async move {
+            let mut attempt = request;
+            loop {
+                // The attempt and the read of a small error body for the classifier, both within
+                // the call's deadline, as in the tower future.
+                let attempt_judged = async {
+                    match next.clone().run(attempt, extensions).await {
+                        Ok(response) => Ok(self.judge(response).await),
+                        Err(error) => Err(error),
                     }
-                }
-                Err(error) => {
-                    let error: BoxError = match error {
-                        reqwest_middleware::Error::Reqwest(e) => Box::new(e),
-                        reqwest_middleware::Error::Middleware(e) => e.into(),
-                    };
-                    let verdict = self.classifier.classify(Outcome::Error(&*error));
-                    guard.call.after_error(shared, error, verdict, build)
-                }
-            };
-            let next_attempt = match step {
-                Step::Answer => unreachable!("handed back above"),
-                Step::Fail(error) => return Err(failed(error)),
-                Step::Resend(request) => request,
-                Step::Wait(wait, mut request) => {
-                    tokio::time::sleep(wait).await;
-                    // Calls may have moved during the wait: the retry, body and all, is
-                    // pointed where they go now.
-                    guard
-                        .call
-                        .after_wait(shared, |side| template.point(shared, side, &mut request));
-                    request
-                }
-            };
-            attempt = next_attempt;
-        }
+                };
+                let result = match guard.call.plan.deadline {
+                    Some(deadline) => match tokio::time::timeout_at(deadline.into(), attempt_judged).await {
+                        Ok(result) => result,
+                        Err(_) => return Err(failed(guard.call.on_deadline(shared))),
+                    },
+                    None => attempt_judged.await,
+                };
+                let build = |side| template.build(shared, side);
+                let step = match result {
+                    Ok((response, verdict)) => {
+                        match guard
+                            .call
+                            .after_response(shared, response.status(), verdict, build)
+                        {
+                            Step::Answer => return Ok(response),
+                            // The response is dropped here, before any wait: its connection goes
+                            // back to the pool.
+                            step => step,
+                        }
+                    }
+                    Err(error) => {
+                        let error: BoxError = match error {
+                            reqwest_middleware::Error::Reqwest(e) => Box::new(e),
+                            reqwest_middleware::Error::Middleware(e) => e.into(),
+                        };
+                        let verdict = self.classifier.classify(Outcome::Error(&*error));
+                        guard.call.after_error(shared, error, verdict, build)
+                    }
+                };
+                let next_attempt = match step {
+                    Step::Answer => unreachable!("handed back above"),
+                    Step::Fail(error) => return Err(failed(error)),
+                    Step::Resend(request) => request,
+                    Step::Wait(wait, mut request) => {
+                        tokio::time::sleep(wait).await;
+                        // Calls may have moved during the wait: the retry, body and all, is
+                        // pointed where they go now.
+                        guard
+                            .call
+                            .after_wait(shared, |side| template.point(shared, side, &mut request));
+                        request
+                    }
+                };
+                attempt = next_attempt;
+            }
+        };
+        tracing::Instrument::instrument(run, span).await
     }
 }
 

@@ -63,13 +63,34 @@ async fn calls_are_traced_with_opentelemetry_field_names_and_counted() {
     let log = String::from_utf8(captured.0.lock().unwrap().clone()).unwrap();
     for expected in [
         "failover.call",
-        "server.address=http://contoso.api.crm.dynamics.com",
+        // A host, as OpenTelemetry's `server.address` is, and its port apart.
+        "server.address=\"contoso.api.crm.dynamics.com\"",
+        "server.port=",
         "http.request.method=GET",
         "http.response.status_code=200",
-        "error.type=endpoint not found",
+        "error.type=\"endpoint_not_found\"",
         "failover: switching endpoint",
         "failover: re-sending on the other endpoint",
     ] {
         assert!(log.contains(expected), "missing `{expected}` in:\n{log}");
     }
+    // The span is entered while the call is worked on: the switch the second call caused is
+    // logged inside it, and after the re-send the span names the endpoint that answered.
+    let switch = log
+        .lines()
+        .find(|line| line.contains("failover: switching endpoint"))
+        .unwrap();
+    assert!(
+        switch.contains("failover.call{"),
+        "outside the call's span: {switch}"
+    );
+    let answered = log
+        .lines()
+        .filter(|line| line.contains("failover.call{") && line.contains("http.response.status_code=200"))
+        .last()
+        .unwrap();
+    assert!(
+        answered.contains("server.address=\"contoso--s.api.crm.dynamics.com\""),
+        "the span still names the endpoint the call left: {answered}"
+    );
 }
