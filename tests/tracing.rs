@@ -86,8 +86,8 @@ async fn calls_are_traced_with_opentelemetry_field_names_and_counted() {
     );
     let answered = log
         .lines()
-        .filter(|line| line.contains("failover.call{") && line.contains("http.response.status_code=200"))
-        .last()
+        .rev()
+        .find(|line| line.contains("failover.call{") && line.contains("http.response.status_code=200"))
         .unwrap();
     assert!(
         answered.contains("server.address=\"contoso--s.api.crm.dynamics.com\""),
