@@ -146,3 +146,79 @@ async fn a_tower_http_classifier_decides_what_is_down() {
     })
     .await
 }
+
+/// A `RetryPolicy` put in the request's extensions by tower-http's `AddExtensionLayer`, outside
+/// the failover layer, is the call's policy.
+#[tokio::test]
+async fn add_extension_outside_the_failover_layer_sets_the_calls_policy() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let handle = layer.handle();
+        let mut service = ServiceBuilder::new()
+            .layer(tower_http::add_extension::AddExtensionLayer::new(
+                tower_failover::RetryPolicy::never(),
+            ))
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+        pair.primary.kill().await;
+        let error = service.ready().await.unwrap().call(get("/x")).await.unwrap_err();
+        assert_eq!(
+            error.not_resent_because(),
+            Some(tower_failover::NotResent::PolicyForbids)
+        );
+        assert_eq!(handle.active(), Side::Alternate);
+        assert_eq!(pair.alternate.count(), 0);
+    })
+    .await
+}
+
+/// Layers inside the failover layer are part of every attempt: the re-send goes through them
+/// too.
+#[tokio::test]
+async fn trace_and_set_request_header_inside_the_failover_layer_apply_to_the_re_send() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let mut service = ServiceBuilder::new()
+            .layer(layer)
+            .layer(TraceLayer::new_for_http())
+            .layer(SetRequestHeaderLayer::overriding(
+                HeaderName::from_static("idempotency-key"),
+                HeaderValue::from_static("inner-key"),
+            ))
+            .service(pair.client::<TestBody>());
+        pair.primary.kill().await;
+        let response = service.ready().await.unwrap().call(get("/x")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(
+            pair.alternate.seen()[0].idempotency_key.as_deref(),
+            Some("inner-key")
+        );
+    })
+    .await
+}
+
+/// The README's example: tower-http's `ServerErrorsAsFailures` as the failover classifier makes
+/// a 500 an outage.
+#[cfg(feature = "tower-http")]
+#[tokio::test]
+async fn server_errors_as_failures_from_the_readme_fails_over_a_500() {
+    use tower_failover::TowerHttpClassifier;
+    use tower_http::classify::ServerErrorsAsFailures;
+
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(Behavior::Status(500, "{}"));
+        let layer = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+            .classifier(TowerHttpClassifier::new(ServerErrorsAsFailures::new()))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut service = pair.through(layer);
+        let response = service.ready().await.unwrap().call(get("/x")).await.unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(handle.active(), Side::Alternate);
+    })
+    .await
+}
