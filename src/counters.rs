@@ -28,11 +28,6 @@ impl Counters {
         self.values[counter as usize].fetch_add(1, Ordering::Relaxed);
     }
 
-    /// Undoes an `add` for something that turned out not to happen.
-    pub(crate) fn take_back(&self, counter: Counter) {
-        self.values[counter as usize].fetch_sub(1, Ordering::Relaxed);
-    }
-
     fn get(&self, counter: Counter) -> u64 {
         self.values[counter as usize].load(Ordering::Relaxed)
     }

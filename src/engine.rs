@@ -161,7 +161,9 @@ impl Shared {
     /// A routed attempt found its endpoint down. Records the write's fate, switches (once per
     /// failure wave), and says where a re-send goes, or why there is none.
     pub(crate) fn after_down(&self, plan: &mut CallPlan, kind: &DownKind) -> Result<Side, NotResent> {
-        let received = kind.request_may_have_been_sent();
+        // This attempt, or an earlier one (retried after a throttling error), may have reached
+        // the server.
+        let received = kind.request_may_have_been_sent() || plan.earlier_maybe_received;
         if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
             // Settle before switching, so the switch's report counts this write as unknown.
             if received {
@@ -169,8 +171,8 @@ impl Shared {
             } else {
                 // It provably never reached this side: take it off this side before the switch
                 // makes its report, or the report would list it as in flight here. Where it
-                // goes next is set by `commit_resend`; if it is not re-sent, the call fails as not applied
-                // and the write is forgotten.
+                // goes next is set by `commit_resend`; if it is not re-sent, the call fails as
+                // not applied and the write is forgotten.
                 ledger.moved(id, plan.active.side.other());
             }
         }
@@ -202,7 +204,7 @@ impl Shared {
         kind: &DownKind,
         to: Side,
     ) -> Result<(), NotResent> {
-        let received = kind.request_may_have_been_sent();
+        let received = kind.request_may_have_been_sent() || plan.earlier_maybe_received;
         if !self.failover_budget.withdraw(self.calls.get()) {
             self.counters.add(Counter::RefusedByBudget);
             tracing::warn!(
@@ -220,22 +222,16 @@ impl Shared {
                 ledger.moved(id, to);
             }
         }
-        self.counters.add(Counter::FailoverResends);
         Ok(())
     }
 
-    /// A re-send that was built, taken from its budget and counted, could not go out (the
-    /// inner service did not get ready): gives back its budget and its count.
+    /// A re-send that was built and taken from its budget could not go out (the inner
+    /// service did not get ready): gives its budget back. (It was never counted: re-sends are
+    /// counted as they go out, so the counters only ever rise.)
     pub(crate) fn give_back(&self, pending: Pending) {
         match pending {
-            Pending::Failover => {
-                self.failover_budget.give_back();
-                self.counters.take_back(Counter::FailoverResends);
-            }
-            Pending::Throttle => {
-                self.throttle_budget.give_back();
-                self.counters.take_back(Counter::ThrottleRetries);
-            }
+            Pending::Failover => self.failover_budget.give_back(),
+            Pending::Throttle => self.throttle_budget.give_back(),
         }
     }
 
@@ -278,7 +274,6 @@ impl Shared {
             );
             return Err(NotResent::BudgetExhausted);
         }
-        self.counters.add(Counter::ThrottleRetries);
         Ok(())
     }
 
@@ -606,6 +601,21 @@ impl CallState {
         self.on_throttled(shared, retry_after, true, build)
     }
 
+    /// Whether an attempt so far may have reached the server: the last throttling was an
+    /// error, or an earlier attempt was retried after one.
+    fn maybe_received_so_far(&self) -> bool {
+        self.throttled_by_error || self.plan.earlier_maybe_received
+    }
+
+    /// The re-send or throttling retry the engine decided on is going out now: counted here,
+    /// not when it was decided, since it may never go out (`on_not_ready`).
+    pub(crate) fn resend_going_out(&self, shared: &Shared) {
+        shared.counters.add(match self.pending {
+            Pending::Failover => Counter::FailoverResends,
+            Pending::Throttle => Counter::ThrottleRetries,
+        });
+    }
+
     /// After a throttling wait, before the retry goes out: if calls have moved to the other
     /// endpoint during the wait, `repoint` points the retry (built before the wait, and
     /// holding the body) at the endpoint they go to now. The endpoint the call was throttled
@@ -623,13 +633,15 @@ impl CallState {
         // A write follows under the ledger's lock, as `Ledger::begin` reads its side: a switch
         // off the side it moves to then either lists it or is seen here.
         let now = match (&shared.ledger, self.plan.write) {
-            (Some(ledger), Some(id)) => ledger.follow(id, from, self.throttled_by_error, || shared.active()),
+            (Some(ledger), Some(id)) => {
+                ledger.follow(id, from, self.maybe_received_so_far(), || shared.active())
+            }
             _ => shared.active(),
         };
         if now.side == from {
             return;
         }
-        if self.throttled_by_error {
+        if self.maybe_received_so_far() {
             self.plan.resent_after_received = true;
         }
         tracing::debug!(

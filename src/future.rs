@@ -528,6 +528,7 @@ where
                     let Resend { service, request } = &mut **resend;
                     match ready!(service.poll_ready(cx)) {
                         Ok(()) => {
+                            routed.call.resend_going_out(&routed.core.shared);
                             let request = request.take().expect("present until sent");
                             let future = service.call(request);
                             this.state.set(State::Waiting { future });

@@ -382,6 +382,7 @@ where
                         request
                     }
                 };
+                guard.call.resend_going_out(shared);
                 attempt = next_attempt;
             }
         };

@@ -286,8 +286,9 @@ pub(crate) struct Shared {
     state: watch::Sender<EndpointState>,
     events: broadcast::Sender<SwitchEvent>,
     callbacks: Callbacks,
-    // Switches asked for from inside a callback: (side to go to, why).
-    deferred: Mutex<VecDeque<(Side, SwitchCause)>>,
+    // Switches asked for while `switching` was held: from inside a callback, or by a thread
+    // that could not wait for it (see `switch_from`).
+    deferred: Mutex<VecDeque<Queued>>,
     pub(crate) failback: Option<Failback>,
     // How probes reach the inner service; set by the first service that carries a call.
     pub(crate) prober: OnceLock<Prober>,
@@ -330,6 +331,15 @@ impl Drop for Raising {
     fn drop(&mut self) {
         RAISING.with(|raising| raising.borrow_mut().pop());
     }
+}
+
+/// A switch asked for while `switching` was held, made once it is let go.
+struct Queued {
+    /// The side calls are to move off.
+    from: Side,
+    cause: SwitchCause,
+    /// Asked for by a failing call (obeys `auto_switch(false)`), not by the application.
+    automatic: bool,
 }
 
 /// Events kept for a lagging [`FailoverHandle::events`] receiver.
@@ -448,31 +458,51 @@ impl Shared {
     /// only taken if it is free; if not, the switch is queued for the thread holding it, which
     /// makes what is queued once it lets go (every holder does, below).
     pub(crate) fn switch_from(&self, failed: Active, cause: SwitchCause, automatic: bool) -> SwitchOutcome {
+        let queued = Queued {
+            from: failed.side,
+            cause,
+            automatic,
+        };
         if Raising::within(self) {
-            self.defer(failed.side.other(), cause);
+            self.defer(queued);
             return SwitchOutcome::Refused;
         }
-        let outcome = match self.switch_from_unqueued(failed, cause.clone(), automatic) {
+        let outcome = match self.switch_from_unqueued(failed, queued.cause.clone(), automatic) {
             Some(outcome) => outcome,
-            None if self.defer_to_holder(failed.side.other(), cause) => SwitchOutcome::Refused,
+            None if self.defer_to_holder(queued) => SwitchOutcome::Refused,
             None => return SwitchOutcome::Refused,
         };
         self.make_deferred();
         outcome
     }
 
-    fn defer(&self, to: Side, cause: SwitchCause) {
+    fn defer(&self, queued: Queued) {
         self.deferred
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
-            .push_back((to, cause));
+            .push_back(queued);
+    }
+
+    /// Puts back a switch taken from the queue that could not be made yet: first, so the
+    /// queue keeps its order.
+    fn defer_again(&self, queued: Queued) {
+        self.deferred
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .push_front(queued);
     }
 
     /// Queues a switch for the thread holding `switching`. Returns true when the lock turns
     /// out to be free once it is queued: its holder may have let go, and made what was queued,
     /// before this one was; the caller must then make the queue itself.
-    fn defer_to_holder(&self, to: Side, cause: SwitchCause) -> bool {
-        self.defer(to, cause);
+    fn defer_to_holder(&self, queued: Queued) -> bool {
+        self.defer(queued);
+        self.lock_is_free()
+    }
+
+    /// Whether `switching` is free at this instant (a holder that let go before something was
+    /// queued will not look at the queue again).
+    fn lock_is_free(&self) -> bool {
         !matches!(self.switching.try_lock(), Err(TryLockError::WouldBlock))
     }
 
@@ -485,14 +515,22 @@ impl Shared {
                 .lock()
                 .unwrap_or_else(PoisonError::into_inner)
                 .pop_front();
-            let Some((to, cause)) = next else { break };
+            let Some(queued) = next else { break };
+            // As asked: a switch off `from`, made only if calls still go there (a compare and
+            // switch, like any), automatic or not (so `auto_switch(false)` still holds).
             let now = self.active();
-            if now.side == to {
+            if now.side != queued.from {
                 continue;
             }
-            let busy = self.switch_from_unqueued(now, cause.clone(), false).is_none();
-            if busy && !self.defer_to_holder(to, cause) {
-                // Its holder makes it.
+            if self
+                .switch_from_unqueued(now, queued.cause.clone(), queued.automatic)
+                .is_some()
+            {
+                continue;
+            }
+            // Busy again: its holder makes it, unless it has let go already.
+            self.defer_again(queued);
+            if !self.lock_is_free() {
                 break;
             }
         }

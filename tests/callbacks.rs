@@ -237,3 +237,100 @@ fn two_layers_failing_at_once_whose_callbacks_switch_each_other_do_not_deadlock(
         );
     }
 }
+
+/// with `auto_switch(false)` a failed call only raises `SwitchRequired`; the
+/// application decides. A call through layer A made inside layer B's callback (so this
+/// thread is "inside another layer's callbacks") fails while another thread holds A's switch
+/// lock (it is raising `SwitchRequired` for another failed call). Its automatic switch
+/// request is queued for the holder, which makes it as a *manual* switch (`make_deferred`
+/// passes `automatic = false`): A moves to its alternate though nobody asked for a switch.
+#[test]
+fn an_automatic_switch_queued_for_a_busy_lock_does_not_override_auto_switch_off() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    use std::sync::mpsc;
+    use std::time::Duration;
+
+    let runtime = || {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+    };
+    let (holding_tx, holding_rx) = mpsc::channel::<()>();
+    let (done_tx, done_rx) = mpsc::channel::<()>();
+    let done_rx = Mutex::new(done_rx);
+    let first = AtomicBool::new(true);
+    let a_events = EventLog::new();
+    let record = a_events.recorder();
+    let layer_a = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+        .auto_switch(false)
+        .on_switch_required(move |event: &SwitchEvent| {
+            record(event);
+            if first.swap(false, Ordering::SeqCst) {
+                // Holding A's switch lock: let the other thread fail its call now.
+                holding_tx.send(()).unwrap();
+                let _ = done_rx.lock().unwrap().recv_timeout(Duration::from_secs(5));
+            }
+        })
+        .on_switched(a_events.recorder())
+        .build()
+        .unwrap();
+    let handle_a = layer_a.handle();
+    // Both endpoints of A answer 503.
+    let inner = tower::service_fn(|_request: http::Request<TestBody>| async {
+        Ok::<_, std::convert::Infallible>(
+            http::Response::builder()
+                .status(503)
+                .body(Full::new(Bytes::new()))
+                .unwrap(),
+        )
+    });
+    let service_a = tower::ServiceBuilder::new().layer(layer_a).service(inner);
+    let call_a = {
+        let service_a = service_a.clone();
+        move || {
+            let mut service = service_a.clone();
+            runtime().block_on(async move {
+                service
+                    .ready()
+                    .await
+                    .unwrap()
+                    .call(request(http::Method::GET, "/api/data/v9.2/WhoAmI"))
+                    .await
+                    .map(|response| response.status())
+            })
+        }
+    };
+    let call_in_b = Mutex::new(Some(call_a.clone()));
+    let layer_b =
+        FailoverLayer::builder(Endpoints::dynamics("https://fabrikam.api.crm.dynamics.com").unwrap())
+            .on_switch_required(move |_: &SwitchEvent| {
+                // B's callback makes a (blocking) call through A.
+                if let Some(call) = call_in_b.lock().unwrap().take() {
+                    let result = call();
+                    assert!(result.is_err(), "A's primary answers 503: {result:?}");
+                }
+            })
+            .build()
+            .unwrap();
+    let handle_b = layer_b.handle();
+
+    let holder = std::thread::spawn(call_a);
+    holding_rx.recv_timeout(Duration::from_secs(5)).unwrap();
+    let other = std::thread::spawn(move || {
+        handle_b.switch_endpoint();
+    });
+    other.join().unwrap();
+    done_tx.send(()).unwrap();
+    let _ = holder.join().unwrap();
+    let names: Vec<_> = a_events
+        .all()
+        .iter()
+        .map(|e| format!("{} {}", e.name(), e.cause()))
+        .collect();
+    assert_eq!(
+        handle_a.active(),
+        Side::Primary,
+        "auto_switch(false), nobody switched A, yet it moved; A's events: {names:?}"
+    );
+}

@@ -810,3 +810,137 @@ async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten(
         error.possibly_applied()
     );
 }
+
+/// a PUT answered with a throttling *error* by the primary (it may have been
+/// received there) is retried on the primary after the wait; that retry is refused at
+/// connect, so the primary is down and calls move to the alternate, where the PUT is re-sent
+/// and acknowledged. The first attempt may have been applied on the primary: the report of
+/// the switch off the primary must list the PUT, and its outcome must say it was sent to both.
+#[tokio::test]
+async fn a_write_throttled_by_an_error_then_refused_at_connect_is_in_the_switch_report() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::{Service, ServiceExt};
+    use tower_failover::{Classifier, DefaultClassifier, Outcome, ReplayBody, Verdict};
+
+    let classifier = |outcome: Outcome<'_>| match outcome {
+        Outcome::Error(error) if error.to_string() == "throttled" => Verdict::Throttled {
+            retry_after: Some(Duration::from_millis(20)),
+        },
+        other => DefaultClassifier::new().classify(other),
+    };
+    let layer = builder().classifier(classifier).build().unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        let host = request.uri().host().unwrap().to_string();
+        async move {
+            match n {
+                // The primary takes the PUT, then answers with a throttling error.
+                0 => Err(std::io::Error::other("throttled")),
+                // The retry finds the primary gone.
+                1 => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+                _ => {
+                    assert_eq!(host, ALTERNATE_HOST);
+                    Ok(http::Response::builder()
+                        .status(201)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap())
+                }
+            }
+        }
+    });
+    let mut service = ServiceBuilder::new().layer(layer).service(inner);
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(Method::PUT, "/api/data/v9.2/accounts(1)"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    assert_eq!(handle.active(), Side::Alternate);
+    let off_primary = handle.last_report().unwrap();
+    assert_eq!(off_primary.from.host(), PRIMARY_HOST);
+    let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
+    assert_eq!(
+        at_risk,
+        ["/api/data/v9.2/accounts(1)"],
+        "the primary may hold the PUT (its first attempt got a throttling error): {off_primary}"
+    );
+}
+
+/// as above, but the retry on the primary is turned away with a 429 and calls move to
+/// the alternate during the wait: `after_wait` moves the write (the last throttling proved
+/// nothing was processed) though the first attempt, a throttling error, may have been
+/// applied on the primary. Acknowledged by the alternate, the write must still be at risk
+/// off the primary (sent to both), as a failover re-send after a maybe-received failure is.
+#[tokio::test]
+async fn a_write_throttled_by_an_error_then_a_429_and_moved_stays_at_risk_on_the_primary() {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+    use tower::{Service, ServiceExt};
+    use tower_failover::{Classifier, DefaultClassifier, Outcome, ReplayBody, Verdict};
+
+    let classifier = |outcome: Outcome<'_>| match outcome {
+        Outcome::Error(error) if error.to_string() == "throttled" => Verdict::Throttled {
+            retry_after: Some(Duration::from_millis(20)),
+        },
+        other => DefaultClassifier::new().classify(other),
+    };
+    let layer = builder().classifier(classifier).build().unwrap();
+    let handle = layer.handle();
+    let cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
+    cell.set(handle.clone()).unwrap();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let seen = calls.clone();
+    let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        let host = request.uri().host().unwrap().to_string();
+        let cell = cell.clone();
+        async move {
+            match n {
+                0 => Err(std::io::Error::other("throttled")),
+                1 => {
+                    // Calls move to the alternate (another call found the primary down).
+                    cell.get().unwrap().switch_to(Side::Alternate);
+                    Ok(http::Response::builder()
+                        .status(429)
+                        .header("retry-after", "0")
+                        .body(Full::new(Bytes::new()))
+                        .unwrap())
+                }
+                _ => {
+                    assert_eq!(host, ALTERNATE_HOST);
+                    Ok(http::Response::builder()
+                        .status(201)
+                        .body(Full::new(Bytes::new()))
+                        .unwrap())
+                }
+            }
+        }
+    });
+    let mut service = ServiceBuilder::new().layer(layer).service(inner);
+    let response = service
+        .ready()
+        .await
+        .unwrap()
+        .call(request(Method::PUT, "/api/data/v9.2/accounts(1)"))
+        .await
+        .unwrap();
+    assert_eq!(response.status(), 201);
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    // Back to the primary, then off it again: the primary may hold the PUT.
+    handle.switch_to(Side::Primary);
+    let off_alternate = handle.last_report().unwrap();
+    let outcomes: Vec<_> = off_alternate.at_risk().map(|w| w.outcome).collect();
+    handle.switch_to(Side::Alternate);
+    let off_primary = handle.last_report().unwrap();
+    let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
+    assert!(
+        outcomes == [WriteOutcome::ResentOnAlternate] && at_risk == ["/api/data/v9.2/accounts(1)"],
+        "off the alternate {outcomes:?}; off the primary {at_risk:?}"
+    );
+}
