@@ -84,9 +84,10 @@ impl Counters {
 pub struct CountersSnapshot {
     /// Calls routed through failover (requests naming either endpoint).
     pub calls: u64,
-    /// Calls re-sent on the other endpoint after an outage.
+    /// Calls re-sent on the other endpoint after an outage, counted as each re-send goes out.
     pub failover_resends: u64,
-    /// Throttling retries made on the same endpoint.
+    /// Throttling retries, counted as each goes out: on the endpoint that throttled the call,
+    /// or where calls went during the wait.
     pub throttle_retries: u64,
     /// Switches made, whatever their cause (outage, manual, failback, maintenance, start-up).
     pub switches: u64,

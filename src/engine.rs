@@ -400,8 +400,10 @@ pub(crate) struct CallState {
     throttle_retries: u32,
     // Whether the last throttling was an error (it may have been received) rather than a 429.
     throttled_by_error: bool,
-    // What the re-send waiting to go out is, for `on_not_ready`.
+    // What the last re-send decided on was, and whether it has yet to go out (its budget is
+    // given back if the call ends first).
     pending: Pending,
+    outstanding: bool,
     // Set once the call has been re-sent on the other endpoint: how the first attempt failed.
     // Boxed: it is set only after a failure, and inline it would add about 170 bytes to every
     // routed call's future.
@@ -435,6 +437,7 @@ impl CallState {
             throttle_retries: 0,
             throttled_by_error: false,
             pending: Pending::Failover,
+            outstanding: false,
             first: None,
         }
     }
@@ -578,6 +581,7 @@ impl CallState {
                 self.span_at(shared, side);
                 self.first = Some(Box::new((kind, cause)));
                 self.pending = Pending::Failover;
+                self.outstanding = true;
                 Ok(resend)
             }
             Err(reason) => Err(self.fail(shared, not_resent_error(&kind, reason, cause))),
@@ -609,7 +613,8 @@ impl CallState {
 
     /// The re-send or throttling retry the engine decided on is going out now: counted here,
     /// not when it was decided, since it may never go out (`on_not_ready`).
-    pub(crate) fn resend_going_out(&self, shared: &Shared) {
+    pub(crate) fn resend_going_out(&mut self, shared: &Shared) {
+        self.outstanding = false;
         shared.counters.add(match self.pending {
             Pending::Failover => Counter::FailoverResends,
             Pending::Throttle => Counter::ThrottleRetries,
@@ -676,6 +681,7 @@ impl CallState {
             Ok((wait, retry)) => {
                 self.plan.earlier_maybe_received |= by_error;
                 self.pending = Pending::Throttle;
+                self.outstanding = true;
                 tracing::debug!(
                     parent: self.parent(),
                     server.address = shared.endpoint(self.side).host(),
@@ -695,18 +701,24 @@ impl CallState {
 
     /// The inner service could not get ready for the re-send: the re-send was never sent.
     pub(crate) fn on_not_ready(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
-        // Taken from its budget and counted when it was built: it never went out.
-        shared.give_back(self.pending);
-        let error = match self.first.take().map(|first| *first) {
-            Some((first_kind, first)) => FailoverError::new(
+        self.give_back_outstanding(shared);
+        let error = match (self.first.take().map(|first| *first), self.pending) {
+            (Some((first_kind, first)), Pending::Failover) => FailoverError::new(
                 FailoverErrorKind::Inner,
                 first_kind.request_may_have_been_sent(),
                 cause,
             )
-            .with_unsent_first(first)
-            .not_resent(NotResent::ServiceNotReady),
-            None => FailoverError::new(FailoverErrorKind::Inner, false, cause),
-        };
+            .with_unsent_first(first),
+            // The failover re-send went out (and was throttled); its retry could not.
+            (Some((first_kind, first)), Pending::Throttle) => FailoverError::new(
+                FailoverErrorKind::Inner,
+                first_kind.request_may_have_been_sent(),
+                cause,
+            )
+            .with_first(first),
+            (None, _) => FailoverError::new(FailoverErrorKind::Inner, false, cause),
+        }
+        .not_resent(NotResent::ServiceNotReady);
         self.fail(shared, error)
     }
 
@@ -719,11 +731,39 @@ impl CallState {
         self.fail(shared, error)
     }
 
-    /// The call's deadline passed with an attempt in flight.
-    pub(crate) fn on_deadline(&mut self, shared: &Shared) -> FailoverError {
+    /// The call's deadline passed, with an attempt in flight or between two.
+    pub(crate) fn on_deadline(&mut self, shared: &Shared, in_flight: bool) -> FailoverError {
         let cause = self.error_cause(shared, Box::new(crate::error::DeadlineElapsed));
-        let first = self.first.take().map(|first| first.1);
-        self.fail(shared, deadline_error(cause, first))
+        if in_flight {
+            let first = self.first.take().map(|first| first.1);
+            return self.fail(shared, deadline_error(cause, first));
+        }
+        // Between attempts nothing is in flight: the call may have been applied only if an
+        // earlier attempt may have been (`fail` adds a throttling error's), and a re-send
+        // that was waiting to go out never did.
+        self.give_back_outstanding(shared);
+        let kind = FailoverErrorKind::DeadlineExceeded;
+        let error = match (self.first.take().map(|first| *first), self.pending) {
+            (Some((first_kind, first)), Pending::Failover) => {
+                FailoverError::new(kind, first_kind.request_may_have_been_sent(), cause)
+                    .with_unsent_first(first)
+                    .not_resent(NotResent::DeadlineTooClose)
+            }
+            // The failover re-send went out (and was throttled); its retry did not.
+            (Some((first_kind, first)), Pending::Throttle) => {
+                FailoverError::new(kind, first_kind.request_may_have_been_sent(), cause).with_first(first)
+            }
+            (None, _) => FailoverError::new(kind, false, cause),
+        };
+        self.fail(shared, error)
+    }
+
+    /// Gives back the budget of a re-send decided on that has not gone out, if there is one:
+    /// the call ended (dropped, deadline, inner service not ready) before it could.
+    fn give_back_outstanding(&mut self, shared: &Shared) {
+        if std::mem::take(&mut self.outstanding) {
+            shared.give_back(self.pending);
+        }
     }
 
     /// The call ends with a response.
@@ -757,6 +797,7 @@ impl CallState {
 
     /// The call was dropped before it ended.
     pub(crate) fn abandon(&mut self, shared: &Shared) {
+        self.give_back_outstanding(shared);
         shared.abandon(&mut self.plan);
     }
 }

@@ -173,6 +173,7 @@ pin_project! {
     // (over 400 bytes) would set the size of every call's future, which is moved by value
     // several times per call.
     #[project = StateProj]
+    #[project_ref = StateProjRef]
     enum State<F, S, R, P> {
         // An attempt is in flight.
         Waiting { #[pin] future: F },
@@ -427,7 +428,13 @@ where
                     .deadline
                     .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(at.into())));
                 if timer.as_mut().poll(cx).is_ready() {
-                    let error = routed.call.on_deadline(&routed.core.shared);
+                    // Between attempts (a throttling wait, a re-send waiting for the inner
+                    // service) nothing is in flight: the error must not say there was.
+                    let in_flight = matches!(
+                        this.state.as_ref().project_ref(),
+                        StateProjRef::Waiting { .. } | StateProjRef::Peeking { .. }
+                    );
+                    let error = routed.call.on_deadline(&routed.core.shared, in_flight);
                     this.state.set(State::Done);
                     // The call is over: a later poll must not find the deadline again.
                     routed.call.plan.deadline = None;

@@ -342,7 +342,7 @@ where
                 let result = match guard.call.plan.deadline {
                     Some(deadline) => match tokio::time::timeout_at(deadline.into(), attempt_judged).await {
                         Ok(result) => result,
-                        Err(_) => return Err(failed(guard.call.on_deadline(shared))),
+                        Err(_) => return Err(failed(guard.call.on_deadline(shared, true))),
                     },
                     None => attempt_judged.await,
                 };

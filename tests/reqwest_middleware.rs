@@ -474,3 +474,81 @@ async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_
     })
     .await
 }
+
+/// 429 with the `Retry-After` named by the query's `wait`, the first time a query is seen;
+/// 200 after.
+fn throttled_once_per_query() -> Behavior {
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
+    custom(move |received| {
+        let query = received.head.uri.query().unwrap_or("").to_string();
+        let first = seen.lock().unwrap().insert(query.clone());
+        let wait = query.trim_start_matches("wait=").to_string();
+        async move {
+            if first {
+                reply(429, &[("retry-after", &wait)], "")
+            } else {
+                reply(200, &[], r#"{"ok":true}"#)
+            }
+        }
+    })
+}
+
+/// A failover re-send that is then throttled and retried counts one of each, as on the tower
+/// path.
+#[tokio::test]
+async fn a_re_send_throttled_and_retried_counts_one_of_each() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        s.primary.set(Behavior::Status(503, "{}"));
+        let (behavior, _) = first_n_then_ok(1, || reply(429, &[("retry-after", "0")], ""));
+        s.alternate.set(behavior);
+        let url = format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/accounts", s.port);
+        assert_eq!(s.client.get(&url).send().await.unwrap().status(), 200);
+        let counters = s.layer.handle().counters();
+        assert_eq!(s.primary.count() + s.alternate.count(), 3);
+        assert_eq!(
+            (counters.failover_resends, counters.throttle_retries),
+            (1, 1),
+            "{counters:?}"
+        );
+    })
+    .await
+}
+
+/// A throttling retry that never goes out (the caller drops the call during the wait) is
+/// neither counted nor charged to the budget, as on the tower path.
+#[tokio::test]
+async fn a_call_dropped_during_its_throttling_wait_does_not_spend_the_budget() {
+    within(10, async {
+        let s = setup(|b| b.throttle_budget(tower_failover::RetryBudget::new(0.0).floor_per_second(1))).await;
+        s.primary.set(throttled_once_per_query());
+        let url = |wait: u32| {
+            format!(
+                "http://{PRIMARY_HOST}:{}/api/data/v9.2/accounts?wait={wait}",
+                s.port
+            )
+        };
+        let first = s.client.get(url(5)).send();
+        assert!(tokio::time::timeout(Duration::from_millis(200), first)
+            .await
+            .is_err());
+        let counters = s.layer.handle().counters();
+        assert_eq!(
+            (counters.throttled, counters.throttle_retries),
+            (1, 0),
+            "{counters:?}"
+        );
+        let response = s.client.get(url(0)).send().await.unwrap();
+        let counters = s.layer.handle().counters();
+        assert_eq!(
+            (
+                response.status().as_u16(),
+                counters.throttle_retries,
+                counters.refused_by_budget
+            ),
+            (200, 1, 0),
+            "budget spent on a retry that never went out: {counters:?}"
+        );
+    })
+    .await
+}
