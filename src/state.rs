@@ -450,7 +450,7 @@ impl Shared {
     ///
     /// A switch asked for from inside a callback (the application deciding in
     /// `on_switch_required`, say) cannot be made there: this thread holds `switching` while it
-    /// raises the event. It is queued and made as soon as the event's callbacks have returned.
+    /// raises the event. It is queued and made once the switch being raised is complete.
     ///
     /// Inside another layer's callbacks this thread holds that layer's lock. Waiting there for
     /// this layer's could deadlock with a thread that holds this one and waits for that one
@@ -1119,8 +1119,9 @@ impl FailoverHandle {
     /// Switches to the other endpoint by hand, raising both events with cause
     /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
     /// active; with no alternate configured nothing moves, and only `SwitchRequired` may be
-    /// raised. Called from inside a switch callback, the switch is made as soon as that
-    /// event's callbacks return, and this returns the side active at the call.
+    /// raised. Called from inside a switch callback, the switch is queued and made once the
+    /// switch being raised is complete, if calls are still on the endpoint they were on at the
+    /// call (a compare-and-switch); this returns the side active at the call.
     ///
     /// ```
     /// use tower_failover::{Endpoints, FailoverLayer, Side};
