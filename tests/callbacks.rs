@@ -238,12 +238,10 @@ fn two_layers_failing_at_once_whose_callbacks_switch_each_other_do_not_deadlock(
     }
 }
 
-/// with `auto_switch(false)` a failed call only raises `SwitchRequired`; the
-/// application decides. A call through layer A made inside layer B's callback (so this
-/// thread is "inside another layer's callbacks") fails while another thread holds A's switch
-/// lock (it is raising `SwitchRequired` for another failed call). Its automatic switch
-/// request is queued for the holder, which makes it as a *manual* switch (`make_deferred`
-/// passes `automatic = false`): A moves to its alternate though nobody asked for a switch.
+/// With `auto_switch(false)` a failed call only raises `SwitchRequired`. A call through layer A
+/// made inside layer B's callback fails while another thread holds A's switch lock: its
+/// automatic switch request is queued for the holder, and stays automatic there, so A does
+/// not move.
 #[test]
 fn an_automatic_switch_queued_for_a_busy_lock_does_not_override_auto_switch_off() {
     use std::sync::atomic::{AtomicBool, Ordering};

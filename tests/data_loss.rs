@@ -690,11 +690,10 @@ async fn writes_racing_a_switch_are_all_in_its_report() {
     .await
 }
 
-/// a keyed POST fails on the primary after it may have been received (503) and is
-/// re-sent on the alternate, which is slow. While that re-send is still in flight on the
-/// alternate, longer than the window after the primary's failure, the alternate goes down: the
-/// switch off the alternate must list the write ("still in flight, however old"). Its fate says
-/// `Unknown`, settled when the primary failed, so the window test (or prune) drops it.
+/// A keyed POST fails on the primary after it may have been received (503) and is re-sent on
+/// the alternate, which is slow. While the re-send is still in flight there, longer than the
+/// window after the primary's failure, the alternate goes down: the switch off the alternate
+/// lists the write, in flight however old.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_send_still_in_flight_on_the_alternate_is_in_the_report_off_the_alternate() {
     within(15, async {
@@ -754,23 +753,17 @@ async fn a_re_send_still_in_flight_on_the_alternate_is_in_the_report_off_the_alt
     .await
 }
 
-/// a PUT throttled by an *error* on the primary (may have been received, as the
-/// engine says) is moved by `after_wait` to the alternate (marked re-sent, at risk on both
-/// sides), is refused at connect there and again on the primary. The call then ends "not
-/// possibly applied" and `finish` forgets the write, though the primary may have applied it.
+/// A PUT throttled by an *error* on the primary (so it may have been received) is moved to the
+/// alternate during the wait, and refused at connect there and again on the primary. The call
+/// is possibly applied, and the write is kept: the primary may have applied it.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
     use tower::{Service, ServiceExt};
-    use tower_failover::{Classifier, DefaultClassifier, Outcome, ReplayBody, Verdict};
+    use tower_failover::ReplayBody;
 
-    let classifier = |outcome: Outcome<'_>| match outcome {
-        Outcome::Error(error) if error.to_string() == "throttled" => Verdict::Throttled {
-            retry_after: Some(Duration::from_millis(50)),
-        },
-        other => DefaultClassifier::new().classify(other),
-    };
+    let classifier = throttled_by_an_error(Duration::from_millis(50));
     let layer = builder().classifier(classifier).build().unwrap();
     let handle = layer.handle();
     let cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
@@ -811,23 +804,16 @@ async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten(
     );
 }
 
-/// a PUT answered with a throttling *error* by the primary (it may have been
-/// received there) is retried on the primary after the wait; that retry is refused at
-/// connect, so the primary is down and calls move to the alternate, where the PUT is re-sent
-/// and acknowledged. The first attempt may have been applied on the primary: the report of
-/// the switch off the primary must list the PUT, and its outcome must say it was sent to both.
+/// A PUT answered with a throttling *error* by the primary (so it may have been received) is
+/// retried there after the wait; the retry is refused at connect, calls move to the alternate,
+/// and the PUT is re-sent and acknowledged there. The switch off the primary lists the PUT.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_refused_at_connect_is_in_the_switch_report() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::{Service, ServiceExt};
-    use tower_failover::{Classifier, DefaultClassifier, Outcome, ReplayBody, Verdict};
+    use tower_failover::ReplayBody;
 
-    let classifier = |outcome: Outcome<'_>| match outcome {
-        Outcome::Error(error) if error.to_string() == "throttled" => Verdict::Throttled {
-            retry_after: Some(Duration::from_millis(20)),
-        },
-        other => DefaultClassifier::new().classify(other),
-    };
+    let classifier = throttled_by_an_error(Duration::from_millis(20));
     let layer = builder().classifier(classifier).build().unwrap();
     let handle = layer.handle();
     let calls = Arc::new(AtomicUsize::new(0));
@@ -872,24 +858,18 @@ async fn a_write_throttled_by_an_error_then_refused_at_connect_is_in_the_switch_
     );
 }
 
-/// as above, but the retry on the primary is turned away with a 429 and calls move to
-/// the alternate during the wait: `after_wait` moves the write (the last throttling proved
-/// nothing was processed) though the first attempt, a throttling error, may have been
-/// applied on the primary. Acknowledged by the alternate, the write must still be at risk
-/// off the primary (sent to both), as a failover re-send after a maybe-received failure is.
+/// As the test above, but the retry on the primary is turned away with a 429 and calls move to
+/// the alternate during the wait. The first attempt, a throttling error, may have been applied
+/// on the primary: acknowledged by the alternate, the write is still at risk off the primary,
+/// and off the alternate it is listed as re-sent there.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_a_429_and_moved_stays_at_risk_on_the_primary() {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use std::sync::OnceLock;
     use tower::{Service, ServiceExt};
-    use tower_failover::{Classifier, DefaultClassifier, Outcome, ReplayBody, Verdict};
+    use tower_failover::ReplayBody;
 
-    let classifier = |outcome: Outcome<'_>| match outcome {
-        Outcome::Error(error) if error.to_string() == "throttled" => Verdict::Throttled {
-            retry_after: Some(Duration::from_millis(20)),
-        },
-        other => DefaultClassifier::new().classify(other),
-    };
+    let classifier = throttled_by_an_error(Duration::from_millis(20));
     let layer = builder().classifier(classifier).build().unwrap();
     let handle = layer.handle();
     let cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
@@ -943,4 +923,18 @@ async fn a_write_throttled_by_an_error_then_a_429_and_moved_stays_at_risk_on_the
         outcomes == [WriteOutcome::ResentOnAlternate] && at_risk == ["/api/data/v9.2/accounts(1)"],
         "off the alternate {outcomes:?}; off the primary {at_risk:?}"
     );
+}
+
+/// The default classifier, except that an inner error reading "throttled" is throttling,
+/// retried after `wait`: a throttling answer that, unlike a 429, may have been received.
+fn throttled_by_an_error(
+    wait: Duration,
+) -> impl Fn(tower_failover::Outcome<'_>) -> tower_failover::Verdict + Clone + Send + Sync + 'static {
+    use tower_failover::{Classifier, DefaultClassifier, Outcome, Verdict};
+    move |outcome: Outcome<'_>| match outcome {
+        Outcome::Error(error) if error.to_string() == "throttled" => Verdict::Throttled {
+            retry_after: Some(wait),
+        },
+        other => DefaultClassifier::new().classify(other),
+    }
 }

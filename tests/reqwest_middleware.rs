@@ -475,24 +475,6 @@ async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_
     .await
 }
 
-/// 429 with the `Retry-After` named by the query's `wait`, the first time a query is seen;
-/// 200 after.
-fn throttled_once_per_query() -> Behavior {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    custom(move |received| {
-        let query = received.head.uri.query().unwrap_or("").to_string();
-        let first = seen.lock().unwrap().insert(query.clone());
-        let wait = query.trim_start_matches("wait=").to_string();
-        async move {
-            if first {
-                reply(429, &[("retry-after", &wait)], "")
-            } else {
-                reply(200, &[], r#"{"ok":true}"#)
-            }
-        }
-    })
-}
-
 /// A failover re-send that is then throttled and retried counts one of each, as on the tower
 /// path.
 #[tokio::test]

@@ -42,7 +42,7 @@ async fn a_resend_throttled_and_retried_counts_one_of_each() {
 async fn a_call_dropped_during_its_throttling_wait_does_not_spend_the_budget() {
     within(10, async {
         let pair = Pair::start().await;
-        pair.primary.set(always_429_then_ok());
+        pair.primary.set(throttled_once_per_query());
         let layer = builder()
             .throttle_budget(RetryBudget::new(0.0).floor_per_second(1))
             .build()
@@ -68,24 +68,6 @@ async fn a_call_dropped_during_its_throttling_wait_does_not_spend_the_budget() {
         );
     })
     .await
-}
-
-/// 429 with the `Retry-After` named by the query's `wait`, the first time a query is seen;
-/// 200 after.
-fn always_429_then_ok() -> Behavior {
-    let seen = std::sync::Arc::new(std::sync::Mutex::new(std::collections::HashSet::new()));
-    custom(move |received| {
-        let query = received.head.uri.query().unwrap_or("").to_string();
-        let first = seen.lock().unwrap().insert(query.clone());
-        let wait = query.trim_start_matches("wait=").to_string();
-        async move {
-            if first {
-                reply(429, &[("retry-after", &wait)], "")
-            } else {
-                reply(200, &[], r#"{"ok":true}"#)
-            }
-        }
-    })
 }
 
 /// Refused at connect on the primary, then 429 on the alternate, then `poll_ready` fails.

@@ -537,10 +537,9 @@ async fn a_throttling_retry_goes_where_calls_went_during_the_wait() {
     .await
 }
 
-/// as `a_throttling_retry_goes_where_calls_went_during_the_wait`, with a body that
-/// is not a `Full<Bytes>` (here a `String`), so it is recorded rather than kept whole. The retry
-/// built before the wait still holds the recording, so `after_wait`'s new build is refused
-/// (`BodyInUse`) and the retry goes to the primary calls left.
+/// As `a_throttling_retry_goes_where_calls_went_during_the_wait`, with a body that is not a
+/// `Full<Bytes>` (a `String`), so it is recorded rather than kept whole: the retry built before
+/// the wait, which holds the recording, is pointed at the alternate, body and all.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_wait() {
     use tower::ServiceExt;
@@ -586,9 +585,8 @@ async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_
     .await
 }
 
-/// `RetryPolicy::reads_only()` is documented as "writes never" re-sent on the
-/// other endpoint, and throttled calls "retried on the same endpoint". A throttled PUT under
-/// it is sent to the alternate by `after_wait` when calls moved during its wait.
+/// Under `RetryPolicy::reads_only()` a write is never sent to the other endpoint: a throttled
+/// PUT stays where it was throttled, even when calls moved during its wait.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn reads_only_never_sends_a_write_to_the_other_endpoint_even_after_a_throttling_wait() {
     within(15, async {
@@ -629,10 +627,9 @@ async fn reads_only_never_sends_a_write_to_the_other_endpoint_even_after_a_throt
     .await
 }
 
-/// README step 3: "a call re-sent on the new endpoint never goes back to the one
-/// it just failed on, even if calls moved away and back while it was in flight". A keyed POST
-/// fails on the primary (503), is re-sent on the alternate, is throttled there, and while it
-/// waits calls move back to the primary: `after_wait` sends it back to the primary it failed on.
+/// A call re-sent on the other endpoint never goes back to the one it failed on (README,
+/// step 3): a keyed POST fails on the primary (503), is re-sent on the alternate and throttled
+/// there, and while it waits calls move back to the primary; the retry stays on the alternate.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_sent_call_throttled_on_the_alternate_never_goes_back_to_the_endpoint_it_failed_on() {
     within(15, async {

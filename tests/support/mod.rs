@@ -384,6 +384,24 @@ where
     (behavior, counter)
 }
 
+/// 429 with the `Retry-After` named by the query's `wait` (`?wait=5`), the first time each
+/// query is seen; 200 after.
+pub fn throttled_once_per_query() -> Behavior {
+    let seen = Arc::new(Mutex::new(std::collections::HashSet::new()));
+    custom(move |received| {
+        let query = received.head.uri.query().unwrap_or("").to_string();
+        let first = seen.lock().unwrap().insert(query.clone());
+        let wait = query.trim_start_matches("wait=").to_string();
+        async move {
+            if first {
+                reply(429, &[("retry-after", &wait)], "")
+            } else {
+                reply(200, &[], r#"{"ok":true}"#)
+            }
+        }
+    })
+}
+
 /// Collects the switch events a layer raises through its callbacks.
 #[derive(Clone, Default)]
 pub struct EventLog(Arc<Mutex<Vec<tower_failover::SwitchEvent>>>);
