@@ -708,7 +708,8 @@ impl CallState {
                 first_kind.request_may_have_been_sent(),
                 cause,
             )
-            .with_unsent_first(first),
+            .with_unsent_first(first)
+            .not_resent(NotResent::ServiceNotReady),
             // The failover re-send went out (and was throttled); its retry could not.
             (Some((first_kind, first)), Pending::Throttle) => FailoverError::new(
                 FailoverErrorKind::Inner,
@@ -717,8 +718,7 @@ impl CallState {
             )
             .with_first(first),
             (None, _) => FailoverError::new(FailoverErrorKind::Inner, false, cause),
-        }
-        .not_resent(NotResent::ServiceNotReady);
+        };
         self.fail(shared, error)
     }
 

@@ -200,3 +200,78 @@ async fn a_deadline_passing_while_the_resend_waits_to_go_out_says_what_went_out(
         error.possibly_applied()
     );
 }
+
+/// `was_resent()` and `not_resent_because()` never contradict each other: a failover re-send
+/// went out (and was throttled); only its retry could not get the inner service ready.
+#[tokio::test]
+async fn a_not_ready_retry_after_a_re_send_does_not_say_both_re_sent_and_not_re_sent() {
+    use tower::{ServiceBuilder, ServiceExt};
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let layer = builder().build().unwrap();
+    let mut service = ServiceBuilder::new()
+        .layer(layer)
+        .service(RefusedThen429ThenNotReady { calls: calls.clone() });
+    let error = tower::Service::call(
+        service.ready().await.unwrap(),
+        request(Method::GET, "/api/data/v9.2/WhoAmI"),
+    )
+    .await
+    .unwrap_err();
+    assert!(error.was_resent(), "{error}");
+    assert_eq!(
+        error.not_resent_because(),
+        None,
+        "was_resent() is true, yet not_resent_because() names a reason: {error}"
+    );
+}
+
+/// 429 on the first call; `poll_ready` fails after that.
+#[derive(Clone)]
+struct ThrottledThenNotReady {
+    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl tower::Service<http::Request<TestBody>> for ThrottledThenNotReady {
+    type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.calls.load(std::sync::atomic::Ordering::SeqCst) < 1 {
+            std::task::Poll::Ready(Ok(()))
+        } else {
+            std::task::Poll::Ready(Err(std::io::Error::other("service closed")))
+        }
+    }
+
+    fn call(&mut self, _: http::Request<TestBody>) -> Self::Future {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(reply(429, &[("retry-after", "0")], "")))
+    }
+}
+
+/// No outage at all (a 429, then the throttling retry cannot get the inner service ready):
+/// `not_resent_because` is `None`, as documented for a failure that was not an outage.
+#[tokio::test]
+async fn a_not_ready_throttling_retry_without_an_outage_names_no_failover_reason() {
+    use tower::{ServiceBuilder, ServiceExt};
+    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let layer = builder().build().unwrap();
+    let handle = layer.handle();
+    let mut service = ServiceBuilder::new()
+        .layer(layer)
+        .service(ThrottledThenNotReady { calls: calls.clone() });
+    let error = tower::Service::call(
+        service.ready().await.unwrap(),
+        request(Method::GET, "/api/data/v9.2/WhoAmI"),
+    )
+    .await
+    .unwrap_err();
+    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    assert_eq!(handle.active(), Side::Primary, "no outage, no switch");
+    assert_eq!(
+        error.not_resent_because(),
+        None,
+        "no endpoint was found down, yet the error gives a reason it was not re-sent on the other endpoint: {error}"
+    );
+}
