@@ -5,6 +5,8 @@
 
 mod support;
 
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
@@ -70,208 +72,144 @@ async fn a_call_dropped_during_its_throttling_wait_does_not_spend_the_budget() {
     .await
 }
 
-/// Refused at connect on the primary, then 429 on the alternate, then `poll_ready` fails.
-#[derive(Clone)]
-struct RefusedThen429ThenNotReady {
-    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+/// Whether the stand-in inner service gets ready, given how often it has been called.
+#[derive(Clone, Copy)]
+enum Ready {
+    Yes,
+    Fails,
+    // Back-pressure (a full concurrency limit, say) that outlasts the call.
+    Never,
 }
 
-impl tower::Service<http::Request<TestBody>> for RefusedThen429ThenNotReady {
+type Answer = Result<http::Response<http_body_util::Full<bytes::Bytes>>, std::io::Error>;
+
+/// An inner service that follows a script: whether it is ready after `n` calls, and what its
+/// call number `n` answers. A stand-in: no real client fails or stalls its readiness on demand.
+#[derive(Clone)]
+struct Scripted {
+    calls: Arc<AtomicUsize>,
+    ready_after: fn(usize) -> Ready,
+    answer: fn(usize, &http::Request<TestBody>) -> Answer,
+}
+
+impl Scripted {
+    fn new(ready_after: fn(usize) -> Ready, answer: fn(usize, &http::Request<TestBody>) -> Answer) -> Self {
+        Scripted {
+            calls: Arc::default(),
+            ready_after,
+            answer,
+        }
+    }
+
+    fn calls(&self) -> usize {
+        self.calls.load(Ordering::SeqCst)
+    }
+}
+
+impl tower::Service<http::Request<TestBody>> for Scripted {
     type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
     type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+    type Future = std::future::Ready<Answer>;
 
     fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        if self.calls.load(std::sync::atomic::Ordering::SeqCst) < 2 {
-            std::task::Poll::Ready(Ok(()))
-        } else {
-            std::task::Poll::Ready(Err(std::io::Error::other("service closed")))
+        match (self.ready_after)(self.calls()) {
+            Ready::Yes => std::task::Poll::Ready(Ok(())),
+            Ready::Fails => std::task::Poll::Ready(Err(std::io::Error::other("service closed"))),
+            Ready::Never => std::task::Poll::Pending,
         }
     }
 
     fn call(&mut self, request: http::Request<TestBody>) -> Self::Future {
-        let n = self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::future::ready(match n {
+        let n = self.calls.fetch_add(1, Ordering::SeqCst);
+        std::future::ready((self.answer)(n, &request))
+    }
+}
+
+fn refused() -> Answer {
+    Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+}
+
+fn throttled() -> Answer {
+    Ok(reply(429, &[("retry-after", "0")], ""))
+}
+
+/// Sends one GET through the layer to `inner`; its error.
+async fn fails(layer: FailoverLayer, inner: Scripted) -> tower_failover::FailoverError {
+    use tower::{ServiceBuilder, ServiceExt};
+    let mut service = ServiceBuilder::new().layer(layer).service(inner);
+    let request = request(Method::GET, "/api/data/v9.2/WhoAmI");
+    tower::Service::call(service.ready().await.unwrap(), request)
+        .await
+        .unwrap_err()
+}
+
+/// The failover re-send went out (refused at connect on the primary, answered 429 by the
+/// alternate); only the throttling retry after it could not get the inner service ready. The
+/// error says the call was re-sent, as the counters do, and names no reason it was not.
+#[tokio::test]
+async fn a_not_ready_retry_after_a_re_send_says_the_re_send_went_out() {
+    let inner = Scripted::new(
+        |calls| if calls < 2 { Ready::Yes } else { Ready::Fails },
+        |n, request| match n {
             0 => {
                 assert_eq!(request.uri().host(), Some(PRIMARY_HOST));
-                Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+                refused()
             }
             _ => {
                 assert_eq!(request.uri().host(), Some(ALTERNATE_HOST));
-                Ok(reply(429, &[("retry-after", "0")], ""))
+                throttled()
             }
-        })
-    }
-}
-
-/// The failover re-send went out (and was answered 429 by the alternate); only the throttling
-/// retry after it could not get the inner service ready. The error must not say the call was
-/// not re-sent while the counters say it was.
-#[tokio::test]
-async fn a_throttling_retry_not_ready_after_a_resend_does_not_unsay_the_resend() {
-    use tower::{ServiceBuilder, ServiceExt};
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        },
+    );
     let layer = builder().build().unwrap();
     let handle = layer.handle();
-    let mut service = ServiceBuilder::new()
-        .layer(layer)
-        .service(RefusedThen429ThenNotReady { calls: calls.clone() });
-    let error = tower::Service::call(
-        service.ready().await.unwrap(),
-        request(Method::GET, "/api/data/v9.2/WhoAmI"),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(
-        calls.load(std::sync::atomic::Ordering::SeqCst),
-        2,
-        "primary, then the alternate"
-    );
-    let c = handle.counters();
-    assert_eq!(c.failover_resends, 1);
-    assert!(
-        error.was_resent(),
-        "the alternate answered the re-send (429), yet the error says it was not re-sent \
-         ({:?}): {error}; counters {c:?}",
-        error.not_resent_because()
-    );
-}
-
-/// Refused at connect on the primary; the inner service then never gets ready again.
-#[derive(Clone)]
-struct RefusedThenNeverReady {
-    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl tower::Service<http::Request<TestBody>> for RefusedThenNeverReady {
-    type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        if self.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
-            std::task::Poll::Ready(Ok(()))
-        } else {
-            // Back-pressure (a full concurrency limit, say) that outlasts the deadline.
-            std::task::Poll::Pending
-        }
-    }
-
-    fn call(&mut self, _: http::Request<TestBody>) -> Self::Future {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::future::ready(Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)))
-    }
+    let error = fails(layer, inner.clone()).await;
+    assert_eq!(inner.calls(), 2, "primary, then the alternate");
+    let counters = handle.counters();
+    assert_eq!(counters.failover_resends, 1);
+    assert!(error.was_resent(), "{error}; counters {counters:?}");
+    assert_eq!(error.not_resent_because(), None, "{error}");
 }
 
 /// The primary refused the GET at connect (never sent), and the re-send waited for the inner
-/// service until the deadline passed: nothing ever went out after the refused connect, and
-/// the counters say so (no re-send). The error must agree: not re-sent, not possibly applied.
+/// service until the deadline passed: nothing went out after the refused connect, and the
+/// counters and the error agree (no re-send, not possibly applied).
 #[tokio::test]
 async fn a_deadline_passing_while_the_resend_waits_to_go_out_says_what_went_out() {
-    use tower::{ServiceBuilder, ServiceExt};
     use tower_failover::RetryPolicy;
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let inner = Scripted::new(
+        |calls| if calls == 0 { Ready::Yes } else { Ready::Never },
+        |_, _| refused(),
+    );
     let layer = builder()
         .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(200)))
         .build()
         .unwrap();
     let handle = layer.handle();
-    let mut service = ServiceBuilder::new()
-        .layer(layer)
-        .service(RefusedThenNeverReady { calls: calls.clone() });
-    let error = tower::Service::call(
-        service.ready().await.unwrap(),
-        request(Method::GET, "/api/data/v9.2/WhoAmI"),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(
-        calls.load(std::sync::atomic::Ordering::SeqCst),
-        1,
-        "only the refused connect"
-    );
-    let c = handle.counters();
-    assert_eq!(c.failover_resends, 0, "nothing was re-sent");
+    let error = fails(layer, inner.clone()).await;
+    assert_eq!(inner.calls(), 1, "only the refused connect");
+    let counters = handle.counters();
+    assert_eq!(counters.failover_resends, 0, "nothing was re-sent");
     assert!(
         !error.was_resent() && !error.possibly_applied(),
-        "the only attempt was refused at connect and no re-send went out, yet the error says \
-         was_resent={} possibly_applied={}: {error}; counters {c:?}",
+        "was_resent={} possibly_applied={}: {error}; counters {counters:?}",
         error.was_resent(),
         error.possibly_applied()
     );
-}
-
-/// `was_resent()` and `not_resent_because()` never contradict each other: a failover re-send
-/// went out (and was throttled); only its retry could not get the inner service ready.
-#[tokio::test]
-async fn a_not_ready_retry_after_a_re_send_does_not_say_both_re_sent_and_not_re_sent() {
-    use tower::{ServiceBuilder, ServiceExt};
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
-    let layer = builder().build().unwrap();
-    let mut service = ServiceBuilder::new()
-        .layer(layer)
-        .service(RefusedThen429ThenNotReady { calls: calls.clone() });
-    let error = tower::Service::call(
-        service.ready().await.unwrap(),
-        request(Method::GET, "/api/data/v9.2/WhoAmI"),
-    )
-    .await
-    .unwrap_err();
-    assert!(error.was_resent(), "{error}");
-    assert_eq!(
-        error.not_resent_because(),
-        None,
-        "was_resent() is true, yet not_resent_because() names a reason: {error}"
-    );
-}
-
-/// 429 on the first call; `poll_ready` fails after that.
-#[derive(Clone)]
-struct ThrottledThenNotReady {
-    calls: std::sync::Arc<std::sync::atomic::AtomicUsize>,
-}
-
-impl tower::Service<http::Request<TestBody>> for ThrottledThenNotReady {
-    type Response = http::Response<http_body_util::Full<bytes::Bytes>>;
-    type Error = std::io::Error;
-    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
-
-    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
-        if self.calls.load(std::sync::atomic::Ordering::SeqCst) < 1 {
-            std::task::Poll::Ready(Ok(()))
-        } else {
-            std::task::Poll::Ready(Err(std::io::Error::other("service closed")))
-        }
-    }
-
-    fn call(&mut self, _: http::Request<TestBody>) -> Self::Future {
-        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-        std::future::ready(Ok(reply(429, &[("retry-after", "0")], "")))
-    }
 }
 
 /// No outage at all (a 429, then the throttling retry cannot get the inner service ready):
 /// `not_resent_because` is `None`, as documented for a failure that was not an outage.
 #[tokio::test]
 async fn a_not_ready_throttling_retry_without_an_outage_names_no_failover_reason() {
-    use tower::{ServiceBuilder, ServiceExt};
-    let calls = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let inner = Scripted::new(
+        |calls| if calls < 1 { Ready::Yes } else { Ready::Fails },
+        |_, _| throttled(),
+    );
     let layer = builder().build().unwrap();
     let handle = layer.handle();
-    let mut service = ServiceBuilder::new()
-        .layer(layer)
-        .service(ThrottledThenNotReady { calls: calls.clone() });
-    let error = tower::Service::call(
-        service.ready().await.unwrap(),
-        request(Method::GET, "/api/data/v9.2/WhoAmI"),
-    )
-    .await
-    .unwrap_err();
-    assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+    let error = fails(layer, inner.clone()).await;
+    assert_eq!(inner.calls(), 1);
     assert_eq!(handle.active(), Side::Primary, "no outage, no switch");
-    assert_eq!(
-        error.not_resent_because(),
-        None,
-        "no endpoint was found down, yet the error gives a reason it was not re-sent on the other endpoint: {error}"
-    );
+    assert_eq!(error.not_resent_because(), None, "{error}");
 }
