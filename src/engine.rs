@@ -398,8 +398,6 @@ pub(crate) struct CallState {
     span: Option<Box<tracing::Span>>,
     pub(crate) side: Side,
     throttle_retries: u32,
-    // Whether the last throttling was an error (it may have been received) rather than a 429.
-    throttled_by_error: bool,
     // What the last re-send decided on was, and whether it has yet to go out (its budget is
     // given back if the call ends first).
     pending: Pending,
@@ -435,7 +433,6 @@ impl CallState {
             side: plan.active.side,
             plan,
             throttle_retries: 0,
-            throttled_by_error: false,
             pending: Pending::Failover,
             outstanding: false,
             first: None,
@@ -605,12 +602,6 @@ impl CallState {
         self.on_throttled(shared, retry_after, true, build)
     }
 
-    /// Whether an attempt so far may have reached the server: the last throttling was an
-    /// error, or an earlier attempt was retried after one.
-    fn maybe_received_so_far(&self) -> bool {
-        self.throttled_by_error || self.plan.earlier_maybe_received
-    }
-
     /// The re-send or throttling retry the engine decided on is going out now: counted here,
     /// not when it was decided, since it may never go out (`on_not_ready`).
     pub(crate) fn resend_going_out(&mut self, shared: &Shared) {
@@ -639,14 +630,14 @@ impl CallState {
         // off the side it moves to then either lists it or is seen here.
         let now = match (&shared.ledger, self.plan.write) {
             (Some(ledger), Some(id)) => {
-                ledger.follow(id, from, self.maybe_received_so_far(), || shared.active())
+                ledger.follow(id, from, self.plan.earlier_maybe_received, || shared.active())
             }
             _ => shared.active(),
         };
         if now.side == from {
             return;
         }
-        if self.maybe_received_so_far() {
+        if self.plan.earlier_maybe_received {
             self.plan.resent_after_received = true;
         }
         tracing::debug!(
@@ -668,8 +659,6 @@ impl CallState {
         by_error: bool,
         build: impl FnOnce(Side) -> Result<R, NotResent>,
     ) -> Option<(Duration, R)> {
-        // The last throttling decides what a retry moved by `after_wait` means for the ledger.
-        self.throttled_by_error = by_error;
         let retry = shared
             .after_throttle(&self.plan, self.throttle_retries, retry_after)
             .and_then(|wait| {
@@ -701,25 +690,41 @@ impl CallState {
 
     /// The inner service could not get ready for the re-send: the re-send was never sent.
     pub(crate) fn on_not_ready(&mut self, shared: &Shared, cause: AttemptError) -> FailoverError {
-        self.give_back_outstanding(shared);
-        let error = match (self.first.take().map(|first| *first), self.pending) {
-            (Some((first_kind, first)), Pending::Failover) => FailoverError::new(
-                FailoverErrorKind::Inner,
-                first_kind.request_may_have_been_sent(),
-                cause,
-            )
-            .with_unsent_first(first)
-            .not_resent(NotResent::ServiceNotReady),
-            // The failover re-send went out (and was throttled); its retry could not.
-            (Some((first_kind, first)), Pending::Throttle) => FailoverError::new(
-                FailoverErrorKind::Inner,
-                first_kind.request_may_have_been_sent(),
-                cause,
-            )
-            .with_first(first),
-            (None, _) => FailoverError::new(FailoverErrorKind::Inner, false, cause),
-        };
+        let error = self.between_attempts(
+            shared,
+            FailoverErrorKind::Inner,
+            cause,
+            NotResent::ServiceNotReady,
+        );
         self.fail(shared, error)
+    }
+
+    /// The error for a call that ended between attempts, with a re-send or retry decided on
+    /// that never went out (`reason`): its budget is given back, and the error says which
+    /// attempts did go out. The call may have been applied only if an earlier attempt may
+    /// have been (`fail` adds a throttling error's).
+    fn between_attempts(
+        &mut self,
+        shared: &Shared,
+        kind: FailoverErrorKind,
+        cause: AttemptError,
+        reason: NotResent,
+    ) -> FailoverError {
+        self.give_back_outstanding(shared);
+        match (self.first.take().map(|first| *first), self.pending) {
+            // The failover re-send itself never went out.
+            (Some((first_kind, first)), Pending::Failover) => {
+                FailoverError::new(kind, first_kind.request_may_have_been_sent(), cause)
+                    .with_unsent_first(first)
+                    .not_resent(reason)
+            }
+            // The failover re-send went out (and was throttled); only its retry did not.
+            (Some((first_kind, first)), Pending::Throttle) => {
+                FailoverError::new(kind, first_kind.request_may_have_been_sent(), cause).with_first(first)
+            }
+            // No outage: only a throttling retry did not go out.
+            (None, _) => FailoverError::new(kind, false, cause),
+        }
     }
 
     /// The attempt failed in a way that is not an outage.
@@ -738,23 +743,13 @@ impl CallState {
             let first = self.first.take().map(|first| first.1);
             return self.fail(shared, deadline_error(cause, first));
         }
-        // Between attempts nothing is in flight: the call may have been applied only if an
-        // earlier attempt may have been (`fail` adds a throttling error's), and a re-send
-        // that was waiting to go out never did.
-        self.give_back_outstanding(shared);
-        let kind = FailoverErrorKind::DeadlineExceeded;
-        let error = match (self.first.take().map(|first| *first), self.pending) {
-            (Some((first_kind, first)), Pending::Failover) => {
-                FailoverError::new(kind, first_kind.request_may_have_been_sent(), cause)
-                    .with_unsent_first(first)
-                    .not_resent(NotResent::DeadlineTooClose)
-            }
-            // The failover re-send went out (and was throttled); its retry did not.
-            (Some((first_kind, first)), Pending::Throttle) => {
-                FailoverError::new(kind, first_kind.request_may_have_been_sent(), cause).with_first(first)
-            }
-            (None, _) => FailoverError::new(kind, false, cause),
-        };
+        // Between attempts (a throttling wait, a re-send waiting for the inner service).
+        let error = self.between_attempts(
+            shared,
+            FailoverErrorKind::DeadlineExceeded,
+            cause,
+            NotResent::DeadlineTooClose,
+        );
         self.fail(shared, error)
     }
 

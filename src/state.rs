@@ -476,20 +476,12 @@ impl Shared {
         outcome
     }
 
-    fn defer(&self, queued: Queued) {
-        self.deferred
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_back(queued);
+    fn queue(&self) -> MutexGuard<'_, VecDeque<Queued>> {
+        self.deferred.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// Puts back a switch taken from the queue that could not be made yet: first, so the
-    /// queue keeps its order.
-    fn defer_again(&self, queued: Queued) {
-        self.deferred
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
-            .push_front(queued);
+    fn defer(&self, queued: Queued) {
+        self.queue().push_back(queued);
     }
 
     /// Queues a switch for the thread holding `switching`. Returns true when the lock turns
@@ -510,11 +502,7 @@ impl Shared {
     /// that found it busy), in order.
     fn make_deferred(&self) {
         loop {
-            let next = self
-                .deferred
-                .lock()
-                .unwrap_or_else(PoisonError::into_inner)
-                .pop_front();
+            let next = self.queue().pop_front();
             let Some(queued) = next else { break };
             // As asked: a switch off `from`, made only if calls still go there (a compare and
             // switch, like any), automatic or not (so `auto_switch(false)` still holds).
@@ -528,8 +516,9 @@ impl Shared {
             {
                 continue;
             }
-            // Busy again: its holder makes it, unless it has let go already.
-            self.defer_again(queued);
+            // Busy again: its holder makes it, unless it has let go already. Put back first,
+            // so the queue keeps its order.
+            self.queue().push_front(queued);
             if !self.lock_is_free() {
                 break;
             }

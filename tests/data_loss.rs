@@ -758,41 +758,19 @@ async fn a_re_send_still_in_flight_on_the_alternate_is_in_the_report_off_the_alt
 /// is possibly applied, and the write is kept: the primary may have applied it.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::OnceLock;
-    use tower::{Service, ServiceExt};
-    use tower_failover::ReplayBody;
-
-    let classifier = throttled_by_an_error(Duration::from_millis(50));
-    let layer = builder().classifier(classifier).build().unwrap();
-    let handle = layer.handle();
-    let cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
-    cell.set(handle.clone()).unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let inner = tower::service_fn(move |_request: Request<ReplayBody<Full<Bytes>>>| {
-        let n = seen.fetch_add(1, Ordering::SeqCst);
-        let cell = cell.clone();
-        async move {
-            if n == 0 {
-                // The primary takes the PUT and answers with a throttling error; meanwhile calls
-                // move to the alternate (another call found the primary down, say).
-                cell.get().unwrap().switch_to(Side::Alternate);
-                Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("throttled"))
-            } else {
-                Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
-            }
+    let (handle, result, calls) = put_through_error_throttling(|n, _, handle| {
+        if n == 0 {
+            // The primary takes the PUT and answers with a throttling error; meanwhile calls
+            // move to the alternate (another call found the primary down, say).
+            handle.switch_to(Side::Alternate);
+            Err(std::io::Error::other("throttled"))
+        } else {
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
         }
-    });
-    let mut service = ServiceBuilder::new().layer(layer).service(inner);
-    let error = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(Method::PUT, "/api/data/v9.2/accounts(1)"))
-        .await
-        .unwrap_err();
-    assert_eq!(calls.load(Ordering::SeqCst), 3, "{error}");
+    })
+    .await;
+    let error = result.unwrap_err();
+    assert_eq!(calls, 3, "{error}");
     // Calls are on the primary now; the primary may hold the PUT.
     handle.switch_to(Side::Alternate);
     let report = handle.last_report().unwrap();
@@ -809,44 +787,19 @@ async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten(
 /// and the PUT is re-sent and acknowledged there. The switch off the primary lists the PUT.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_refused_at_connect_is_in_the_switch_report() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use tower::{Service, ServiceExt};
-    use tower_failover::ReplayBody;
-
-    let classifier = throttled_by_an_error(Duration::from_millis(20));
-    let layer = builder().classifier(classifier).build().unwrap();
-    let handle = layer.handle();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
-        let n = seen.fetch_add(1, Ordering::SeqCst);
-        let host = request.uri().host().unwrap().to_string();
-        async move {
-            match n {
-                // The primary takes the PUT, then answers with a throttling error.
-                0 => Err(std::io::Error::other("throttled")),
-                // The retry finds the primary gone.
-                1 => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
-                _ => {
-                    assert_eq!(host, ALTERNATE_HOST);
-                    Ok(http::Response::builder()
-                        .status(201)
-                        .body(Full::new(Bytes::new()))
-                        .unwrap())
-                }
-            }
+    let (handle, result, calls) = put_through_error_throttling(|n, host, _| match n {
+        // The primary takes the PUT, then answers with a throttling error.
+        0 => Err(std::io::Error::other("throttled")),
+        // The retry finds the primary gone.
+        1 => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
+        _ => {
+            assert_eq!(host, ALTERNATE_HOST);
+            Ok(reply(201, &[], ""))
         }
-    });
-    let mut service = ServiceBuilder::new().layer(layer).service(inner);
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(Method::PUT, "/api/data/v9.2/accounts(1)"))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+    })
+    .await;
+    assert_eq!(result.unwrap().status(), 201);
+    assert_eq!(calls, 3);
     assert_eq!(handle.active(), Side::Alternate);
     let off_primary = handle.last_report().unwrap();
     assert_eq!(off_primary.from.host(), PRIMARY_HOST);
@@ -864,54 +817,21 @@ async fn a_write_throttled_by_an_error_then_refused_at_connect_is_in_the_switch_
 /// and off the alternate it is listed as re-sent there.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_a_429_and_moved_stays_at_risk_on_the_primary() {
-    use std::sync::atomic::{AtomicUsize, Ordering};
-    use std::sync::OnceLock;
-    use tower::{Service, ServiceExt};
-    use tower_failover::ReplayBody;
-
-    let classifier = throttled_by_an_error(Duration::from_millis(20));
-    let layer = builder().classifier(classifier).build().unwrap();
-    let handle = layer.handle();
-    let cell: Arc<OnceLock<FailoverHandle>> = Arc::new(OnceLock::new());
-    cell.set(handle.clone()).unwrap();
-    let calls = Arc::new(AtomicUsize::new(0));
-    let seen = calls.clone();
-    let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
-        let n = seen.fetch_add(1, Ordering::SeqCst);
-        let host = request.uri().host().unwrap().to_string();
-        let cell = cell.clone();
-        async move {
-            match n {
-                0 => Err(std::io::Error::other("throttled")),
-                1 => {
-                    // Calls move to the alternate (another call found the primary down).
-                    cell.get().unwrap().switch_to(Side::Alternate);
-                    Ok(http::Response::builder()
-                        .status(429)
-                        .header("retry-after", "0")
-                        .body(Full::new(Bytes::new()))
-                        .unwrap())
-                }
-                _ => {
-                    assert_eq!(host, ALTERNATE_HOST);
-                    Ok(http::Response::builder()
-                        .status(201)
-                        .body(Full::new(Bytes::new()))
-                        .unwrap())
-                }
-            }
+    let (handle, result, calls) = put_through_error_throttling(|n, host, handle| match n {
+        0 => Err(std::io::Error::other("throttled")),
+        1 => {
+            // Calls move to the alternate (another call found the primary down).
+            handle.switch_to(Side::Alternate);
+            Ok(reply(429, &[("retry-after", "0")], ""))
         }
-    });
-    let mut service = ServiceBuilder::new().layer(layer).service(inner);
-    let response = service
-        .ready()
-        .await
-        .unwrap()
-        .call(request(Method::PUT, "/api/data/v9.2/accounts(1)"))
-        .await
-        .unwrap();
-    assert_eq!(response.status(), 201);
-    assert_eq!(calls.load(Ordering::SeqCst), 3);
+        _ => {
+            assert_eq!(host, ALTERNATE_HOST);
+            Ok(reply(201, &[], ""))
+        }
+    })
+    .await;
+    assert_eq!(result.unwrap().status(), 201);
+    assert_eq!(calls, 3);
     // Back to the primary, then off it again: the primary may hold the PUT.
     handle.switch_to(Side::Primary);
     let off_alternate = handle.last_report().unwrap();
@@ -923,6 +843,44 @@ async fn a_write_throttled_by_an_error_then_a_429_and_moved_stays_at_risk_on_the
         outcomes == [WriteOutcome::ResentOnAlternate] && at_risk == ["/api/data/v9.2/accounts(1)"],
         "off the alternate {outcomes:?}; off the primary {at_risk:?}"
     );
+}
+
+/// Sends one PUT through a layer whose classifier takes an inner error reading "throttled" for
+/// throttling (see `throttled_by_an_error`), to an inner service whose call number `n`, to
+/// `host`, answers `answer(n, host, handle)`. In process: the throttling error is a classifier's
+/// reading of an inner error, which no real server sends. Returns the layer's handle, the
+/// call's result and how many calls the inner service got.
+async fn put_through_error_throttling(
+    answer: impl Fn(usize, &str, &FailoverHandle) -> Result<http::Response<Full<Bytes>>, std::io::Error>
+        + Send
+        + Sync
+        + 'static,
+) -> (
+    FailoverHandle,
+    Result<http::Response<tower_failover::ResponseBody<Full<Bytes>>>, tower_failover::FailoverError>,
+    usize,
+) {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tower::ServiceExt;
+    use tower_failover::ReplayBody;
+
+    let layer = builder()
+        .classifier(throttled_by_an_error(Duration::from_millis(20)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let calls = Arc::new(AtomicUsize::new(0));
+    let (seen, inner_handle, answer) = (calls.clone(), handle.clone(), Arc::new(answer));
+    let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
+        let n = seen.fetch_add(1, Ordering::SeqCst);
+        let answer = answer(n, request.uri().host().unwrap_or_default(), &inner_handle);
+        async move { answer }
+    });
+    let service = ServiceBuilder::new().layer(layer).service(inner);
+    let result = service
+        .oneshot(request(Method::PUT, "/api/data/v9.2/accounts(1)"))
+        .await;
+    (handle, result, calls.load(Ordering::SeqCst))
 }
 
 /// The default classifier, except that an inner error reading "throttled" is throttling,

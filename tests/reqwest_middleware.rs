@@ -458,13 +458,7 @@ async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_
         assert_eq!(get.status(), 200);
         assert_eq!(s.layer.handle().active(), Side::Alternate);
         let result = throttled.await.unwrap();
-        let posts = |server: &Server| {
-            server
-                .requests()
-                .into_iter()
-                .filter(|(method, _)| *method == http::Method::POST)
-                .count()
-        };
+        let posts = |server: &Server| server.count_of(&http::Method::POST);
         assert_eq!(
             (posts(&s.primary), posts(&s.alternate)),
             (1, 1),

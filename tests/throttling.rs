@@ -485,6 +485,38 @@ async fn a_throttling_storm_stays_within_the_budget_and_failover_still_works() {
     .await
 }
 
+/// Sends `request` on a task of its own while the primary throttles it (`Retry-After: 1`), and
+/// once the primary has seen it, moves calls to the alternate: a GET finds the primary down.
+/// The task's handle, for the throttled call's status.
+async fn throttled_while_calls_move<S>(
+    pair: &Pair,
+    service: &S,
+    handle: &tower_failover::FailoverHandle,
+    request: http::Request<http_body_util::Full<bytes::Bytes>>,
+) -> tokio::task::JoinHandle<Result<http::StatusCode, tower_failover::FailoverError>>
+where
+    S: tower::Service<
+            http::Request<http_body_util::Full<bytes::Bytes>>,
+            Response = http::Response<tower_failover::ResponseBody<hyper::body::Incoming>>,
+            Error = tower_failover::FailoverError,
+        > + Clone
+        + Send
+        + Sync
+        + 'static,
+    S::Future: Send,
+{
+    pair.primary.set(always_429("1"));
+    let throttled = tokio::spawn({
+        let service = service.clone();
+        async move { send(&service, request).await.map(|response| response.status()) }
+    });
+    wait_until(5, "the primary throttled the call", || pair.primary.count() == 1).await;
+    pair.primary.set(Behavior::Status(503, ""));
+    send_ok(service, support::request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
+    assert_eq!(handle.active(), Side::Alternate);
+    throttled
+}
+
 /// Calls move to the alternate while a throttled POST waits out its `Retry-After`: the retry
 /// goes to the alternate, not to the primary calls left because it went down. (The 429 proved
 /// the POST was not processed, so it may go anywhere.) The data-loss report of a switch back
@@ -496,28 +528,11 @@ async fn a_throttling_retry_goes_where_calls_went_during_the_wait() {
         let layer = builder().build().unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
-        pair.primary.set(always_429("1"));
-        let throttled = tokio::spawn({
-            let service = service.clone();
-            async move {
-                send(&service, request(Method::POST, "/api/data/v9.2/tasks"))
-                    .await
-                    .map(|response| response.status())
-            }
-        });
-        wait_until(5, "the primary throttled the POST", || pair.primary.count() == 1).await;
-        pair.primary.set(Behavior::Status(503, ""));
-        send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
-        assert_eq!(handle.active(), Side::Alternate);
+        let post = request(Method::POST, "/api/data/v9.2/tasks");
+        let throttled = throttled_while_calls_move(&pair, &service, &handle, post).await;
 
         let result = throttled.await.unwrap();
-        let posts_to = |server: &Server| {
-            server
-                .requests()
-                .into_iter()
-                .filter(|(method, _)| *method == Method::POST)
-                .count()
-        };
+        let posts_to = |server: &Server| server.count_of(&Method::POST);
         assert_eq!(
             (posts_to(&pair.primary), posts_to(&pair.alternate)),
             (1, 1),
@@ -568,13 +583,7 @@ async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_
         assert_eq!(handle.active(), Side::Alternate);
 
         let result = throttled.await.unwrap();
-        let posts_to = |server: &Server| {
-            server
-                .requests()
-                .into_iter()
-                .filter(|(method, _)| *method == Method::POST)
-                .count()
-        };
+        let posts_to = |server: &Server| server.count_of(&Method::POST);
         assert_eq!(
             (posts_to(&pair.primary), posts_to(&pair.alternate)),
             (1, 1),
@@ -597,26 +606,10 @@ async fn reads_only_never_sends_a_write_to_the_other_endpoint_even_after_a_throt
             .unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
-        pair.primary.set(always_429("1"));
-        let throttled = tokio::spawn({
-            let service = service.clone();
-            async move {
-                send(&service, request(Method::PUT, "/api/data/v9.2/tasks(1)"))
-                    .await
-                    .map(|response| response.status())
-            }
-        });
-        wait_until(5, "the primary throttled the PUT", || pair.primary.count() == 1).await;
-        pair.primary.set(Behavior::Status(503, ""));
-        send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
-        assert_eq!(handle.active(), Side::Alternate);
+        let put = request(Method::PUT, "/api/data/v9.2/tasks(1)");
+        let throttled = throttled_while_calls_move(&pair, &service, &handle, put).await;
         let result = throttled.await.unwrap();
-        let puts_to_alternate = pair
-            .alternate
-            .requests()
-            .into_iter()
-            .filter(|(method, _)| *method == Method::PUT)
-            .count();
+        let puts_to_alternate = pair.alternate.count_of(&Method::PUT);
         assert_eq!(
             puts_to_alternate,
             0,
@@ -665,12 +658,7 @@ async fn a_re_sent_call_throttled_on_the_alternate_never_goes_back_to_the_endpoi
         send_ok(&service, request(Method::GET, "/api/data/v9.2/WhoAmI")).await;
         assert_eq!(handle.active(), Side::Primary);
         let result = post.await.unwrap();
-        let posts_to_primary = pair
-            .primary
-            .requests()
-            .into_iter()
-            .filter(|(method, _)| *method == Method::POST)
-            .count();
+        let posts_to_primary = pair.primary.count_of(&Method::POST);
         assert_eq!(
             posts_to_primary,
             1,

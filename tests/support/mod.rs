@@ -137,6 +137,11 @@ impl Server {
         self.seen().into_iter().map(|s| (s.method, s.path)).collect()
     }
 
+    /// How many requests with `method` this server has seen.
+    pub fn count_of(&self, method: &http::Method) -> usize {
+        self.seen().iter().filter(|s| s.method == *method).count()
+    }
+
     /// Makes a real outage: closes the listener (new connections are refused) and drops every
     /// open connection (requests in flight are cut off).
     pub async fn kill(&self) {
