@@ -85,7 +85,7 @@
 //! | `h2` (default) | the default classifier recognises HTTP/2 refusals and stream resets |
 //! | `reqwest` | `FailoverMiddleware` for reqwest-middleware |
 //! | `tower-http` | `TowerHttpClassifier`: a tower-http `ClassifyResponse` as the classifier |
-//! | `metrics` | `FailoverHandle::publish_metrics` through the `metrics` facade |
+//! | `metrics` | `FailoverHandle::publish_metrics` (and `publish_metrics_as`, for two layers with one primary) through the `metrics` facade |
 //!
 //! See the README for the events, what "possibly applied" means, the data-loss report,
 //! failback, and how to run the demo.
@@ -104,6 +104,8 @@ mod failback;
 mod future;
 mod layer;
 mod ledger;
+#[cfg(feature = "metrics")]
+mod metrics_publishing;
 mod packed_headers;
 pub mod policy;
 mod replay;

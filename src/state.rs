@@ -1048,63 +1048,6 @@ impl FailoverHandle {
         self.shared.probe_running.load(Ordering::Acquire)
     }
 
-    /// Publishes the counters, the active side and the generation through the `metrics`
-    /// facade (absolute values, so call it as often as you scrape). Names:
-    /// `failover_calls_total`, `failover_resends_total`, `failover_throttle_retries_total`,
-    /// `failover_switches_total`, `failover_throttled_total`, `failover_refused_by_budget_total`,
-    /// `failover_possibly_applied_total`, `failover_deadline_exceeded_total` (counters),
-    /// `failover_active_alternate` (gauge, 1 on the alternate) and `failover_generation`
-    /// (gauge), each labelled `primary` with the primary's host.
-    ///
-    /// ```
-    /// use metrics_util::debugging::{DebugValue, DebuggingRecorder};
-    /// use tower_failover::{Endpoints, FailoverLayer};
-    ///
-    /// let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap());
-    /// let handle = layer.handle();
-    /// handle.switch_endpoint();
-    ///
-    /// // In production a recorder such as metrics-exporter-prometheus is installed once, and this
-    /// // runs on each scrape.
-    /// let recorder = DebuggingRecorder::new();
-    /// let snapshotter = recorder.snapshotter();
-    /// metrics::with_local_recorder(&recorder, || handle.publish_metrics());
-    ///
-    /// let metrics = snapshotter.snapshot().into_vec();
-    /// let value = |name: &str| {
-    ///     let (key, _, _, value) = metrics.iter().find(|(key, ..)| key.key().name() == name).unwrap();
-    ///     assert_eq!(key.key().labels().next().unwrap().value(), "contoso.api.crm.dynamics.com");
-    ///     value
-    /// };
-    /// assert!(matches!(value("failover_switches_total"), DebugValue::Counter(1)));
-    /// assert!(matches!(value("failover_active_alternate"), DebugValue::Gauge(on) if on.into_inner() == 1.0));
-    /// ```
-    #[cfg(feature = "metrics")]
-    pub fn publish_metrics(&self) {
-        let c = self.counters();
-        let primary = self.shared.endpoints.primary().host().to_string();
-        let counters = [
-            ("failover_calls_total", c.calls),
-            ("failover_resends_total", c.failover_resends),
-            ("failover_throttle_retries_total", c.throttle_retries),
-            ("failover_switches_total", c.switches),
-            ("failover_throttled_total", c.throttled),
-            ("failover_refused_by_budget_total", c.refused_by_budget),
-            ("failover_possibly_applied_total", c.possibly_applied),
-            ("failover_deadline_exceeded_total", c.deadline_exceeded),
-        ];
-        for (name, value) in counters {
-            metrics::counter!(name, "primary" => primary.clone()).absolute(value);
-        }
-        let on_alternate = if self.active() == Side::Alternate {
-            1.0
-        } else {
-            0.0
-        };
-        metrics::gauge!("failover_active_alternate", "primary" => primary.clone()).set(on_alternate);
-        metrics::gauge!("failover_generation", "primary" => primary).set(self.generation() as f64);
-    }
-
     /// Switches to the other endpoint by hand, raising both events with cause
     /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
     /// active; with no alternate configured nothing moves, and only `SwitchRequired` may be

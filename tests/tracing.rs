@@ -94,3 +94,47 @@ async fn calls_are_traced_with_opentelemetry_field_names_and_counted() {
         "the span still names the endpoint the call left: {answered}"
     );
 }
+
+/// Two layers for one primary publishing under the same labels would overwrite each other's
+/// series without a word; the second to publish says so, once.
+#[cfg(feature = "metrics")]
+#[test]
+fn two_layers_publishing_metrics_under_the_same_labels_are_warned_about() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_ansi(false)
+        .with_writer(move || writer.clone())
+        .finish();
+    let _guard = tracing::subscriber::set_default(subscriber);
+    let pair = Endpoints::dynamics(PRIMARY_URL).unwrap();
+    let first = FailoverLayer::new(pair.clone()).handle();
+    let second = FailoverLayer::new(pair.clone()).handle();
+    let named = FailoverLayer::new(pair).handle();
+    let recorder = metrics_util::debugging::DebuggingRecorder::new();
+    let warnings = || {
+        String::from_utf8(captured.0.lock().unwrap().clone())
+            .unwrap()
+            .matches("publish_metrics_as")
+            .count()
+    };
+    metrics::with_local_recorder(&recorder, || {
+        // Alone under its labels, and again: nothing to say.
+        first.publish_metrics();
+        first.publish_metrics();
+        // Its own name: no clash either.
+        named.publish_metrics_as("billing");
+    });
+    assert_eq!(warnings(), 0);
+    metrics::with_local_recorder(&recorder, || {
+        second.publish_metrics();
+        second.publish_metrics();
+        first.publish_metrics();
+    });
+    // Each of the two clashing layers is warned once, however often it publishes.
+    assert_eq!(warnings(), 2);
+    // Once one of them is gone, the other publishes in peace.
+    drop(second);
+    metrics::with_local_recorder(&recorder, || first.publish_metrics());
+    assert_eq!(warnings(), 2);
+}
