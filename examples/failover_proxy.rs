@@ -16,18 +16,21 @@
 //!   `RetryPolicy` extension); it is not forwarded.
 //!
 //! ```text
-//! cargo run --example failover_proxy -- --dynamics http://contoso.api.crm.dynamics.com --listen 127.0.0.1:8080
-//! cargo run --example failover_proxy -- --primary http://api.example.com --alternate http://dr.example.net
+//! cargo run --example failover_proxy -- --dynamics https://contoso.api.crm.dynamics.com --listen 127.0.0.1:8080
+//! cargo run --example failover_proxy -- --primary https://api.example.com --alternate https://dr.example.net --ca-file corp-root.pem
 //! cargo run --example failover_proxy -- --demo
 //! ```
 //!
 //! `--demo` starts two loopback servers behind the Dynamics names, proxies to them, kills the
 //! primary mid-way and prints the events it received over SSE.
 //!
+//! The binary reaches `https` and `http` endpoints alike ([`https_connector`]): it trusts the
+//! public roots it carries (Mozilla's, through `webpki-roots`) and the certificates of
+//! `--ca-file`, and checks each endpoint's certificate against the endpoint's own name, the
+//! alternate's included. [`run_proxy`] takes any other connector.
+//!
 //! Connection upgrades (WebSocket) are not proxied: `Upgrade` is a per-hop header and is
-//! dropped like the others. The binary's connector speaks plain HTTP (Dynamics 365 itself is
-//! HTTPS only): TLS endpoints need an HTTPS connector, such as hyper-rustls's, passed to
-//! [`run_proxy`], which takes any connector.
+//! dropped like the others.
 
 // `main` and the demo are dead code when the test includes this file.
 #![cfg_attr(test, allow(dead_code))]
@@ -40,7 +43,9 @@ pub mod support;
 use std::convert::Infallible;
 use std::error::Error;
 use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use axum::body::Body;
@@ -55,9 +60,12 @@ use bytes::Bytes;
 use futures_util::stream::{self, Stream, StreamExt};
 use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
 use hyper_util::client::legacy::connect::{Connect, HttpConnector};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::CertificateDer;
 use serde_json::{json, Value};
 use tokio::net::TcpListener;
 use tokio::sync::broadcast;
@@ -100,6 +108,47 @@ where
     let layer = FailoverLayer::builder(endpoints).build()?;
     let client = Client::builder(TokioExecutor::new()).build(connector);
     Ok(tower::Layer::layer(&layer, Timeout::new(client, attempt_timeout)))
+}
+
+/// A connector for `https` and `http` endpoints over `http`, the TCP connector (its resolver,
+/// timeouts). It trusts the public roots compiled in (`webpki-roots`) and every certificate in
+/// `ca_file` (PEM), for endpoints behind a private CA; each endpoint's certificate is checked
+/// against its own name, so after a switch the alternate must present the alternate's.
+pub fn https_connector<R>(
+    mut http: HttpConnector<R>,
+    ca_file: Option<&Path>,
+) -> Result<HttpsConnector<HttpConnector<R>>, String> {
+    let mut roots = rustls::RootCertStore {
+        roots: webpki_roots::TLS_SERVER_ROOTS.to_vec(),
+    };
+    if let Some(path) = ca_file {
+        let shown = path.display();
+        let mut added = 0;
+        for cert in CertificateDer::pem_file_iter(path).map_err(|e| format!("--ca-file {shown}: {e}"))? {
+            let cert = cert.map_err(|e| format!("--ca-file {shown}: {e}"))?;
+            roots
+                .add(cert)
+                .map_err(|e| format!("--ca-file {shown}: a certificate it holds is not usable: {e}"))?;
+            added += 1;
+        }
+        // An empty file (or one holding only a key) would leave the proxy trusting nothing
+        // new, and every call to a private endpoint would fail over and fail again.
+        if added == 0 {
+            return Err(format!("--ca-file {shown}: no PEM certificate in it"));
+        }
+    }
+    let tls = rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // The TCP connector must accept `https` URIs and leave them to the TLS connector.
+    http.enforce_http(false);
+    Ok(hyper_rustls::HttpsConnectorBuilder::new()
+        .with_tls_config(tls)
+        .https_or_http()
+        .enable_http1()
+        .wrap_connector(http))
 }
 
 /// Serves the proxy on `listener` until the server fails, with the default attempt timeout.
@@ -414,8 +463,8 @@ fn unix_ms(at: SystemTime) -> u64 {
 
 const USAGE: &str = "\
 usage:
-  failover_proxy --dynamics URL [--listen ADDR] [--attempt-timeout SECS]
-  failover_proxy --primary URL --alternate URL [--listen ADDR] [--attempt-timeout SECS]
+  failover_proxy --dynamics URL [--listen ADDR] [--attempt-timeout SECS] [--ca-file PEM]
+  failover_proxy --primary URL --alternate URL [--listen ADDR] [--attempt-timeout SECS] [--ca-file PEM]
   failover_proxy --demo
 
   --dynamics URL    a Dynamics 365 organization URL; the alternate is derived by the --s rule
@@ -425,6 +474,8 @@ usage:
   --attempt-timeout SECS
                     how long one attempt may take before the endpoint counts as down and
                     the call fails over (default 30)
+  --ca-file PEM     also trust the certificates in this PEM file (a private CA); the
+                    public roots are always trusted
   --demo            run a scripted outage against two loopback servers and exit
 
 Send requests to the proxy with relative paths (http://ADDR/api/...). Read the proxy's state
@@ -437,6 +488,7 @@ enum Command {
         endpoints: Endpoints,
         listen: SocketAddr,
         attempt_timeout: Duration,
+        ca_file: Option<PathBuf>,
     },
     Demo,
     Help,
@@ -450,6 +502,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
     let mut listen: SocketAddr = ([127, 0, 0, 1], 8080).into();
     let mut demo = false;
     let mut attempt_timeout = DEFAULT_ATTEMPT_TIMEOUT;
+    let mut ca_file = None;
     let mut args = args.iter();
     while let Some(flag) = args.next() {
         let mut value = || {
@@ -478,6 +531,7 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
                         format!("--attempt-timeout {text}: give a number of seconds above 0, such as 30")
                     })?;
             }
+            "--ca-file" => ca_file = Some(PathBuf::from(value()?)),
             "--demo" => demo = true,
             "-h" | "--help" => return Ok(Command::Help),
             other => return Err(format!("unknown argument `{other}`")),
@@ -492,22 +546,16 @@ fn parse_args(args: &[String]) -> Result<Command, String> {
         _ => return Err("give either --dynamics, or both --primary and --alternate".into()),
     }
     .map_err(|e| e.to_string())?;
-    // Refused here rather than at the first call: the plain connector would fail every
-    // https call at connect, which the layer would take for an outage and switch.
-    for endpoint in [Some(endpoints.primary()), endpoints.alternate()]
-        .into_iter()
-        .flatten()
-    {
-        if *endpoint.scheme() != http::uri::Scheme::HTTP {
-            return Err(format!(
-                "{endpoint}: this binary's connector speaks plain HTTP; for TLS endpoints call run_proxy with an HTTPS connector"
-            ));
-        }
+    // Read here rather than at the first call: a file that cannot be read must stop the
+    // proxy before it listens, not fail every call to a private endpoint.
+    if let Some(path) = &ca_file {
+        https_connector(HttpConnector::new(), Some(path))?;
     }
     Ok(Command::Serve {
         endpoints,
         listen,
         attempt_timeout,
+        ca_file,
     })
 }
 
@@ -534,7 +582,8 @@ async fn main() -> ExitCode {
             endpoints,
             listen,
             attempt_timeout,
-        }) => match serve(endpoints, listen, attempt_timeout).await {
+            ca_file,
+        }) => match serve(endpoints, listen, attempt_timeout, ca_file.as_deref()).await {
             Ok(()) => ExitCode::SUCCESS,
             Err(error) => {
                 eprintln!("failover_proxy: {error}");
@@ -548,7 +597,12 @@ async fn main() -> ExitCode {
     }
 }
 
-async fn serve(endpoints: Endpoints, listen: SocketAddr, attempt_timeout: Duration) -> Result<(), BoxError> {
+async fn serve(
+    endpoints: Endpoints,
+    listen: SocketAddr,
+    attempt_timeout: Duration,
+    ca_file: Option<&Path>,
+) -> Result<(), BoxError> {
     // The library logs its switches and the writes at risk through `tracing`.
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -568,6 +622,7 @@ async fn serve(endpoints: Endpoints, listen: SocketAddr, attempt_timeout: Durati
     // is to wait for the operating system's connect timeout (minutes).
     connector.set_connect_timeout(Some(Duration::from_secs(5)));
     connector.set_nodelay(true);
+    let connector = https_connector(connector, ca_file)?;
     run_proxy_with(listener, endpoints, connector, attempt_timeout).await
 }
 

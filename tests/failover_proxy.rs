@@ -400,3 +400,78 @@ async fn a_hung_primary_is_failed_over_by_the_proxys_attempt_timeout() {
     })
     .await
 }
+
+/// The binary's own connector (`https_connector`) in front of two HTTPS endpoints behind a
+/// private CA, given with `--ca-file`: calls reach the primary, and after it dies, the
+/// alternate, each verified by its own name. Without the CA file the same endpoints are not
+/// trusted, so the check above can fail; a CA file that is missing or holds no certificate is
+/// refused before the proxy listens.
+#[tokio::test]
+async fn the_binarys_connector_reaches_https_endpoints_behind_a_private_ca() {
+    use failover_proxy::support::tls::{TestPki, TlsServer};
+
+    within(20, async {
+        let pki = TestPki::new();
+        let primary = TlsServer::start(&pki, PRIMARY_HOST).await;
+        let alternate = TlsServer::start(&pki, ALTERNATE_HOST).await;
+        let resolver = Resolver::new();
+        resolver.map(PRIMARY_HOST, primary.addr);
+        resolver.map(ALTERNATE_HOST, alternate.addr);
+        let dir = std::env::temp_dir().join(format!("failover-proxy-ca-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let ca_file = dir.join("root.pem");
+        std::fs::write(&ca_file, &pki.root_pem).unwrap();
+
+        // The proxy with the public roots and the CA file, and one with the public roots only.
+        let mut bases = Vec::new();
+        for ca in [Some(ca_file.as_path()), None] {
+            let connector = failover_proxy::https_connector(resolver.connector(), ca).unwrap();
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            bases.push(format!("http://{}", listener.local_addr().unwrap()));
+            let endpoints = Endpoints::dynamics(&format!("https://{PRIMARY_HOST}")).unwrap();
+            tokio::spawn(failover_proxy::run_proxy(listener, endpoints, connector));
+        }
+        let plain: Plain = Client::builder(TokioExecutor::new()).build_http();
+        let get = |base: &str| {
+            let request = Request::get(format!("{base}/api/data/v9.2/WhoAmI"))
+                .body(Full::new(Bytes::new()))
+                .unwrap();
+            let sent = plain.request(request);
+            async move {
+                let response = sent.await.unwrap();
+                let status = response.status();
+                let body = response.into_body().collect().await.unwrap().to_bytes();
+                (status, String::from_utf8_lossy(&body).into_owned())
+            }
+        };
+
+        let (status, body) = get(&bases[0]).await;
+        assert_eq!(status, 200, "{body}");
+        assert!(body.contains(&format!(r#""sni":"{PRIMARY_HOST}""#)), "{body}");
+        let (status, body) = get(&bases[1]).await;
+        assert_ne!(
+            status, 200,
+            "a private CA's certificate trusted without --ca-file: {body}"
+        );
+
+        primary.kill();
+        let (status, body) = get(&bases[0]).await;
+        assert_eq!(status, 200, "{body}");
+        // The alternate holds only its own certificate: the handshake used its name.
+        assert!(body.contains(&format!(r#""sni":"{ALTERNATE_HOST}""#)), "{body}");
+        assert!(body.contains(&format!(r#""host":"{ALTERNATE_HOST}""#)), "{body}");
+
+        let missing = dir.join("missing.pem");
+        let error = failover_proxy::https_connector(resolver.connector(), Some(&missing)).unwrap_err();
+        assert!(
+            error.contains("--ca-file") && error.contains("missing.pem"),
+            "{error}"
+        );
+        let empty = dir.join("empty.pem");
+        std::fs::write(&empty, "").unwrap();
+        let error = failover_proxy::https_connector(resolver.connector(), Some(&empty)).unwrap_err();
+        assert!(error.contains("no PEM certificate"), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    })
+    .await
+}

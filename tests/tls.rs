@@ -5,118 +5,16 @@
 
 mod support;
 
-use std::convert::Infallible;
-use std::net::SocketAddr;
-use std::sync::Arc;
-
 use bytes::Bytes;
-use http::{Request, Response};
+use http::Request;
 use http_body_util::Full;
-use hyper::body::Incoming;
 use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::client::legacy::Client;
-use hyper_util::rt::{TokioExecutor, TokioIo};
-use rcgen::{BasicConstraints, CertificateParams, IsCa, Issuer, KeyPair};
-use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer};
+use hyper_util::rt::TokioExecutor;
+use support::tls::{provider, TestPki, TlsServer};
 use support::{send_ok, within, Resolver, ALTERNATE_HOST, PRIMARY_HOST};
-use tokio::net::TcpListener;
 use tower::{Service, ServiceBuilder, ServiceExt};
 use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, ReplayBody, Side};
-
-/// A test root and a leaf certificate per name, signed by it.
-struct TestPki {
-    root: CertificateDer<'static>,
-    issuer: Issuer<'static, KeyPair>,
-}
-
-impl TestPki {
-    fn new() -> TestPki {
-        let key = KeyPair::generate().unwrap();
-        let mut params = CertificateParams::new(Vec::<String>::new()).unwrap();
-        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
-        let root = params.self_signed(&key).unwrap().der().clone();
-        TestPki {
-            root,
-            issuer: Issuer::new(params, key),
-        }
-    }
-
-    fn leaf(&self, name: &str) -> (Vec<CertificateDer<'static>>, PrivateKeyDer<'static>) {
-        let key = KeyPair::generate().unwrap();
-        let cert = CertificateParams::new(vec![name.to_string()])
-            .unwrap()
-            .signed_by(&key, &self.issuer)
-            .unwrap();
-        let key = PrivateKeyDer::Pkcs8(PrivatePkcs8KeyDer::from(key.serialize_der()));
-        (vec![cert.der().clone()], key)
-    }
-}
-
-fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
-
-/// An HTTPS server answering with the name it serves; it holds only `name`'s certificate.
-struct TlsServer {
-    addr: SocketAddr,
-    task: tokio::task::JoinHandle<()>,
-}
-
-impl TlsServer {
-    async fn start(pki: &TestPki, name: &'static str) -> TlsServer {
-        let (chain, key) = pki.leaf(name);
-        let config = rustls::ServerConfig::builder_with_provider(provider())
-            .with_safe_default_protocol_versions()
-            .unwrap()
-            .with_no_client_auth()
-            .with_single_cert(chain, key)
-            .unwrap();
-        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let task = tokio::spawn(async move {
-            let mut connections = tokio::task::JoinSet::new();
-            loop {
-                let Ok((stream, _)) = listener.accept().await else {
-                    continue;
-                };
-                let acceptor = acceptor.clone();
-                connections.spawn(async move {
-                    // A client that asks for another name fails the handshake here.
-                    let Ok(tls) = acceptor.accept(stream).await else {
-                        return;
-                    };
-                    let sni = tls.get_ref().1.server_name().map(str::to_string);
-                    let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let sni = sni.clone();
-                        async move {
-                            let host = request
-                                .headers()
-                                .get(http::header::HOST)
-                                .and_then(|h| h.to_str().ok())
-                                .unwrap_or("")
-                                .to_string();
-                            let body = format!(
-                                r#"{{"server":"{name}","sni":"{}","host":"{host}"}}"#,
-                                sni.unwrap_or_default()
-                            );
-                            Ok::<_, Infallible>(Response::new(Full::new(Bytes::from(body))))
-                        }
-                    });
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection(TokioIo::new(tls), service)
-                        .await;
-                });
-            }
-        });
-        TlsServer { addr, task }
-    }
-
-    /// Closes the listener and every connection: a real outage.
-    fn kill(&self) {
-        self.task.abort();
-    }
-}
 
 type HttpsClient = Client<hyper_rustls::HttpsConnector<HttpConnector<Resolver>>, ReplayBody<Full<Bytes>>>;
 

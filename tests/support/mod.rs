@@ -23,6 +23,8 @@ use sha2::{Digest, Sha256};
 use tokio::net::TcpListener;
 use tokio::task::AbortHandle;
 
+pub mod tls;
+
 pub const PRIMARY_HOST: &str = "contoso.api.crm.dynamics.com";
 pub const ALTERNATE_HOST: &str = "contoso--s.api.crm.dynamics.com";
 pub const PRIMARY_URL: &str = "http://contoso.api.crm.dynamics.com";
