@@ -130,8 +130,9 @@ impl Bucket {
         // asked for less than a millisecond apart would then never earn the floor.
         let elapsed_ms = state.refilled_at.elapsed().as_millis() as u64;
         state.refilled_at += Duration::from_millis(elapsed_ms);
-        let earned = (new_calls as f64 * self.budget.ratio * MILLI as f64) as u64
-            + elapsed_ms.saturating_mul(self.budget.floor_per_second as u64);
+        // Saturating: a large floor earns u64::MAX within weeks of calm (it is capped below).
+        let earned = ((new_calls as f64 * self.budget.ratio * MILLI as f64) as u64)
+            .saturating_add(elapsed_ms.saturating_mul(self.budget.floor_per_second as u64));
         state.balance = state.balance.saturating_add(earned).min(self.cap());
         if state.balance >= MILLI {
             state.balance -= MILLI;
@@ -237,6 +238,24 @@ mod tests {
         let allowed = (0..100).filter(|_| bucket.withdraw(0)).count();
         assert_eq!(allowed, 3, "only the floor's burst");
         assert!(Bucket::new(RetryBudget::unlimited()).withdraw(0));
+    }
+
+    #[test]
+    fn a_large_floor_after_a_long_calm_does_not_overflow() {
+        // `floor_per_second(u32::MAX)` earns u64::MAX milli-tokens in under 50 days without a
+        // re-send; the calls earned on top of that overflowed the sum (a panic in debug
+        // builds; in release the wrapped sum lost the floor's whole credit).
+        let bucket = Bucket::new(RetryBudget::new(1.0).floor_per_second(u32::MAX));
+        {
+            let mut state = bucket.inner.lock().unwrap();
+            state.balance = 0;
+            let Some(long_ago) = Instant::now().checked_sub(Duration::from_secs(60 * 24 * 3600)) else {
+                return; // no instant that far back on this platform
+            };
+            state.refilled_at = long_ago;
+        }
+        assert!(bucket.withdraw(1_000));
+        assert_eq!(bucket.inner.lock().unwrap().balance, bucket.cap() - MILLI);
     }
 
     #[test]

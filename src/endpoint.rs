@@ -196,7 +196,7 @@ impl Endpoint {
     }
 
     /// The `--s` rule of Dynamics 365 online: the alternate organization's host is the
-    /// primary's with `--s` appended to its first DNS label. Scheme and port are kept.
+    /// primary's with `--s` appended to its first DNS label. Scheme, port and a trailing dot are kept.
     fn dynamics_alternate(&self) -> Result<Endpoint, ConfigError> {
         if self.host.parse::<IpAddr>().is_ok() || self.host.starts_with('[') {
             return Err(ConfigError::new(format!(
@@ -211,11 +211,14 @@ impl Endpoint {
             return Err(ConfigError::new(format!("`{self}` has an empty first DNS label")));
         }
         if first.ends_with("--s") {
+            // The primary this alternate was derived from, spelled as given: its port and a
+            // trailing dot are part of it.
+            let authority = self.authority.as_str();
             return Err(ConfigError::new(format!(
                 "`{self}` is already an alternate (`--s`) host; give the primary organization URL, e.g. `{}://{}{}`",
                 self.scheme,
                 first.trim_end_matches("--s"),
-                rest.map(|r| format!(".{r}")).unwrap_or_default()
+                &authority[first.len().min(authority.len())..]
             )));
         }
         if first.len() + 3 > 63 {
@@ -227,6 +230,11 @@ impl Endpoint {
         if let Some(rest) = rest {
             authority.push('.');
             authority.push_str(rest);
+        }
+        // A trailing dot (a fully qualified name, kept from resolver search domains) is part
+        // of the spelling, as scheme and port are: the alternate is spelled the same way.
+        if self.authority.host().ends_with('.') {
+            authority.push('.');
         }
         if let Some(port) = self.authority.port_u16() {
             authority.push_str(&format!(":{port}"));
@@ -448,7 +456,7 @@ impl Endpoints {
 
     /// A primary with the alternate derived by the Dynamics 365 `--s` rule:
     /// `https://contoso.api.crm.dynamics.com` has the alternate
-    /// `https://contoso--s.api.crm.dynamics.com`. Scheme and port carry over.
+    /// `https://contoso--s.api.crm.dynamics.com`. Scheme, port and a trailing dot carry over.
     ///
     /// ```
     /// use tower_failover::Endpoints;

@@ -499,6 +499,17 @@ impl RouteTable {
                 "route pattern `{pattern}` must start with `/` (it matches the request path)"
             )));
         }
+        // The table is matched against the path alone: a query or a fragment in the pattern
+        // would make a route no request can match.
+        if let Some(i) = pattern.find(['?', '#']) {
+            return Err(ConfigError::new(format!(
+                "route pattern `{pattern}` has a {} (`{}`); a route matches the request path only, without query or fragment: use `{}` or `{}*`",
+                if &pattern[i..=i] == "?" { "query" } else { "fragment" },
+                &pattern[i..=i],
+                &pattern[..i],
+                &pattern[..i],
+            )));
+        }
         policy
             .validate()
             .map_err(|e| e.context(&format!("route `{pattern}`")))?;

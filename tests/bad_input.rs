@@ -187,7 +187,7 @@ fn odd_endpoint_hosts_are_accepted_or_refused_clearly() {
         ),
         (
             "https://contoso.api.crm.dynamics.com.",
-            Ok("https://contoso--s.api.crm.dynamics.com"),
+            Ok("https://contoso--s.api.crm.dynamics.com."),
         ),
         (
             "https://contoso.api.crm.dynamics.com:443",
@@ -334,6 +334,137 @@ async fn odd_hosts_in_requests_route_or_pass_through() {
     ] {
         service.clone().oneshot(req(Method::GET, uri)).await.unwrap();
         assert_eq!(recorder.last().uri.to_string(), uri, "{uri}: untouched");
+    }
+}
+
+/// A primary given with a trailing dot (a fully qualified name, so the resolver does not try
+/// its search domains first: with Kubernetes' `ndots:5`, `contoso--s.api.crm.dynamics.com`
+/// would be looked up under every search domain before itself) gets an alternate spelled the
+/// same way. The dot used to be dropped from the derived alternate: calls went out as
+/// `contoso.api.crm.dynamics.com.` on the primary but as `contoso--s.api.crm.dynamics.com`
+/// after a failover. Requests spelled with or without the dot route to either side, and go
+/// out as the endpoint is configured, `Host` included.
+#[tokio::test]
+async fn a_trailing_dot_on_the_primary_carries_to_the_derived_alternate() {
+    for (primary, alternate) in [
+        (
+            "https://contoso.api.crm.dynamics.com.",
+            "https://contoso--s.api.crm.dynamics.com.",
+        ),
+        (
+            "https://Contoso.crm4.dynamics.com.:8443",
+            "https://contoso--s.crm4.dynamics.com.:8443",
+        ),
+        ("http://localhost.", "http://localhost--s."),
+    ] {
+        let pair = Endpoints::dynamics(primary).unwrap();
+        assert_eq!(pair.alternate().unwrap().to_string(), alternate, "{primary}");
+        // The host is still compared without the dot, and the alternate parses back to itself.
+        assert!(!pair.alternate().unwrap().host().ends_with('.'), "{primary}");
+        assert_eq!(&Endpoint::parse(alternate).unwrap(), pair.alternate().unwrap());
+        // Given back as a primary, it is still refused as an alternate.
+        let error = Endpoints::dynamics(alternate).unwrap_err().to_string();
+        assert!(error.contains("already an alternate"), "{alternate}: {error}");
+    }
+    // Without the dot, none is added.
+    let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com").unwrap();
+    assert_eq!(
+        pair.alternate().unwrap().to_string(),
+        "https://contoso--s.api.crm.dynamics.com"
+    );
+
+    let recorder = Recorder::default();
+    let layer = FailoverLayer::new(Endpoints::dynamics("https://contoso.api.crm.dynamics.com.").unwrap());
+    let handle = layer.handle();
+    let service = recorded(layer, &recorder, ok_answer());
+    for (side, out) in [
+        (Side::Primary, "contoso.api.crm.dynamics.com."),
+        (Side::Alternate, "contoso--s.api.crm.dynamics.com."),
+    ] {
+        handle.switch_to(side);
+        for host in [
+            "contoso.api.crm.dynamics.com",
+            "contoso.api.crm.dynamics.com.",
+            "contoso--s.api.crm.dynamics.com",
+            "contoso--s.api.crm.dynamics.com.",
+        ] {
+            let mut request = req(Method::GET, &format!("https://{host}/api/data/v9.2/WhoAmI"));
+            request
+                .headers_mut()
+                .insert(HOST, HeaderValue::from_str(host).unwrap());
+            service.clone().oneshot(request).await.unwrap();
+            let reached = recorder.last();
+            assert_eq!(
+                reached.uri.to_string(),
+                format!("https://{out}/api/data/v9.2/WhoAmI"),
+                "{host} on {side}"
+            );
+            assert_eq!(reached.host.as_ref().unwrap(), out, "{host} on {side}");
+        }
+    }
+}
+
+/// The `--s` rule is textual: the alternate's first label is the primary's with `--s`
+/// appended, and a first label that is some label plus `--s` is refused as an alternate. A
+/// punycode label is no exception: `xn--s` is exactly what the rule derives from the first
+/// label `xn`, so accepting it as a primary would make one host both an alternate and a
+/// primary (`xn` -> `xn--s` -> `xn--s--s`). Nor is `xn--s` an IDNA label: `s` alone is an
+/// incomplete Punycode string, so it decodes to nothing. Punycode labels that do not end in
+/// `--s` derive their alternate like any other label.
+#[test]
+fn punycode_first_labels_follow_the_s_rule_like_any_other() {
+    let pair = Endpoints::dynamics("https://xn.example.com").unwrap();
+    assert_eq!(pair.alternate().unwrap().to_string(), "https://xn--s.example.com");
+    for alternate in ["https://xn--s.example.com", "https://XN--S.example.com."] {
+        let error = Endpoints::dynamics(alternate).unwrap_err().to_string();
+        assert!(error.contains("already an alternate"), "{alternate}: {error}");
+        assert!(
+            error.contains("`https://xn.example.com"),
+            "names the primary: {error}"
+        );
+    }
+    let pair = Endpoints::dynamics("https://xn--bcher-kva.example.com").unwrap();
+    assert_eq!(
+        pair.alternate().unwrap().to_string(),
+        "https://xn--bcher-kva--s.example.com"
+    );
+    let error = Endpoints::dynamics("https://xn--bcher-kva--s.example.com").unwrap_err();
+    assert!(error.to_string().contains("already an alternate"), "{error}");
+}
+
+/// An alternate given as the primary is refused with the primary to give instead, spelled
+/// as the alternate was: port and trailing dot included. The suggestion used to drop the port,
+/// so following it pointed the layer at port 443 instead of the organization's own.
+#[test]
+fn an_alternate_given_as_primary_is_refused_naming_the_primary_with_its_port() {
+    for (alternate, primary) in [
+        (
+            "https://contoso--s.api.crm.dynamics.com",
+            "https://contoso.api.crm.dynamics.com",
+        ),
+        (
+            "https://contoso--s.crm4.dynamics.com:8443",
+            "https://contoso.crm4.dynamics.com:8443",
+        ),
+        (
+            "https://CONTOSO--S.crm4.dynamics.com.:8443",
+            "https://contoso.crm4.dynamics.com.:8443",
+        ),
+        ("http://localhost--s:8080", "http://localhost:8080"),
+    ] {
+        let error = Endpoints::dynamics(alternate).unwrap_err().to_string();
+        assert!(error.contains("already an alternate"), "{alternate}: {error}");
+        assert!(
+            error.ends_with(&format!("e.g. `{primary}`")),
+            "{alternate}: suggests {primary}: {error}"
+        );
+        // Following the advice works, and derives the alternate that was given.
+        let pair = Endpoints::dynamics(primary).unwrap();
+        assert_eq!(
+            pair.alternate().unwrap(),
+            &Endpoint::parse(alternate).unwrap(),
+            "{alternate}"
+        );
     }
 }
 

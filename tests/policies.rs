@@ -372,3 +372,34 @@ fn a_policy_replay_cap_above_the_limit_is_refused_at_build_time() {
         .build()
         .unwrap();
 }
+
+/// Routes match the request's path, without its query, so a pattern with a `?` (or a `#`,
+/// which never reaches a server) can match no request: the route would be silently dead and
+/// the request would get the default policy, a write the route said to send `never` re-sent
+/// after all. `build()` refuses such a pattern and says what to give instead.
+#[test]
+fn a_route_pattern_with_a_query_or_fragment_is_refused_at_build_time() {
+    for pattern in [
+        "/api/data/v9.2/accounts?$select=name",
+        "/api/payments?*",
+        "/api/payments#receipt",
+    ] {
+        let error = builder()
+            .route(Method::POST, pattern, RetryPolicy::never())
+            .build()
+            .map(|_| ())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            error.contains(&format!("`{pattern}`")),
+            "names the pattern: {error}"
+        );
+        assert!(error.contains("path only"), "says what to fix: {error}");
+        let error = builder()
+            .route_any_method(pattern, RetryPolicy::never())
+            .build()
+            .map(|_| ())
+            .unwrap_err();
+        assert!(error.to_string().contains("path only"), "{error}");
+    }
+}
