@@ -127,11 +127,12 @@ impl Endpoint {
             },
         };
         let port = given_port.unwrap_or(if scheme == Scheme::HTTPS { 443 } else { 80 });
-        // Lower case, and the port as plain digits (`:08443` is `:8443`). Lower-casing keeps the
-        // authority valid: it only changes ASCII letters.
+        // Lower case, and the port as plain digits (`:08443` is `:8443`; an empty one, the
+        // default, is not written). Lower-casing keeps the authority valid: it only changes
+        // ASCII letters.
         let authority = match given_port {
             Some(port) => format!("{}:{port}", authority.host()),
-            None => authority.as_str().to_string(),
+            None => authority.host().to_string(),
         };
         let authority: Authority = authority
             .to_ascii_lowercase()

@@ -432,6 +432,43 @@ fn punycode_first_labels_follow_the_s_rule_like_any_other() {
     assert!(error.to_string().contains("already an alternate"), "{error}");
 }
 
+/// An endpoint with an empty port (`https://host:`, which `http` accepts and reads as no port)
+/// means the scheme's default port, and is written without the `:`, as its derived alternate
+/// is. It used to keep the bare `:`, so routed requests went out with the authority
+/// `host:` (and a `Host` naming the endpoint was rewritten to it) on the primary but `host--s`
+/// without it on the alternate.
+#[tokio::test]
+async fn an_empty_port_on_an_endpoint_is_the_default_port_written_without_a_colon() {
+    let pair = Endpoints::dynamics("https://contoso.api.crm.dynamics.com:").unwrap();
+    assert_eq!(pair.primary().to_string(), "https://contoso.api.crm.dynamics.com");
+    assert_eq!(pair.primary().port(), 443);
+    assert_eq!(
+        pair.alternate().unwrap().to_string(),
+        "https://contoso--s.api.crm.dynamics.com"
+    );
+    assert_eq!(
+        Endpoint::parse("http://api.example.com.:").unwrap().to_string(),
+        "http://api.example.com."
+    );
+
+    let recorder = Recorder::default();
+    let service = recorded(FailoverLayer::new(pair), &recorder, ok_answer());
+    let mut request = req(
+        Method::GET,
+        "https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI",
+    );
+    request
+        .headers_mut()
+        .insert(HOST, HeaderValue::from_static("CONTOSO.api.crm.dynamics.com"));
+    service.clone().oneshot(request).await.unwrap();
+    let reached = recorder.last();
+    assert_eq!(
+        reached.uri.to_string(),
+        "https://contoso.api.crm.dynamics.com/api/data/v9.2/WhoAmI"
+    );
+    assert_eq!(reached.host.unwrap(), "contoso.api.crm.dynamics.com");
+}
+
 /// An alternate given as the primary is refused with the primary to give instead, spelled
 /// as the alternate was: port and trailing dot included. The suggestion used to drop the port,
 /// so following it pointed the layer at port 443 instead of the organization's own.
