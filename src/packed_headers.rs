@@ -15,7 +15,9 @@ use http::header::{HeaderMap, HeaderName, HeaderValue};
 #[derive(Debug, Default)]
 pub(crate) struct PackedHeaders {
     bytes: Vec<u8>,
-    count: usize,
+    // How many distinct names: the capacity of the rebuilt map. Not the number of values,
+    // which `HeaderMap` does not bound while its capacity is limited to 32,768 names.
+    names: usize,
 }
 
 impl PackedHeaders {
@@ -36,13 +38,13 @@ impl PackedHeaders {
         }
         PackedHeaders {
             bytes,
-            count: headers.len(),
+            names: headers.keys_len(),
         }
     }
 
     /// The headers as they were.
     pub(crate) fn unpack(&self) -> HeaderMap {
-        let mut headers = HeaderMap::with_capacity(self.count);
+        let mut headers = HeaderMap::with_capacity(self.names);
         let mut rest = &self.bytes[..];
         while let Some((&sensitive, after)) = rest.split_first() {
             let (name, after) = take(after);
@@ -104,6 +106,33 @@ mod tests {
                 .collect::<Vec<_>>()
         };
         assert_eq!(order(&unpacked), order(&headers));
+    }
+
+    /// `HeaderMap` caps its names, not its values: one name may carry any number of values,
+    /// and a head with many of them must come back whole, not panic at the re-send.
+    #[test]
+    fn many_values_of_one_name_come_back() {
+        let mut headers = HeaderMap::new();
+        headers.insert("accept", HeaderValue::from_static("application/json"));
+        for i in 0..30_000u32 {
+            headers.append("x-many", HeaderValue::from(i));
+        }
+        assert_eq!(headers.len(), 30_001);
+        let unpacked = PackedHeaders::of(&headers).unpack();
+        assert_eq!(unpacked, headers);
+        let many: Vec<_> = unpacked.get_all("x-many").iter().collect();
+        assert_eq!(many.len(), 30_000);
+        assert_eq!(many[29_999], "29999");
+
+        // And a map holding as many names as it accepts.
+        let mut names = HeaderMap::new();
+        for i in 0u32.. {
+            let name = HeaderName::from_bytes(format!("x-{i}").as_bytes()).unwrap();
+            if names.try_append(name, HeaderValue::from(i)).is_err() {
+                break;
+            }
+        }
+        assert_eq!(PackedHeaders::of(&names).unpack(), names);
     }
 
     #[test]

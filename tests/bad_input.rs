@@ -579,6 +579,36 @@ async fn host_headers_that_disagree_with_the_uri() {
     );
 }
 
+/// A head with many values of one header (a `HeaderMap` bounds its names, not its values) is
+/// re-sent whole after an outage, not a panic in the call's future.
+#[tokio::test]
+async fn a_head_with_thirty_thousand_values_of_one_header_is_re_sent_whole() {
+    let recorder = Recorder::default();
+    let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+    let values_on_the_alternate = Arc::new(Mutex::new(None));
+    let seen = values_on_the_alternate.clone();
+    let service = recorded(
+        layer,
+        &recorder,
+        Arc::new(move |request| {
+            if request.uri().host() == Some(PRIMARY_HOST) {
+                return status_with(503, &[], full("down"));
+            }
+            *seen.lock().unwrap() = Some(request.headers().get_all("x-many").iter().count());
+            Response::new(full("ok"))
+        }),
+    );
+    let mut request = req(Method::GET, &format!("{PRIMARY_URL}/many"));
+    for i in 0..30_000u32 {
+        request.headers_mut().append("x-many", HeaderValue::from(i));
+    }
+    let call = tokio::spawn(service.oneshot(request));
+    let response = call.await.expect("the call does not panic").expect("re-sent on the alternate");
+    assert_eq!(response.status(), 200);
+    assert_eq!(*values_on_the_alternate.lock().unwrap(), Some(30_000));
+    assert_eq!(recorder.count(), 2);
+}
+
 // ---------------------------------------------------------------------------------------------
 // Request bodies that fail mid-stream
 // ---------------------------------------------------------------------------------------------
