@@ -108,7 +108,9 @@ impl<B> Recording<B> {
     }
 
     fn record(&mut self, chunk: &Bytes) {
-        if self.over_cap {
+        // An empty chunk carries nothing to replay, and the cap (which counts bytes) would
+        // not bound how many of them were kept.
+        if self.over_cap || chunk.is_empty() {
             return;
         }
         if self.recorded_len + chunk.len() > self.cap {
@@ -625,6 +627,29 @@ mod tests {
             drop(first); // never polled: refused at connect
             let second = handle.replay().unwrap();
             assert_eq!(second.collect().await.unwrap().to_bytes(), "xyz");
+        });
+    }
+
+    /// Zero-length chunks carry no bytes, so the cap never counts them: a body that yields
+    /// many of them (a stream of keep-alive ticks, say) must not make the recording grow
+    /// with each one, past what the cap allows.
+    #[test]
+    fn empty_chunks_are_not_kept() {
+        block_on(async {
+            let frames = (0..200_000)
+                .map(|_| Ok::<_, std::convert::Infallible>(Frame::data(Bytes::new())))
+                .chain([Ok(Frame::data(Bytes::from_static(b"xy")))]);
+            let body = StreamBody::new(futures_util::stream::iter(frames));
+            let (first, handle) = ReplayBody::recorded(body, 16);
+            assert_eq!(first.collect().await.unwrap().to_bytes(), "xy");
+            {
+                let slot = handle.slot.recording.lock().unwrap();
+                let kept = slot.as_ref().expect("the first attempt has ended").chunks.len();
+                assert!(kept <= 1, "{kept} chunks kept for 2 bytes under a 16-byte cap");
+            }
+            let second = handle.replay().unwrap();
+            assert_eq!(second.size_hint().exact(), Some(2));
+            assert_eq!(second.collect().await.unwrap().to_bytes(), "xy");
         });
     }
 
