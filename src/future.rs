@@ -359,7 +359,15 @@ impl<RB: Body> Peeking<RB> {
         if self.timer.as_mut().poll(cx).is_ready() {
             return Poll::Ready(());
         }
+        // Frames that are always ready and empty never end the loop below by the limit: after
+        // this many in one poll, hand back to the runtime so the timer can fire.
+        let mut frames_left = 64u32;
         loop {
+            if frames_left == 0 {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            frames_left -= 1;
             if self.body.is_end_stream() {
                 self.ended = true;
                 return Poll::Ready(());
@@ -586,6 +594,51 @@ mod tests {
         fn call(&mut self, _: Request<ReplayBody<B>>) -> Self::Future {
             Box::pin(async { Ok(Response::new(B::default())) })
         }
+    }
+
+    /// A body whose frames are always ready and empty: it never ends and never fills the peek.
+    /// It counts the frames read since the peek last returned to the runtime.
+    struct EndlessEmptyFrames {
+        since_yield: Arc<std::sync::atomic::AtomicUsize>,
+    }
+
+    impl Body for EndlessEmptyFrames {
+        type Data = bytes::Bytes;
+        type Error = std::convert::Infallible;
+
+        fn poll_frame(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+        ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
+            let read = self.since_yield.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            // Without a return to the runtime the peek's timer can never fire: the call hangs.
+            assert!(read < 100_000, "the peek read {read} frames without yielding");
+            Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::new()))))
+        }
+    }
+
+    #[test]
+    fn a_peek_at_endless_empty_frames_gives_up_at_its_timeout() {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_time()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let since_yield = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+            let body = EndlessEmptyFrames {
+                since_yield: since_yield.clone(),
+            };
+            let mut peek = std::pin::pin!(peek_body(body, 16, Duration::from_millis(50)));
+            let peeked = std::future::poll_fn(|cx| {
+                since_yield.store(0, std::sync::atomic::Ordering::Relaxed);
+                peek.as_mut().poll(cx)
+            });
+            let peeked = tokio::time::timeout(Duration::from_secs(5), peeked)
+                .await
+                .expect("the peek ends at its timeout");
+            assert!(!peeked.ended && peeked.error.is_none() && peeked.data.is_empty());
+            assert!(peeked.complete_body().is_none());
+        });
     }
 
     /// Every call's future is moved by value several times before its first poll, so only the

@@ -783,6 +783,40 @@ async fn a_huge_body_declared_small_is_not_buffered_and_comes_back_whole() {
     .await
 }
 
+/// An error body declared small whose frames are always ready and always empty never fills
+/// the peek: the peek gives up at its timeout and the response comes back, as with a stalled
+/// body. (Run on a thread of its own: a peek that never returns to the runtime would hold any
+/// runtime's timer, `within` included.)
+#[test]
+fn an_error_body_of_endless_empty_frames_is_handed_back_after_the_peek_timeout() {
+    let (done, outcome) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        runtime.block_on(async {
+            let (service, handle, _) = answering(|| {
+                let endless = futures_util::stream::repeat_with(|| Ok(Frame::data(Bytes::new())));
+                status_with(
+                    500,
+                    &[(CONTENT_LENGTH, "10")],
+                    BodyExt::boxed(StreamBody::new(endless)),
+                )
+            });
+            let started = Instant::now();
+            let response = service.oneshot(req(Method::GET, PRIMARY_URL)).await.unwrap();
+            let _ = done.send((response.status(), started.elapsed(), handle.generation()));
+        });
+    });
+    let (status, elapsed, generation) = outcome
+        .recv_timeout(Duration::from_secs(10))
+        .expect("the call came back within 10 s");
+    assert_eq!(status, 500, "judged by its head: handed back");
+    assert!(elapsed < Duration::from_secs(5), "{elapsed:?}");
+    assert_eq!(generation, 0);
+}
+
 /// Truncated, not JSON, compressed: none is read as a failover fault; each comes back as sent.
 #[tokio::test]
 async fn truncated_non_json_and_compressed_error_bodies_come_back_as_sent() {
