@@ -477,7 +477,11 @@ where
             Kind::Recorded(attempt) => match &attempt.recording {
                 Some(r) => {
                     let kept = (r.recorded_len - r.yielded_len.min(r.recorded_len)) as u64;
-                    if r.finished {
+                    // With trailers still to come, the length is what the caller's body says
+                    // (an exact one only if it says so): an HTTP/1 client sends a body of
+                    // exact length with `Content-Length`, and then drops its trailers.
+                    let trailers_to_come = r.trailers.is_some() && !r.trailers_yielded;
+                    if r.finished && !trailers_to_come {
                         SizeHint::with_exact(kept)
                     } else {
                         let rest = r.rest.size_hint();
@@ -650,6 +654,32 @@ mod tests {
             let second = handle.replay().unwrap();
             assert_eq!(second.size_hint().exact(), Some(2));
             assert_eq!(second.collect().await.unwrap().to_bytes(), "xy");
+        });
+    }
+
+    #[test]
+    fn a_replay_with_trailers_to_come_is_of_the_length_its_body_said() {
+        block_on(async {
+            let mut trailers = HeaderMap::new();
+            trailers.insert("x-checksum", http::HeaderValue::from_static("abc"));
+            let frames: Vec<Result<Frame<Bytes>, std::io::Error>> = vec![
+                Ok(Frame::data(Bytes::from_static(b"ab"))),
+                Ok(Frame::trailers(trailers.clone())),
+            ];
+            // Of unknown length, as a stream is: the first attempt goes out chunked.
+            let (first, handle) = ReplayBody::recorded(StreamBody::new(futures_util::stream::iter(frames)), 1024);
+            assert_eq!(first.size_hint().exact(), None);
+            let collected = first.collect().await.unwrap();
+            assert_eq!(collected.trailers(), Some(&trailers));
+            let mut second = handle.replay().unwrap();
+            assert_eq!(second.size_hint().exact(), None, "so must the replay, trailers and all");
+            assert_eq!(second.size_hint().lower(), 2);
+            assert_eq!(second.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
+            assert!(!second.is_end_stream());
+            let last = second.frame().await.unwrap().unwrap();
+            assert_eq!(last.into_trailers().unwrap(), trailers);
+            assert!(second.is_end_stream());
+            assert_eq!(second.size_hint().exact(), Some(0));
         });
     }
 
