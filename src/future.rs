@@ -610,7 +610,10 @@ mod tests {
             self: Pin<&mut Self>,
             _: &mut Context<'_>,
         ) -> Poll<Option<Result<http_body::Frame<bytes::Bytes>, Self::Error>>> {
-            let read = self.since_yield.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+            let read = self
+                .since_yield
+                .fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+                + 1;
             // Without a return to the runtime the peek's timer can never fire: the call hangs.
             assert!(read < 100_000, "the peek read {read} frames without yielding");
             Poll::Ready(Some(Ok(http_body::Frame::data(bytes::Bytes::new()))))

@@ -667,12 +667,17 @@ mod tests {
                 Ok(Frame::trailers(trailers.clone())),
             ];
             // Of unknown length, as a stream is: the first attempt goes out chunked.
-            let (first, handle) = ReplayBody::recorded(StreamBody::new(futures_util::stream::iter(frames)), 1024);
+            let (first, handle) =
+                ReplayBody::recorded(StreamBody::new(futures_util::stream::iter(frames)), 1024);
             assert_eq!(first.size_hint().exact(), None);
             let collected = first.collect().await.unwrap();
             assert_eq!(collected.trailers(), Some(&trailers));
             let mut second = handle.replay().unwrap();
-            assert_eq!(second.size_hint().exact(), None, "so must the replay, trailers and all");
+            assert_eq!(
+                second.size_hint().exact(),
+                None,
+                "so must the replay, trailers and all"
+            );
             assert_eq!(second.size_hint().lower(), 2);
             assert_eq!(second.frame().await.unwrap().unwrap().into_data().unwrap(), "ab");
             assert!(!second.is_end_stream());

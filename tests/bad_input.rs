@@ -603,7 +603,10 @@ async fn a_head_with_thirty_thousand_values_of_one_header_is_re_sent_whole() {
         request.headers_mut().append("x-many", HeaderValue::from(i));
     }
     let call = tokio::spawn(service.oneshot(request));
-    let response = call.await.expect("the call does not panic").expect("re-sent on the alternate");
+    let response = call
+        .await
+        .expect("the call does not panic")
+        .expect("re-sent on the alternate");
     assert_eq!(response.status(), 200);
     assert_eq!(*values_on_the_alternate.lock().unwrap(), Some(30_000));
     assert_eq!(recorder.count(), 2);

@@ -40,9 +40,16 @@ async fn recording_server(drop_after_reading: bool) -> (SocketAddr, Arc<Mutex<Ve
                     let record = record.clone();
                     async move {
                         let chunked = request.headers().contains_key(http::header::TRANSFER_ENCODING);
-                        let collected = request.into_body().collect().await.map_err(std::io::Error::other)?;
+                        let collected = request
+                            .into_body()
+                            .collect()
+                            .await
+                            .map_err(std::io::Error::other)?;
                         let trailers = collected.trailers().cloned();
-                        record.lock().unwrap().push((collected.to_bytes(), trailers, chunked));
+                        record
+                            .lock()
+                            .unwrap()
+                            .push((collected.to_bytes(), trailers, chunked));
                         if drop_after_reading {
                             return Err(std::io::Error::other("the primary goes down before it answers"));
                         }
@@ -88,12 +95,20 @@ async fn a_streamed_body_re_sent_after_it_was_read_whole_keeps_its_trailers() {
         // The first attempt went out chunked, with its trailers: read whole by the primary.
         let first = on_primary.lock().unwrap().clone();
         assert_eq!(first.len(), 1);
-        assert_eq!(first[0], (Bytes::from_static(b"hello world"), Some(trailers.clone()), true));
+        assert_eq!(
+            first[0],
+            (Bytes::from_static(b"hello world"), Some(trailers.clone()), true)
+        );
         // The re-send carries the same body and the same trailers.
         let resent = on_alternate.lock().unwrap().clone();
         assert_eq!(resent.len(), 1);
         assert_eq!(resent[0].0, "hello world");
-        assert_eq!(resent[0].1, Some(trailers), "the re-send lost the trailers (chunked: {})", resent[0].2);
+        assert_eq!(
+            resent[0].1,
+            Some(trailers),
+            "the re-send lost the trailers (chunked: {})",
+            resent[0].2
+        );
     })
     .await
 }
