@@ -10,7 +10,6 @@
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
-use std::time::Duration;
 
 use bytes::Bytes;
 use http::{Extensions, Request as HttpRequest, Uri};
@@ -174,8 +173,9 @@ impl<C> std::fmt::Debug for FailoverMiddleware<C> {
 struct Template {
     head: HeadTemplate,
     body: Result<ResendBody<reqwest::Body>, NotResent>,
-    // The request's own `.timeout(..)`: reqwest keeps it on the request, not in the head.
-    timeout: Option<Duration>,
+    // The original request without its body, for what reqwest keeps on the request and not in
+    // the head: its extensions (its own `.timeout(..)` among them), reachable only through it.
+    base: reqwest::Request,
 }
 
 impl Template {
@@ -188,11 +188,15 @@ impl Template {
         };
         let parts = self.head.parts_for(shared, side);
         let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|_| NotResent::NotRouted)?;
-        let mut request = reqwest::Request::new(parts.method, url);
+        let mut request = self
+            .base
+            .try_clone()
+            .expect("a request without a body always clones");
+        *request.method_mut() = parts.method;
+        *request.url_mut() = url;
         *request.headers_mut() = parts.headers;
         *request.version_mut() = parts.version;
         *request.body_mut() = body;
-        *request.timeout_mut() = self.timeout;
         Ok(request)
     }
 }
@@ -286,9 +290,15 @@ where
         // The template keeps its own copy of the head; the request takes the headers as they
         // are (the `Host` pointed at the active endpoint).
         let head = HeadTemplate::of(&parts);
+        // The base for re-sends: the request without its body and headers (the template has
+        // those), so the clone copies little more than the URL and the extensions.
+        let body = request.body_mut().take();
+        request.headers_mut().clear();
+        let base = request
+            .try_clone()
+            .expect("a request without a body always clones");
         *request.headers_mut() = parts.headers;
 
-        let body = request.body_mut().take();
         let resend_body = match body_plan {
             BodyPlan::Record(cap) => match body {
                 Some(mut body) => match take_whole(&mut body, cap) {
@@ -318,7 +328,7 @@ where
         let template = Template {
             head,
             body: resend_body,
-            timeout: request.timeout().copied(),
+            base,
         };
         let mut guard = CallGuard {
             shared: self.shared.clone(),

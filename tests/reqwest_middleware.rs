@@ -603,3 +603,69 @@ async fn a_throttling_retry_is_never_sent_after_the_deadline() {
         layer.handle().counters()
     );
 }
+
+/// A request extension the application put on its request (reqwest takes it over from an
+/// `http::Request`), to see which attempts carry it.
+#[derive(Clone, Debug, PartialEq)]
+struct Tenant(&'static str);
+
+/// Below the failover middleware: notes the `Tenant` extension of every attempt. A request's
+/// extensions are reachable only through the `http::Request` conversion, both ways.
+#[derive(Clone, Default)]
+struct ExtensionProbe(std::sync::Arc<std::sync::Mutex<Vec<Option<Tenant>>>>);
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for ExtensionProbe {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        let request = http::Request::<reqwest::Body>::try_from(request).unwrap();
+        self.0
+            .lock()
+            .unwrap()
+            .push(request.extensions().get::<Tenant>().cloned());
+        let request = reqwest::Request::try_from(request).unwrap();
+        next.run(request, extensions).await
+    }
+}
+
+/// A re-send keeps the request's own extensions, as the tower path does: they are the
+/// application's, not the attempt's.
+#[tokio::test]
+async fn a_re_sent_request_keeps_its_own_extensions() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        let probe = ExtensionProbe::default();
+        let reqwest = reqwest::Client::builder()
+            .resolve(PRIMARY_HOST, s.primary.addr)
+            .resolve(ALTERNATE_HOST, s.alternate.addr)
+            .timeout(Duration::from_secs(5))
+            .build()
+            .unwrap();
+        let client = reqwest_middleware::ClientBuilder::new(reqwest)
+            .with(s.layer.middleware())
+            .with(probe.clone())
+            .build();
+        s.primary.kill().await;
+        let mut request =
+            http::Request::get(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port))
+                .body(reqwest::Body::from(Vec::new()))
+                .unwrap();
+        request.extensions_mut().insert(Tenant("contoso"));
+        let response = client
+            .execute(reqwest::Request::try_from(request).unwrap())
+            .await
+            .unwrap();
+        assert_eq!(response.status(), 200);
+        assert_eq!(s.alternate.count(), 1, "re-sent on the alternate");
+        assert_eq!(
+            *probe.0.lock().unwrap(),
+            [Some(Tenant("contoso")), Some(Tenant("contoso"))],
+            "both attempts carry the request's extension"
+        );
+    })
+    .await
+}
