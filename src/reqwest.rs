@@ -372,7 +372,11 @@ where
                     Err(error) => {
                         let error: BoxError = match error {
                             reqwest_middleware::Error::Reqwest(e) => Box::new(e),
-                            reqwest_middleware::Error::Middleware(e) => e.into(),
+                            // As the error a middleware below made, not an opaque box: the
+                            // classifier and the caller can downcast it.
+                            reqwest_middleware::Error::Middleware(e) => {
+                                e.reallocate_into_boxed_dyn_error_without_backtrace()
+                            }
                         };
                         let verdict = self.classifier.classify(Outcome::Error(&*error));
                         guard.call.after_error(shared, error, verdict, build)

@@ -669,3 +669,59 @@ async fn a_re_sent_request_keeps_its_own_extensions() {
     })
     .await
 }
+
+/// Below the failover middleware: hands reqwest's own errors on as middleware errors, as a
+/// middleware that reports through `anyhow` does.
+#[derive(Clone)]
+struct AsMiddlewareError;
+
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for AsMiddlewareError {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await.map_err(|error| match error {
+            reqwest_middleware::Error::Reqwest(e) => reqwest_middleware::Error::middleware(e),
+            other => other,
+        })
+    }
+}
+
+/// An error a middleware below hands on is judged as itself: reqwest's timeout there is a
+/// timeout (the pair switches, the GET is re-sent), and the caller finds the error it was.
+#[tokio::test]
+async fn an_error_from_a_middleware_below_is_judged_as_itself() {
+    within(10, async {
+        let s = setup(|b| b).await;
+        s.primary.set(Behavior::Delay(Duration::from_secs(3)));
+        let reqwest = reqwest::Client::builder()
+            .resolve(PRIMARY_HOST, s.primary.addr)
+            .resolve(ALTERNATE_HOST, s.alternate.addr)
+            .timeout(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let client = reqwest_middleware::ClientBuilder::new(reqwest)
+            .with(s.layer.middleware())
+            .with(AsMiddlewareError)
+            .build();
+        let url = format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port);
+        let response = client.get(&url).send().await;
+        assert_eq!(s.layer.handle().active(), Side::Alternate, "the timeout switched");
+        let response = response.expect("re-sent on the alternate");
+        assert!(response.text().await.unwrap().contains(ALTERNATE_HOST));
+
+        // Both down: the last attempt's cause is the timeout as reqwest made it.
+        s.alternate.set(Behavior::Delay(Duration::from_secs(3)));
+        let error = client.get(&url).send().await.unwrap_err();
+        let error = failover_error(&error);
+        let cause = error.last_attempt().error().expect("an error, not a status");
+        let cause = cause
+            .downcast_ref::<reqwest::Error>()
+            .expect("reqwest's error, not an opaque box");
+        assert!(cause.is_timeout());
+    })
+    .await
+}
