@@ -32,9 +32,12 @@ use crate::state::{FailoverHandle, Shared};
 /// [`FailoverError`]: `err.downcast_ref::<FailoverError>()` on the inner `anyhow::Error`.
 /// Requests that name neither endpoint pass through untouched, errors included.
 ///
-/// Failback probes and the start-up check go through a tower [`Failover`](crate::Failover)'s
-/// inner service; the middleware has none to lend, so with reqwest alone calls come back to
-/// the primary only by hand ([`FailoverHandle::fail_back`]) or after a maintenance window.
+/// Failback probes go through a client lent to the layer: a tower [`Failover`](crate::Failover)
+/// lends its inner service at its first call, and the middleware lends none of its own. With
+/// reqwest alone, lend one with [`probe_with`](FailoverMiddleware::probe_with); without it,
+/// calls come back to the primary only by hand ([`FailoverHandle::fail_back`]) or, unprobed,
+/// at the end of a maintenance window. The start-up check
+/// ([`Failover::check_startup`](crate::Failover::check_startup)) needs a tower `Failover`.
 ///
 /// ```
 /// use tower_failover::{Endpoints, FailoverLayer};
