@@ -9,10 +9,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Weak};
+use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::uri::PathAndQuery;
 use http::{Method, Request, Uri};
+use tokio::sync::watch;
 
 use crate::classify::{Classifier, Outcome, Verdict};
 use crate::endpoint::Side;
@@ -520,8 +522,26 @@ impl Shared {
         {
             return;
         }
-        runtime.spawn(probe_loop(self.me.clone()));
+        runtime.spawn(probe_loop(self.me.clone(), self.alive.subscribe()));
     }
+}
+
+/// Sleeps for `duration`, or less if the shared state is dropped meanwhile (then false): a
+/// task must not outlive every service and handle by a long sleep.
+async fn sleep_while_alive(alive: &mut watch::Receiver<()>, duration: Duration) -> bool {
+    let mut sleep = std::pin::pin!(tokio::time::sleep(duration));
+    let mut gone = std::pin::pin!(alive.changed());
+    std::future::poll_fn(|cx| {
+        if sleep.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(true);
+        }
+        // Nothing is ever sent on it: it is ready only once the sender is dropped.
+        if gone.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(false);
+        }
+        Poll::Pending
+    })
+    .await
 }
 
 /// Clears the "probe running" flag however the task ends.
@@ -533,7 +553,7 @@ impl Drop for RunningGuard {
             shared.probe_running.store(false, Ordering::Release);
             // See `start_probe_task`.
             fence(Ordering::SeqCst);
-            shared.set_healthy_probes(0);
+            shared.set_healthy_probes(shared.active().generation, 0);
             // A switch to the alternate made while this task was ending found it still
             // running and did not start another: start it now.
             if shared.active().side == Side::Alternate {
@@ -543,9 +563,13 @@ impl Drop for RunningGuard {
     }
 }
 
-async fn probe_loop(weak: Weak<Shared>) {
+async fn probe_loop(weak: Weak<Shared>, mut alive: watch::Receiver<()>) {
     let _guard = RunningGuard(weak.clone());
     let mut healthy = 0u32;
+    // The stay on the alternate the count belongs to: calls may have come back and failed
+    // over again while the task slept (or a probe was out), and "N healthy probes in a row"
+    // are counted within one stay.
+    let mut stay: Option<u64> = None;
     loop {
         // Hold no strong reference while sleeping: dropping every service and handle ends us.
         let interval = match weak.upgrade() {
@@ -555,27 +579,42 @@ async fn probe_loop(weak: Weak<Shared>) {
             },
             None => return,
         };
-        tokio::time::sleep(interval).await;
+        if !sleep_while_alive(&mut alive, interval).await {
+            return;
+        }
         let Some(shared) = weak.upgrade() else { return };
         let Some(config) = shared.failback.clone() else {
             return;
         };
-        if shared.active().side != Side::Alternate {
+        let now = shared.active();
+        if now.side != Side::Alternate {
             return;
+        }
+        if stay != Some(now.generation) {
+            stay = Some(now.generation);
+            healthy = 0;
         }
         if shared.in_maintenance() {
             healthy = 0;
+            shared.set_healthy_probes(now.generation, 0);
             continue;
         }
-        if shared.probe(Side::Primary).await {
+        let probed = shared.probe(Side::Primary).await;
+        if shared.active() != now {
+            // Calls moved while the probe was out: it says nothing about this stay (the next
+            // turn ends the task, or starts counting the new stay).
+            continue;
+        }
+        if probed {
             healthy += 1;
         } else {
             healthy = 0;
         }
-        shared.set_healthy_probes(healthy);
+        shared.set_healthy_probes(now.generation, healthy);
         // A window may have begun while the probe was out.
         if shared.in_maintenance() {
             healthy = 0;
+            shared.set_healthy_probes(now.generation, 0);
             continue;
         }
         let long_enough = shared
@@ -583,8 +622,12 @@ async fn probe_loop(weak: Weak<Shared>) {
             .elapsed()
             .is_ok_and(|on_alternate| on_alternate >= config.min_time_on_alternate);
         if healthy >= config.healthy_probes && long_enough && shared.failback_allowed() {
-            shared.note_failback();
-            shared.switch_to(Side::Primary, SwitchCause::Failback);
+            // Only off the stay the probes were counted in: a failback on them after calls
+            // moved would be made on no probe of that stay.
+            if shared.active() == now {
+                shared.note_failback();
+                shared.switch_from(now, SwitchCause::Failback, false);
+            }
             return;
         }
     }
@@ -610,14 +653,34 @@ impl Shared {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             ConfigError::new("maintenance: schedule it from inside a tokio runtime (it runs as a task)")
         })?;
-        runtime.spawn(maintenance(self.me.clone(), start, end, lead));
+        runtime.spawn(maintenance(
+            self.me.clone(),
+            self.alive.subscribe(),
+            start,
+            end,
+            lead,
+        ));
         Ok(())
     }
 }
 
-async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lead: Duration) {
-    let switch_at = start.checked_sub(lead).unwrap_or(start);
-    tokio::time::sleep(switch_at.duration_since(SystemTime::now()).unwrap_or_default()).await;
+async fn maintenance(
+    weak: Weak<Shared>,
+    mut alive: watch::Receiver<()>,
+    start: SystemTime,
+    end: SystemTime,
+    lead: Duration,
+) {
+    // `start - lead` may be before anything the clock can name (`Duration::MAX`): that is
+    // "move now", not "move at the start".
+    let until_start = start.duration_since(SystemTime::now()).unwrap_or_default();
+    if !sleep_while_alive(&mut alive, until_start.saturating_sub(lead)).await {
+        return;
+    }
+    if end <= SystemTime::now() {
+        // Over already (scheduled late): there is nothing to move calls away from.
+        return;
+    }
     {
         let Some(shared) = weak.upgrade() else { return };
         // Windows may overlap: each counts itself in and out, and calls stay on the alternate
@@ -626,7 +689,10 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
         // Calls in flight on the primary carry on: a switch only moves later calls.
         shared.switch_to(Side::Alternate, SwitchCause::Planned);
     }
-    tokio::time::sleep(end.duration_since(SystemTime::now()).unwrap_or_default()).await;
+    let until_end = end.duration_since(SystemTime::now()).unwrap_or_default();
+    if !sleep_while_alive(&mut alive, until_end).await {
+        return;
+    }
     let mut healthy = 0u32;
     loop {
         let Some(shared) = weak.upgrade() else { return };
@@ -655,7 +721,9 @@ async fn maintenance(weak: Weak<Shared>, start: SystemTime, end: SystemTime, lea
             break;
         }
         drop(shared);
-        tokio::time::sleep(interval).await;
+        if !sleep_while_alive(&mut alive, interval).await {
+            return;
+        }
     }
     if let Some(shared) = weak.upgrade() {
         shared.maintenance_windows.fetch_sub(1, Ordering::AcqRel);

@@ -298,6 +298,9 @@ pub(crate) struct Shared {
     pub(crate) maintenance_windows: std::sync::atomic::AtomicUsize,
     // Tasks hold this, never a strong reference, so dropping every service and handle ends them.
     pub(crate) me: Weak<Shared>,
+    // Never sent on: its receivers see it closed once this state is dropped, which wakes a
+    // task sleeping long (an hour-long interval, a window tonight) to end.
+    pub(crate) alive: watch::Sender<()>,
 }
 
 thread_local! {
@@ -398,6 +401,7 @@ impl Shared {
             probe_running: AtomicBool::new(false),
             maintenance_windows: std::sync::atomic::AtomicUsize::new(0),
             me: me.clone(),
+            alive: watch::channel(()).0,
             endpoints,
             auto_switch,
             replay_cap,
@@ -421,8 +425,13 @@ impl Shared {
         self.state.borrow().since
     }
 
-    pub(crate) fn set_healthy_probes(&self, count: u32) {
+    /// Publishes the count of a stay on the alternate (`generation`); a switch since has
+    /// started another count, and this one is dropped.
+    pub(crate) fn set_healthy_probes(&self, generation: u64, count: u32) {
         self.state.send_if_modified(|state| {
+            if state.generation != generation {
+                return false;
+            }
             let changed = state.healthy_probes != count;
             state.healthy_probes = count;
             changed

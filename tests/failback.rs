@@ -946,3 +946,239 @@ async fn endpoint_state_after_a_failover() {
     })
     .await
 }
+
+/// Calls fail over, the probes count healthy answers of the restarted primary, then calls come
+/// back by hand and the primary fails again, all within one probe interval: the new stay on
+/// the alternate must count its own N healthy probes in a row, none from the stay before (the
+/// primary failed in between).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_probes_of_an_earlier_stay_on_the_alternate_do_not_count() {
+    within(15, async {
+        let mut pair = Pair::start().await;
+        // Long unjittered intervals: the away-and-back below fits well inside one.
+        let interval = ms(400);
+        let failback = quick_failback()
+            .interval(interval)
+            .jitter_percent(0)
+            .min_time_on_alternate(Duration::ZERO);
+        let (mut svc, handle, log) = logged_service(&pair, failback);
+        fail_over_by_killing_the_primary(&pair, &mut svc).await;
+        pair.restart_primary().await;
+        wait_for("N - 1 healthy probes", Duration::from_secs(3), || {
+            handle.state().healthy_probes == HEALTHY - 1
+        })
+        .await;
+        // A probe has just been judged, so the task sleeps for a whole interval now.
+        let counted = Instant::now();
+        assert_eq!(handle.fail_back(), Side::Primary);
+        pair.primary.kill().await;
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        pair.restart_primary().await;
+        let again = Instant::now();
+        assert!(
+            again - counted < interval / 2,
+            "the away-and-back took {:?}: the test proves nothing",
+            again - counted
+        );
+        assert_eq!(handle.state().healthy_probes, 0);
+
+        wait_for("the failback", Duration::from_secs(5), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+        assert_eq!(
+            log.labels(),
+            [
+                ("EndpointDown", Side::Alternate),
+                ("Manual", Side::Primary),
+                ("EndpointDown", Side::Alternate),
+                ("Failback", Side::Primary)
+            ]
+        );
+        // The primary restarted at the second failover: all it saw since are this stay's probes.
+        let probes = pair.primary.count();
+        eprintln!(
+            "failback {:?} after the second failover, on {probes} probes of this stay",
+            again.elapsed()
+        );
+        assert!(
+            probes >= HEALTHY as usize,
+            "failed back after {probes} healthy probes in this stay, {HEALTHY} needed"
+        );
+    })
+    .await
+}
+
+/// A probe still out when calls come back by hand, answering healthy afterwards, is not an
+/// automatic failback: it must not start the flap-damping hold, which would keep the first
+/// real failback back.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_return_while_a_probe_is_out_is_not_taken_for_a_failback() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let failback = quick_failback()
+            .healthy_probes(1)
+            .min_time_on_alternate(Duration::ZERO)
+            .probe_timeout(Duration::from_secs(2))
+            .hold(Duration::from_secs(30), Duration::from_secs(60));
+        let (mut svc, handle, log) = logged_service(&pair, failback);
+        // The first call lends the prober.
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        pair.primary.set(Behavior::Delay(ms(300)));
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        wait_for("a probe to reach the primary", Duration::from_secs(2), || {
+            pair.primary.count() > 1
+        })
+        .await;
+        // Its answer is on the way: back by hand.
+        assert_eq!(handle.fail_back(), Side::Primary);
+        wait_for("the probe task to end", Duration::from_secs(2), || {
+            !handle.probing()
+        })
+        .await;
+        assert_eq!(handle.state().healthy_probes, 0);
+        pair.primary.set(Behavior::Ok);
+
+        // Away again with the primary healthy: no automatic failback was ever made, so one
+        // healthy probe brings calls back.
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        wait_for("the failback", Duration::from_secs(3), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+        assert_eq!(
+            log.labels(),
+            [
+                ("Manual", Side::Alternate),
+                ("Manual", Side::Primary),
+                ("Manual", Side::Alternate),
+                ("Failback", Side::Primary)
+            ]
+        );
+    })
+    .await
+}
+
+/// A lead longer than the clock reaches back (`Duration::MAX`) means "move now": calls must be
+/// on the alternate before the window starts, not at its start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_lead_of_duration_max_moves_calls_before_the_window() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let (mut svc, handle) = plain_service(&pair);
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        let start = SystemTime::now() + Duration::from_secs(2);
+        handle
+            .schedule_maintenance_with_lead(start, start + Duration::from_secs(1), Duration::MAX)
+            .unwrap();
+        wait_for("calls to move", Duration::from_secs(1), || {
+            handle.active() == Side::Alternate
+        })
+        .await;
+        assert!(SystemTime::now() < start, "moved only once the window began");
+        assert_eq!(handle.state().cause, Some(SwitchCause::Planned));
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+    })
+    .await
+}
+
+/// Dropping everything ends the probe task and a maintenance task even while they sleep long:
+/// a failback interval of `Duration::MAX`, a window an hour ahead.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_everything_ends_tasks_that_sleep_long() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.kill().await;
+        let metrics = tokio::runtime::Handle::current().metrics();
+        // Only the alternate's accept loop runs now.
+        let baseline = metrics.num_alive_tasks();
+
+        let layer = FailoverLayer::builder(endpoints())
+            .failback(quick_failback().interval(Duration::MAX))
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let mut svc = service(&pair, layer.clone());
+        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+        assert!(handle.probing());
+        let start = SystemTime::now() + Duration::from_secs(3600);
+        handle
+            .schedule_maintenance(start, start + Duration::from_secs(60))
+            .unwrap();
+        let mut state = handle.subscribe();
+        state.borrow_and_update();
+        let running = metrics.num_alive_tasks();
+
+        drop((svc, layer, handle));
+        let dropped = Instant::now();
+        let closed = tokio::time::timeout(Duration::from_secs(1), async {
+            while state.changed().await.is_ok() {}
+        })
+        .await;
+        assert!(closed.is_ok(), "the shared state outlived everything");
+        let mut left = metrics.num_alive_tasks();
+        while left > baseline && dropped.elapsed() < Duration::from_secs(2) {
+            tokio::time::sleep(ms(10)).await;
+            left = metrics.num_alive_tasks();
+        }
+        eprintln!("alive tasks: {baseline} before, {running} with both tasks, {left} after the drop");
+        assert!(running >= baseline + 2);
+        assert!(left <= baseline, "{} tasks left behind", left - baseline);
+    })
+    .await
+}
+
+/// A window that is already over (scheduled late, from a stale plan) has nothing to move calls
+/// away from: no switch, no data-loss report, no time on the alternate.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_already_over_moves_nothing() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let (mut svc, handle, log) = logged_service(&pair, quick_failback());
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        let hour = Duration::from_secs(3600);
+        let start = SystemTime::now() - 2 * hour;
+        handle.schedule_maintenance(start, start + hour).unwrap();
+        let scheduled = Instant::now();
+        while scheduled.elapsed() < ms(500) {
+            assert_eq!(
+                handle.active(),
+                Side::Primary,
+                "calls moved for a window that is over"
+            );
+            tokio::time::sleep(ms(2)).await;
+        }
+        assert_eq!(handle.generation(), 0);
+        assert_eq!(log.labels(), []);
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+    })
+    .await
+}
+
+/// A window opening while the probes are counting (calls already on the alternate after an
+/// outage) sets the count back to zero, and the published count must say so.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_window_opening_while_probes_count_resets_the_published_count() {
+    within(10, async {
+        let mut pair = Pair::start().await;
+        // A minimum time no test waits out: the count grows, nothing fails back.
+        let failback = quick_failback().min_time_on_alternate(Duration::from_secs(60));
+        let (mut svc, handle, _log) = logged_service(&pair, failback);
+        fail_over_by_killing_the_primary(&pair, &mut svc).await;
+        pair.restart_primary().await;
+        wait_for("healthy probes", Duration::from_secs(3), || {
+            handle.state().healthy_probes >= 2
+        })
+        .await;
+        let now = SystemTime::now();
+        handle
+            .schedule_maintenance_with_lead(now, now + Duration::from_secs(5), Duration::ZERO)
+            .unwrap();
+        // A few intervals inside the window: the probe task counts nothing.
+        tokio::time::sleep(INTERVAL * 6).await;
+        let state = handle.state();
+        assert_eq!((state.active, state.generation), (Side::Alternate, 1));
+        assert_eq!(state.healthy_probes, 0, "the count inside a maintenance window");
+    })
+    .await
+}
