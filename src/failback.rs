@@ -20,7 +20,7 @@ use crate::classify::{Classifier, Outcome, Verdict};
 use crate::endpoint::Side;
 use crate::error::{BoxError, ConfigError};
 use crate::replay::ReplayBody;
-use crate::state::{Shared, SwitchCause};
+use crate::state::{EndpointState, Shared, SwitchCause};
 
 /// How the client comes back to the primary after a switch.
 ///
@@ -522,21 +522,25 @@ impl Shared {
         {
             return;
         }
-        runtime.spawn(probe_loop(self.me.clone(), self.alive.subscribe()));
+        runtime.spawn(probe_loop(self.me.clone(), self.watch_state()));
     }
 }
 
-/// Sleeps for `duration`, or less if the shared state is dropped meanwhile (then false): a
-/// task must not outlive every service and handle by a long sleep.
-async fn sleep_while_alive(alive: &mut watch::Receiver<()>, duration: Duration) -> bool {
+/// Sleeps for `duration`; false, as soon as it happens, if the state comes to `stop` or is
+/// dropped (every service and handle gone) meanwhile: a task must not outlive its purpose
+/// by a long sleep (an hour-long interval, a window tonight).
+async fn sleep_unless(
+    state: &mut watch::Receiver<EndpointState>,
+    duration: Duration,
+    stop: impl FnMut(&EndpointState) -> bool,
+) -> bool {
     let mut sleep = std::pin::pin!(tokio::time::sleep(duration));
-    let mut gone = std::pin::pin!(alive.changed());
+    let mut stopped = std::pin::pin!(state.wait_for(stop));
     std::future::poll_fn(|cx| {
         if sleep.as_mut().poll(cx).is_ready() {
             return Poll::Ready(true);
         }
-        // Nothing is ever sent on it: it is ready only once the sender is dropped.
-        if gone.as_mut().poll(cx).is_ready() {
+        if stopped.as_mut().poll(cx).is_ready() {
             return Poll::Ready(false);
         }
         Poll::Pending
@@ -563,7 +567,7 @@ impl Drop for RunningGuard {
     }
 }
 
-async fn probe_loop(weak: Weak<Shared>, mut alive: watch::Receiver<()>) {
+async fn probe_loop(weak: Weak<Shared>, mut state: watch::Receiver<EndpointState>) {
     let _guard = RunningGuard(weak.clone());
     let mut healthy = 0u32;
     // The stay on the alternate the count belongs to: calls may have come back and failed
@@ -579,7 +583,8 @@ async fn probe_loop(weak: Weak<Shared>, mut alive: watch::Receiver<()>) {
             },
             None => return,
         };
-        if !sleep_while_alive(&mut alive, interval).await {
+        // Calls back on the primary (a failback by hand, say): nothing to wait for.
+        if !sleep_unless(&mut state, interval, |s| s.active != Side::Alternate).await {
             return;
         }
         let Some(shared) = weak.upgrade() else { return };
@@ -653,20 +658,14 @@ impl Shared {
         let runtime = tokio::runtime::Handle::try_current().map_err(|_| {
             ConfigError::new("maintenance: schedule it from inside a tokio runtime (it runs as a task)")
         })?;
-        runtime.spawn(maintenance(
-            self.me.clone(),
-            self.alive.subscribe(),
-            start,
-            end,
-            lead,
-        ));
+        runtime.spawn(maintenance(self.me.clone(), self.watch_state(), start, end, lead));
         Ok(())
     }
 }
 
 async fn maintenance(
     weak: Weak<Shared>,
-    mut alive: watch::Receiver<()>,
+    mut state: watch::Receiver<EndpointState>,
     start: SystemTime,
     end: SystemTime,
     lead: Duration,
@@ -674,7 +673,7 @@ async fn maintenance(
     // `start - lead` may be before anything the clock can name (`Duration::MAX`): that is
     // "move now", not "move at the start".
     let until_start = start.duration_since(SystemTime::now()).unwrap_or_default();
-    if !sleep_while_alive(&mut alive, until_start.saturating_sub(lead)).await {
+    if !sleep_unless(&mut state, until_start.saturating_sub(lead), |_| false).await {
         return;
     }
     if end <= SystemTime::now() {
@@ -690,7 +689,7 @@ async fn maintenance(
         shared.switch_to(Side::Alternate, SwitchCause::Planned);
     }
     let until_end = end.duration_since(SystemTime::now()).unwrap_or_default();
-    if !sleep_while_alive(&mut alive, until_end).await {
+    if !sleep_unless(&mut state, until_end, |_| false).await {
         return;
     }
     let mut healthy = 0u32;
@@ -721,7 +720,7 @@ async fn maintenance(
             break;
         }
         drop(shared);
-        if !sleep_while_alive(&mut alive, interval).await {
+        if !sleep_unless(&mut state, interval, |_| false).await {
             return;
         }
     }

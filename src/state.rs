@@ -298,9 +298,6 @@ pub(crate) struct Shared {
     pub(crate) maintenance_windows: std::sync::atomic::AtomicUsize,
     // Tasks hold this, never a strong reference, so dropping every service and handle ends them.
     pub(crate) me: Weak<Shared>,
-    // Never sent on: its receivers see it closed once this state is dropped, which wakes a
-    // task sleeping long (an hour-long interval, a window tonight) to end.
-    pub(crate) alive: watch::Sender<()>,
 }
 
 thread_local! {
@@ -401,7 +398,6 @@ impl Shared {
             probe_running: AtomicBool::new(false),
             maintenance_windows: std::sync::atomic::AtomicUsize::new(0),
             me: me.clone(),
-            alive: watch::channel(()).0,
             endpoints,
             auto_switch,
             replay_cap,
@@ -419,6 +415,11 @@ impl Shared {
             callbacks,
             deferred: Mutex::new(VecDeque::new()),
         })
+    }
+
+    /// A receiver of the state for a task: it sees the state closed once this is dropped.
+    pub(crate) fn watch_state(&self) -> watch::Receiver<EndpointState> {
+        self.state.subscribe()
     }
 
     pub(crate) fn state_since(&self) -> SystemTime {

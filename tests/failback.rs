@@ -1009,6 +1009,50 @@ async fn healthy_probes_of_an_earlier_stay_on_the_alternate_do_not_count() {
     .await
 }
 
+/// As above, with calls moved back and away again by hand in one go, before the probe task
+/// can run in between: the new stay still counts its own N healthy probes.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn healthy_probes_of_an_earlier_stay_do_not_count_after_an_instant_away_and_back() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let interval = ms(400);
+        let failback = quick_failback()
+            .interval(interval)
+            .jitter_percent(0)
+            .min_time_on_alternate(Duration::ZERO);
+        let (mut svc, handle, log) = logged_service(&pair, failback);
+        // The first call lends the prober.
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        wait_for("N - 1 healthy probes", Duration::from_secs(3), || {
+            handle.state().healthy_probes == HEALTHY - 1
+        })
+        .await;
+        assert_eq!(handle.fail_back(), Side::Primary);
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        let before = pair.primary.count();
+        wait_for("the failback", Duration::from_secs(5), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+        assert_eq!(
+            log.labels(),
+            [
+                ("Manual", Side::Alternate),
+                ("Manual", Side::Primary),
+                ("Manual", Side::Alternate),
+                ("Failback", Side::Primary)
+            ]
+        );
+        let probes = pair.primary.count() - before;
+        assert!(
+            probes >= HEALTHY as usize,
+            "failed back after {probes} healthy probes in this stay, {HEALTHY} needed"
+        );
+    })
+    .await
+}
+
 /// A probe still out when calls come back by hand, answering healthy afterwards, is not an
 /// automatic failback: it must not start the flap-damping hold, which would keep the first
 /// real failback back.
@@ -1179,6 +1223,26 @@ async fn a_window_opening_while_probes_count_resets_the_published_count() {
         let state = handle.state();
         assert_eq!((state.active, state.generation), (Side::Alternate, 1));
         assert_eq!(state.healthy_probes, 0, "the count inside a maintenance window");
+    })
+    .await
+}
+
+/// Calls brought back to the primary by hand: the probe task stops then (`probing()` is false,
+/// as documented, once calls no longer go to the alternate), not a whole interval later.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_manual_return_stops_the_probe_task_at_once() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let failback = quick_failback().interval(Duration::from_secs(20));
+        let (mut svc, handle, _log) = logged_service(&pair, failback);
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        assert!(handle.probing());
+        assert_eq!(handle.fail_back(), Side::Primary);
+        wait_for("the probe task to stop", ms(500), || !handle.probing()).await;
+        // And a later stay on the alternate gets a task of its own.
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        assert!(handle.probing());
     })
     .await
 }
