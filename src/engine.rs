@@ -597,6 +597,9 @@ impl CallState {
         build: impl FnOnce(Side) -> Result<R, NotResent>,
     ) -> Option<(Duration, R)> {
         if self.plan.refusal_if_received.is_some() {
+            // Not retried, but a throttled attempt seen all the same (`after_throttle` counts
+            // the others).
+            shared.counters.add(Counter::Throttled);
             return None;
         }
         self.on_throttled(shared, retry_after, true, build)

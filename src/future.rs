@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, BytesMut};
 use http::uri::PathAndQuery;
@@ -257,14 +257,17 @@ where
         resend: Result<ResendTemplate<B>, NotResent>,
         send: impl FnOnce() -> S::Future,
     ) -> Self {
+        // `routed` is made first: if `send` panics (an inner service called without
+        // `poll_ready` may), dropping it settles the call, whose write would otherwise stay in
+        // the ledger as in flight for ever.
         ResponseFuture {
-            state: State::Waiting { future: send() },
             routed: Some(Routed {
                 core,
                 call,
                 resend,
                 deadline: None,
             }),
+            state: State::Waiting { future: send() },
         }
     }
 }
@@ -542,6 +545,15 @@ where
                     let routed = this.routed.as_mut().expect("only routed calls are re-sent");
                     let Resend { service, request } = &mut **resend;
                     match ready!(service.poll_ready(cx)) {
+                        // The deadline's timer fires only when the runtime's timer driver has
+                        // seen it pass: a busy runtime can poll the call after the deadline
+                        // before then. Nothing goes out after the deadline.
+                        Ok(()) if routed.call.plan.deadline.is_some_and(|at| Instant::now() >= at) => {
+                            let error = routed.call.on_deadline(&routed.core.shared, false);
+                            routed.call.plan.deadline = None;
+                            routed.deadline = None;
+                            Next::Return(Err(error))
+                        }
                         Ok(()) => {
                             routed.call.resend_going_out(&routed.core.shared);
                             let request = request.take().expect("present until sent");
