@@ -42,11 +42,12 @@ pub const FAILOVER_FAULT_CODE: i64 = -2147176347;
 #[derive(Debug, Clone, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum DownKind {
-    /// The endpoint could not be reached: connect refused, DNS failure, no route. The request
-    /// never left the client.
+    /// The endpoint could not be reached: connect refused, DNS failure, no route, or a
+    /// connection closed before the request was written (hyper hands it back unsent). The
+    /// request never left the client.
     NotFound,
     /// The connection broke after the request may have been sent (reset, closed before the
-    /// response).
+    /// response, a response that is not HTTP).
     ConnectionLost,
     /// The endpoint refused the request before processing any of it: HTTP/2 `REFUSED_STREAM`,
     /// or a `GOAWAY` whose last stream id is below the request's stream. It reached the server
@@ -239,11 +240,13 @@ where
 
 /// The default classifier: the Dynamics 365 SDK's failover triggers, for any HTTP API.
 ///
-/// * connect and DNS failures (hyper-util's `is_connect`, `ConnectionRefused` and friends):
+/// * connect and DNS failures (hyper-util's `is_connect`, `ConnectionRefused` and friends),
+///   and requests hyper cancelled unwritten (`is_canceled`: the connection closed first):
 ///   [`DownKind::NotFound`];
 /// * `tower::timeout::error::Elapsed`, `io::ErrorKind::TimedOut`, hyper timeouts:
 ///   [`DownKind::Timeout`];
-/// * resets and connections closed before the response: [`DownKind::ConnectionLost`];
+/// * resets, connections closed before the response, and malformed HTTP/1 responses (hyper's
+///   `is_parse`): [`DownKind::ConnectionLost`];
 /// * HTTP/2 (feature `h2`, on by default): `RST_STREAM(REFUSED_STREAM)`, or a `GOAWAY` whose
 ///   last stream id is below the request's stream, [`DownKind::Refused`] (not processed, so
 ///   re-sent whatever the method); any other stream reset: [`DownKind::ConnectionLost`];
@@ -477,10 +480,17 @@ fn classify_one(err: &(dyn StdError + 'static)) -> Option<DownKind> {
         return Some(DownKind::Timeout);
     }
     if let Some(e) = err.downcast_ref::<hyper::Error>() {
+        // hyper cancels a request only before writing any of it (the connection closed or was
+        // not ready first) and hands it back unsent: it never left the client.
+        if e.is_canceled() {
+            return Some(DownKind::NotFound);
+        }
         if e.is_timeout() {
             return Some(DownKind::Timeout);
         }
-        if e.is_incomplete_message() || e.is_closed() || e.is_canceled() {
+        // A response that is not HTTP/1 breaks the protocol, as an HTTP/2 protocol error does:
+        // the server may have processed the request.
+        if e.is_incomplete_message() || e.is_closed() || e.is_parse() {
             return Some(DownKind::ConnectionLost);
         }
     }
