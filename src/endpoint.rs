@@ -37,7 +37,8 @@ impl Endpoint {
     /// Parses an absolute `http` or `https` URI naming a host, with an optional port.
     ///
     /// A path other than `/`, a query, user information, or any other scheme is refused with
-    /// an error that says what to change.
+    /// an error that says what to change. The error shows the URI with its user information
+    /// and query replaced by `***`: they may hold credentials.
     ///
     /// ```
     /// use tower_failover::Endpoint;
@@ -55,7 +56,8 @@ impl Endpoint {
     pub fn parse(uri: &str) -> Result<Self, ConfigError> {
         let parsed: Uri = uri.parse().map_err(|e| {
             ConfigError::new(format!(
-                "`{uri}` is not a valid URI ({e}); give it as `https://host[:port]`"
+                "`{}` is not a valid URI ({e}); give it as `https://host[:port]`",
+                shown(uri)
             ))
         })?;
         Self::from_uri(&parsed)
@@ -76,39 +78,45 @@ impl Endpoint {
     /// assert!(Endpoint::from_uri(&request_uri).is_err());
     /// ```
     pub fn from_uri(uri: &Uri) -> Result<Self, ConfigError> {
+        // Messages name the URI without its user information or query: either may hold a
+        // credential, and configuration errors end up in logs.
+        let named = shown(&uri.to_string());
         let scheme = match uri.scheme() {
             Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
             Some(s) => {
                 return Err(ConfigError::new(format!(
-                    "`{uri}` uses the scheme `{s}`; an endpoint must be `http://` or `https://`"
+                    "`{named}` uses the scheme `{s}`; an endpoint must be `http://` or `https://`"
                 )))
             }
             None => {
                 return Err(ConfigError::new(format!(
-                    "`{uri}` has no scheme or host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
+                    "`{named}` has no scheme or host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
                 )))
             }
         };
         let authority = uri.authority().ok_or_else(|| {
             ConfigError::new(format!(
-                "`{uri}` has no host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
+                "`{named}` has no host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
             ))
         })?;
         if authority.as_str().contains('@') {
             return Err(ConfigError::new(format!(
-                "`{uri}` carries user information; put credentials in headers, not in the endpoint"
+                "`{named}` carries user information; put credentials in headers, not in the endpoint"
             )));
         }
         if let Some(pq) = uri.path_and_query() {
             if pq.as_str() != "/" && !pq.as_str().is_empty() {
                 return Err(ConfigError::new(format!(
-                    "`{uri}` has the path `{pq}`; an endpoint is a scheme and a host only (`{scheme}://{authority}`), requests keep their own paths"
+                    "`{named}` has the path or query `{}`; an endpoint is a scheme and a host only (`{scheme}://{authority}`), requests keep their own paths",
+                    shown(pq.as_str())
                 )));
             }
         }
         let host = normalize_host(authority.host());
         if host.is_empty() {
-            return Err(ConfigError::new(format!("`{uri}` has an empty host")));
+            return Err(ConfigError::new(format!(
+                "`{named}` has an empty host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
+            )));
         }
         // `http` accepts any digits as a port, and reads one outside the range as none at all:
         // that would silently become the scheme's default (and be dropped from a derived
@@ -121,7 +129,7 @@ impl Endpoint {
                 Ok(port) if port > 0 => Some(port),
                 _ => {
                     return Err(ConfigError::new(format!(
-                        "`{uri}` has the port `{text}`; a port is a number from 1 to 65535"
+                        "`{named}` has the port `{text}`; a port is a number from 1 to 65535"
                     )))
                 }
             },
@@ -137,9 +145,9 @@ impl Endpoint {
         let authority: Authority = authority
             .to_ascii_lowercase()
             .parse()
-            .map_err(|e| ConfigError::new(format!("`{uri}`: bad authority ({e})")))?;
+            .map_err(|e| ConfigError::new(format!("`{named}`: bad authority ({e})")))?;
         let host_header = HeaderValue::from_str(authority.as_str())
-            .map_err(|e| ConfigError::new(format!("`{uri}`: the host cannot be a header value ({e})")))?;
+            .map_err(|e| ConfigError::new(format!("`{named}`: the host cannot be a header value ({e})")))?;
         Ok(Endpoint {
             scheme,
             authority,
@@ -209,7 +217,9 @@ impl Endpoint {
             None => (self.host.as_str(), None),
         };
         if first.is_empty() {
-            return Err(ConfigError::new(format!("`{self}` has an empty first DNS label")));
+            return Err(ConfigError::new(format!(
+                "`{self}` has an empty first DNS label; give the organization host name, such as `contoso.api.crm.dynamics.com`"
+            )));
         }
         if first.ends_with("--s") {
             // The primary this alternate was derived from, spelled as given: its port and a
@@ -320,6 +330,37 @@ fn host_and_port(authority: &str) -> (&str, Option<u16>) {
         i => authority[i + 1..].parse::<u16>().ok(),
     };
     (host, port)
+}
+
+/// `text` (a URI as given, parsed or not) as an error message may show it: user information
+/// and the query replaced by `***`, since either may hold a credential.
+fn shown(text: &str) -> String {
+    // The authority starts after `scheme://` (a scheme holds none of `/?#@`), or at the start.
+    let start = match text.find("://") {
+        Some(i) if !text[..i].contains(['/', '?', '#', '@']) => i + 3,
+        _ => 0,
+    };
+    let end = text[start..]
+        .find(['/', '?', '#'])
+        .map_or(text.len(), |i| start + i);
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..start]);
+    match text[start..end].rfind('@') {
+        Some(at) => {
+            out.push_str("***");
+            out.push_str(&text[start + at..end]);
+        }
+        None => out.push_str(&text[start..end]),
+    }
+    let rest = &text[end..];
+    match rest.find('?') {
+        Some(query) => {
+            out.push_str(&rest[..=query]);
+            out.push_str("***");
+        }
+        None => out.push_str(rest),
+    }
+    out
 }
 
 /// Lower case, without a trailing dot; an IPv6 literal in its canonical spelling (`[::1]` for

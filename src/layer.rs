@@ -4,7 +4,7 @@ use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
 
-use http::header::HeaderName;
+use http::header::{HeaderName, AUTHORIZATION, COOKIE, PROXY_AUTHORIZATION};
 use http::Method;
 
 use tower_layer::Layer;
@@ -594,7 +594,11 @@ impl<C> FailoverLayerBuilder<C> {
 
     /// The header that names a write in the report (default `Idempotency-Key`; e.g.
     /// `x-ms-client-request-id`). A [`WriteKey`](crate::WriteKey) in the request's extensions
-    /// is used when the header is absent.
+    /// is used when the header is absent, or its value is marked sensitive
+    /// ([`HeaderValue::set_sensitive`](http::HeaderValue::set_sensitive)): reports are logged
+    /// and published, so a sensitive value is never put in one. For the same reason
+    /// [`build`](Self::build) refuses a header that carries credentials (`Authorization`,
+    /// `Proxy-Authorization`, `Cookie`).
     ///
     /// ```
     /// use std::convert::Infallible;
@@ -633,6 +637,8 @@ impl<C> FailoverLayerBuilder<C> {
     }
 
     /// Keep query strings in the report's paths (default off: queries may carry secrets).
+    /// Off, the query is also taken out of the URL a reqwest error carries through
+    /// `FailoverMiddleware` (its `Display`, `Debug` and `url()`).
     ///
     /// ```
     /// use std::convert::Infallible;
@@ -818,6 +824,13 @@ impl<C> FailoverLayerBuilder<C> {
                 self.ledger.capacity
             )));
         }
+        if let Some(name) = self.ledger.key_header.as_ref().filter(|_| self.data_loss_report) {
+            if [AUTHORIZATION, PROXY_AUTHORIZATION, COOKIE].contains(name) {
+                return Err(ConfigError::new(format!(
+                    "write_key_header({name}) would copy credentials into every data-loss report; name a header that identifies the write, such as idempotency-key or x-ms-client-request-id"
+                )));
+            }
+        }
         if self.replay_cap > MAX_REPLAY_CAP {
             return Err(ConfigError::new(format!(
                 "replay_cap({}) is above the limit of {MAX_REPLAY_CAP} bytes; a cap is memory held for every call in flight, keep it near your largest re-sendable request",
@@ -832,6 +845,7 @@ impl<C> FailoverLayerBuilder<C> {
                 callbacks: self.callbacks,
                 routes: self.routes,
                 default_policy: self.default_policy,
+                record_query: self.ledger.record_query,
                 ledger: self.data_loss_report.then(|| Ledger::new(self.ledger)),
                 failover_budget: Bucket::new(self.failover_budget),
                 throttle_budget: Bucket::new(self.throttle_budget),

@@ -178,7 +178,8 @@ pub struct WriteRecord {
     pub method: Method,
     /// The path; with the query only when the layer was told to record queries.
     pub path: String,
-    /// The request's key: the configured header, or a [`WriteKey`] from its extensions.
+    /// The request's key: the configured header (unless its value is marked sensitive), or a
+    /// [`WriteKey`] from its extensions.
     pub key: Option<String>,
     /// The side that may hold it, the side of the report's `from`. A write is listed off the
     /// side it was sent to first, unless that attempt provably was not processed (refused at
@@ -682,6 +683,8 @@ impl Ledger {
             .key_header
             .as_ref()
             .and_then(|name| headers.get(name))
+            // A value marked sensitive is not to be shown: reports are logged and published.
+            .filter(|v| !v.is_sensitive())
             .map(|v| Key::Header(v.clone()))
             .or_else(|| extensions.get::<WriteKey>().map(|k| Key::App(k.0.clone())));
         let mut entry = Entry {

@@ -374,7 +374,16 @@ where
                     }
                     Err(error) => {
                         let error: BoxError = match error {
-                            reqwest_middleware::Error::Reqwest(e) => Box::new(e),
+                            reqwest_middleware::Error::Reqwest(mut e) => {
+                                // reqwest shows the URL in its errors: without its query (it
+                                // may carry secrets), as the data-loss report shows paths.
+                                if !shared.record_query {
+                                    if let Some(url) = e.url_mut() {
+                                        url.set_query(None);
+                                    }
+                                }
+                                Box::new(e)
+                            }
                             // As the error a middleware below made, not an opaque box: the
                             // classifier and the caller can downcast it.
                             reqwest_middleware::Error::Middleware(e) => {

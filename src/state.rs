@@ -261,6 +261,8 @@ pub(crate) struct Config {
     pub(crate) routes: RouteTable,
     pub(crate) default_policy: RetryPolicy,
     pub(crate) ledger: Option<Ledger>,
+    // `record_query(true)`: queries may be shown (report paths, reqwest errors' URLs).
+    pub(crate) record_query: bool,
     pub(crate) failover_budget: Bucket,
     pub(crate) throttle_budget: Bucket,
     pub(crate) failback: Option<Failback>,
@@ -273,6 +275,8 @@ pub(crate) struct Shared {
     pub(crate) routes: RouteTable,
     pub(crate) default_policy: RetryPolicy,
     pub(crate) ledger: Option<Ledger>,
+    #[cfg_attr(not(feature = "reqwest"), allow(dead_code))]
+    pub(crate) record_query: bool,
     pub(crate) failover_budget: Bucket,
     pub(crate) throttle_budget: Bucket,
     pub(crate) calls: CallCounter,
@@ -375,6 +379,7 @@ impl Shared {
             routes,
             default_policy,
             ledger,
+            record_query,
             failover_budget,
             throttle_budget,
             failback,
@@ -404,6 +409,7 @@ impl Shared {
             routes,
             default_policy,
             ledger,
+            record_query,
             failover_budget,
             throttle_budget,
             calls: CallCounter::default(),
