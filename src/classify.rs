@@ -380,7 +380,11 @@ pub fn fault_code(body: &[u8]) -> Option<i64> {
     let code = value.get("error")?.get("code")?;
     match code {
         serde_json::Value::String(s) => parse_code(s),
-        serde_json::Value::Number(n) => n.as_i64().map(to_signed32),
+        // Out of 32-bit range is no Dynamics code, as `parse_code` says for text.
+        serde_json::Value::Number(n) => n
+            .as_i64()
+            .filter(|v| (i32::MIN as i64..=u32::MAX as i64).contains(v))
+            .map(to_signed32),
         _ => None,
     }
 }

@@ -72,8 +72,9 @@
 //!   `FailoverMiddleware` for `reqwest_middleware::ClientBuilder::with`, sharing the layer's
 //!   switch state, policies and ledger, and replaying streaming `reqwest::Body`s.
 //! * **Any language**, through the proxy example (`cargo run --example failover_proxy --
-//!   --demo`; its binary speaks plain HTTP upstream, and its `run_proxy` takes any connector,
-//!   an HTTPS one for Dynamics 365): programs point at the proxy, which forwards to the active
+//!   --demo`; its binary reaches `https` and `http` endpoints, trusting the public roots it
+//!   carries and a private CA given with `--ca-file`, and its `run_proxy` takes any other
+//!   connector): programs point at the proxy, which forwards to the active
 //!   endpoint and serves `GET /_failover/status` and Server-Sent Events of every switch on
 //!   `GET /_failover/events`.
 //!
