@@ -215,9 +215,14 @@ impl Shared {
         }
         if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
             if received {
-                // It may be held by both sides now: reports off either list it.
+                // It may be held by both sides now: reports off either list it. Unless calls
+                // have left `to` again since the switch (another call failed there, say): the
+                // switch off it has made its report without this write.
+                if !ledger.resend_to(id, to, || self.active()) {
+                    self.failover_budget.give_back();
+                    return Err(NotResent::SwitchedAgain);
+                }
                 plan.resent_after_received = true;
-                ledger.resent(id);
             } else {
                 ledger.moved(id, to);
             }
@@ -317,14 +322,22 @@ impl Shared {
         }
     }
 
-    /// The call was dropped before it ended: its write's outcome is unknown.
-    pub(crate) fn abandon(&self, plan: &mut CallPlan) {
+    /// The call was dropped before it ended: its write's outcome is unknown, unless nothing was
+    /// in flight (`between_attempts`: a throttling wait, a re-send waiting for the inner
+    /// service) and no attempt that went out may have been received (`sent_maybe_received`):
+    /// then it was not applied, as when the call's deadline ends it there.
+    pub(crate) fn abandon(&self, plan: &mut CallPlan, between_attempts: bool, sent_maybe_received: bool) {
         if plan.settled {
             return;
         }
         plan.settled = true;
+        let earlier_maybe = plan.resent_after_received || plan.earlier_maybe_received;
         if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
-            ledger.settle(id, WriteOutcome::Unknown);
+            if between_attempts && !sent_maybe_received && !earlier_maybe {
+                ledger.forget(id);
+            } else {
+                ledger.settle(id, WriteOutcome::Unknown);
+            }
         }
     }
 }
@@ -795,7 +808,15 @@ impl CallState {
 
     /// The call was dropped before it ended.
     pub(crate) fn abandon(&mut self, shared: &Shared) {
+        // A re-send or retry decided on that has not gone out: nothing is in flight. Of the
+        // attempts that did go out, the failover's first may have been received (a throttled
+        // one, only by an error, which `plan` notes).
+        let between_attempts = self.outstanding;
+        let first_maybe_received = self
+            .first
+            .as_ref()
+            .is_some_and(|first| first.0.request_may_have_been_sent());
         self.give_back_outstanding(shared);
-        shared.abandon(&mut self.plan);
+        shared.abandon(&mut self.plan, between_attempts, first_maybe_received);
     }
 }

@@ -117,6 +117,10 @@ pub enum NotResent {
     /// The inner service could not get ready for the re-send (its `poll_ready` failed), so the
     /// re-send never went out.
     ServiceNotReady,
+    /// A write that may have been received was to be re-sent on the other endpoint, but calls
+    /// moved off that endpoint again before it went out: the switch that moved them had already
+    /// made its data-loss report, without this write, so it is not sent there.
+    SwitchedAgain,
 }
 
 impl NotResent {
@@ -156,6 +160,9 @@ impl fmt::Display for NotResent {
             NotResent::BudgetExhausted => f.write_str("the retry budget is spent"),
             NotResent::DeadlineTooClose => f.write_str("the call's deadline leaves no time for another attempt"),
             NotResent::ServiceNotReady => f.write_str("the inner service could not get ready for the re-send"),
+            NotResent::SwitchedAgain => {
+                f.write_str("calls moved off the endpoint it was to be re-sent on before the re-send went out")
+            }
         }
     }
 }

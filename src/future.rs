@@ -118,7 +118,9 @@ pin_project! {
     /// The future of a call through [`Failover`](crate::Failover).
     ///
     /// Dropping it before it completes abandons the call: no re-send is made, and a write it
-    /// carried is reported with an unknown outcome at the next switch.
+    /// carried is reported with an unknown outcome at the next switch (unless it provably was
+    /// not applied: dropped between attempts, every one of which was turned away unprocessed,
+    /// such as during the wait after a 429).
     ///
     /// ```
     /// use std::convert::Infallible;

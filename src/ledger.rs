@@ -792,6 +792,20 @@ impl Ledger {
         let _ = self.change(id, Fate::with_resent);
     }
 
+    /// A write that may have been received is about to be re-sent to `to`, the side a switch
+    /// moved calls to: notes it there (see `resent`) under the ledger's lock, if calls still go
+    /// to `to`, as `begin` reads its side. Returns false, noting nothing, when calls have left
+    /// `to` since: the switch off it has made its report without this write, so it must not be
+    /// sent there.
+    pub(crate) fn resend_to(&self, id: WriteId, to: Side, read_active: impl FnOnce() -> Active) -> bool {
+        let _book = self.book();
+        if read_active().side != to {
+            return false;
+        }
+        self.resent(id);
+        true
+    }
+
     /// A throttled write retried after a wait: reads the side calls go to now under the
     /// ledger's lock (see `begin`) and, if it is not `from`, notes the write as sent there:
     /// moved when the throttling proved it unprocessed, re-sent when it may have been received.

@@ -896,3 +896,113 @@ fn throttled_by_an_error(
         other => DefaultClassifier::new().classify(other),
     }
 }
+
+/// A write turned away with a 429, whose caller gave up during the throttling wait, never went
+/// out again: it was not applied anywhere, so no report lists it, as when the call's own
+/// deadline ends the wait. A write throttled by an error (it may have been received) and
+/// dropped the same way stays at risk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_write_whose_caller_gives_up_during_the_wait_after_a_429_is_not_at_risk() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary
+            .set(custom(|_| async { reply(429, &[("retry-after", "5")], "") }));
+        let write = with_header(
+            request(Method::POST, "/api/data/v9.2/accounts"),
+            "idempotency-key",
+            "turned-away-1",
+        );
+        let gave_up = tokio::time::timeout(Duration::from_millis(400), send(&service, write)).await;
+        assert!(gave_up.is_err(), "the call was still waiting to retry");
+        assert_eq!(pair.primary.count(), 1, "one attempt, answered 429");
+        assert_eq!(pair.alternate.count(), 0);
+        assert_eq!(handle.switch_endpoint(), Side::Alternate);
+        let report = handle.last_report().unwrap();
+        assert!(report.is_empty(), "{report}: {:?}", report.unknown);
+    })
+    .await;
+
+    // The same wait after a throttling *error*: the attempt may have been received.
+    let layer = builder()
+        .classifier(throttled_by_an_error(Duration::from_secs(5)))
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let inner = tower::service_fn(
+        |_request: Request<tower_failover::ReplayBody<Full<Bytes>>>| async {
+            Err::<http::Response<Full<Bytes>>, _>(std::io::Error::other("throttled"))
+        },
+    );
+    let service = ServiceBuilder::new().layer(layer).service(inner);
+    let call = tower::ServiceExt::oneshot(service, request(Method::PUT, "/api/data/v9.2/accounts(1)"));
+    assert!(tokio::time::timeout(Duration::from_millis(200), call)
+        .await
+        .is_err());
+    handle.switch_endpoint();
+    let report = handle.last_report().unwrap();
+    let listed: Vec<_> = report.unknown.iter().map(|w| (w.side, w.outcome)).collect();
+    assert_eq!(listed, [(Side::Primary, WriteOutcome::Unknown)]);
+}
+
+/// A write that failed on the primary after it may have been received, and is re-sent on the
+/// alternate, while calls move off the alternate again between the switch and the re-send (an
+/// `on_switched` callback switching back stands in for another call failing there at that
+/// moment): the re-send reaches the alternate, so the switch off the alternate must list it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_send_to_a_side_calls_just_left_is_in_that_switchs_report() {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    within(15, async {
+        let pair = Pair::start().await;
+        let switched_back = Arc::new(AtomicBool::new(false));
+        let handle_slot: Arc<std::sync::OnceLock<FailoverHandle>> = Arc::default();
+        let (flag, slot) = (switched_back.clone(), handle_slot.clone());
+        let layer = builder()
+            .on_switched(move |event| {
+                if let SwitchEvent::Switched { new, .. } = event {
+                    if new.host() == ALTERNATE_HOST && !flag.swap(true, Ordering::SeqCst) {
+                        // Queued, and made as soon as the switch to the alternate is complete.
+                        slot.get().unwrap().switch_endpoint();
+                    }
+                }
+            })
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        handle_slot.set(handle.clone()).ok().unwrap();
+        let service = pair.through(layer);
+        pair.primary.set(Behavior::Status(503, ""));
+        let write = with_header(
+            request(Method::POST, "/api/data/v9.2/accounts"),
+            "idempotency-key",
+            "raced-1",
+        );
+        let result = send(&service, write).await;
+        assert!(switched_back.load(Ordering::SeqCst));
+        assert_eq!(handle.active(), Side::Primary, "calls moved back");
+        let reached_alternate = pair.alternate.count() == 1;
+        let report = handle.last_report().unwrap();
+        assert_eq!(report.from.host(), ALTERNATE_HOST);
+        let listed: Vec<_> = report.at_risk().map(|w| (w.key.as_deref(), w.side)).collect();
+        if reached_alternate {
+            assert_eq!(
+                listed,
+                [(Some("raced-1"), Side::Alternate)],
+                "{report}; the call: {:?}",
+                result.map(|r| r.status())
+            );
+        } else {
+            let error = result.expect_err("not re-sent, so the call fails");
+            assert_eq!(
+                error.not_resent_because(),
+                Some(NotResent::SwitchedAgain),
+                "{error}"
+            );
+            assert!(error.possibly_applied());
+            assert!(listed.is_empty(), "{report}");
+        }
+    })
+    .await
+}
