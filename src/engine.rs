@@ -419,6 +419,9 @@ pub(crate) struct CallState {
     // Boxed: it is set only after a failure, and inline it would add about 170 bytes to every
     // routed call's future.
     first: Option<Box<(DownKind, AttemptError)>>,
+    // An attempt on the side the call was re-sent to may have been received (a throttling
+    // error there, retried).
+    resend_maybe_received: bool,
 }
 
 impl CallState {
@@ -449,6 +452,7 @@ impl CallState {
             pending: Pending::Failover,
             outstanding: false,
             first: None,
+            resend_maybe_received: false,
         }
     }
 
@@ -568,6 +572,10 @@ impl CallState {
             error.type = FailoverErrorKind::from_down(&kind).name(),
             "failover: endpoint down"
         );
+        if !kind.request_may_have_been_sent() {
+            // A re-send refused at connect, say.
+            self.resend_not_applied(shared);
+        }
         if let Some((first_kind, first)) = self.first.take().map(|first| *first) {
             return Err(self.fail(
                 shared,
@@ -685,6 +693,7 @@ impl CallState {
         match retry {
             Ok((wait, retry)) => {
                 self.plan.earlier_maybe_received |= by_error;
+                self.resend_maybe_received |= by_error && self.first.is_some();
                 self.pending = Pending::Throttle;
                 self.outstanding = true;
                 tracing::debug!(
@@ -777,8 +786,24 @@ impl CallState {
         }
     }
 
+    /// The last attempt, a failover re-send (or its throttling retry), was provably not applied
+    /// where it went: if no earlier attempt there may have been received, that side does not
+    /// hold the write (the side it failed on first still may).
+    fn resend_not_applied(&self, shared: &Shared) {
+        if self.first.is_none() || self.resend_maybe_received || !self.plan.resent_after_received {
+            return;
+        }
+        if let (Some(ledger), Some(id)) = (&shared.ledger, self.plan.write) {
+            ledger.resend_not_applied(id);
+        }
+    }
+
     /// The call ends with a response.
     pub(crate) fn respond(&mut self, shared: &Shared, status: StatusCode) {
+        if status.is_client_error() {
+            // Refused where it went: not applied there.
+            self.resend_not_applied(shared);
+        }
         // A disabled span still walks its fields on `record` (for the `log` bridge): skip it.
         if let Some(span) = &self.span {
             span.record("http.response.status_code", status.as_u16());

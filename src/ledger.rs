@@ -549,6 +549,11 @@ impl Fate {
         Fate((self.0 & !(Self::OUTCOME_MASK | Self::SETTLED_MASK)) | Self::RESENT_BIT | Self::IN_FLIGHT)
     }
 
+    /// The re-send to the other side provably never reached it: only its own side may hold it.
+    fn without_resent(self) -> Fate {
+        Fate(self.0 & !Self::RESENT_BIT)
+    }
+
     fn resent(self) -> bool {
         self.0 & Self::RESENT_BIT != 0
     }
@@ -804,6 +809,13 @@ impl Ledger {
         }
         self.resent(id);
         true
+    }
+
+    /// A write re-sent after it may have been received (see `resent`) was provably not applied
+    /// by the side it was re-sent to (refused at connect, or with a 4xx): reports off that side
+    /// no longer list it.
+    pub(crate) fn resend_not_applied(&self, id: WriteId) {
+        let _ = self.change(id, Fate::without_resent);
     }
 
     /// A throttled write retried after a wait: reads the side calls go to now under the

@@ -1006,3 +1006,81 @@ async fn a_re_send_to_a_side_calls_just_left_is_in_that_switchs_report() {
     })
     .await
 }
+
+/// A write that may have been received by the primary (a 503) is re-sent on the alternate,
+/// which refuses the connection: the alternate provably never got it. The call fails possibly
+/// applied, and the write stays at risk off the primary; a switch off the alternate does not
+/// list it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_re_send_refused_at_connect_is_not_listed_off_the_side_that_refused_it() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary.set(Behavior::Status(503, ""));
+        pair.alternate.kill().await;
+        let write = with_header(
+            request(Method::POST, "/api/data/v9.2/accounts"),
+            "idempotency-key",
+            "refused-on-alternate",
+        );
+        let error = send(&service, write).await.unwrap_err();
+        assert!(error.possibly_applied(), "{error}");
+        assert_eq!(handle.active(), Side::Alternate);
+        let off_primary = handle.last_report().unwrap();
+        let listed: Vec<_> = off_primary
+            .at_risk()
+            .map(|w| (w.key.as_deref(), w.side))
+            .collect();
+        assert_eq!(listed, [(Some("refused-on-alternate"), Side::Primary)]);
+
+        assert_eq!(handle.switch_endpoint(), Side::Primary);
+        let off_alternate = handle.last_report().unwrap();
+        assert_eq!(off_alternate.from.host(), ALTERNATE_HOST);
+        assert!(
+            off_alternate.is_empty(),
+            "{off_alternate}: {:?}",
+            off_alternate.unknown
+        );
+        // Still at risk off the primary.
+        assert_eq!(handle.switch_endpoint(), Side::Alternate);
+        let again = handle.last_report().unwrap();
+        let listed: Vec<_> = again.at_risk().map(|w| w.key.as_deref()).collect();
+        assert_eq!(listed, [Some("refused-on-alternate")]);
+    })
+    .await;
+
+    // The same with the alternate refusing the write with a 400.
+    within(15, async {
+        let pair = Pair::start().await;
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = pair.through(layer);
+        pair.primary.set(Behavior::Status(503, ""));
+        pair.alternate.set(Behavior::Status(400, r#"{"error":{}}"#));
+        let write = with_header(
+            request(Method::POST, "/api/data/v9.2/accounts"),
+            "idempotency-key",
+            "refused-by-alternate",
+        );
+        let response = send(&service, write).await.unwrap();
+        assert_eq!(response.status(), 400);
+        assert_eq!(handle.switch_endpoint(), Side::Primary);
+        let off_alternate = handle.last_report().unwrap();
+        assert!(
+            off_alternate.is_empty(),
+            "{off_alternate}: {:?}",
+            off_alternate.unknown
+        );
+        assert_eq!(handle.switch_endpoint(), Side::Alternate);
+        let listed: Vec<_> = handle
+            .last_report()
+            .unwrap()
+            .at_risk()
+            .map(|w| w.key.clone())
+            .collect();
+        assert_eq!(listed, [Some("refused-by-alternate".to_string())]);
+    })
+    .await
+}
