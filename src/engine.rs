@@ -735,6 +735,10 @@ impl CallState {
         cause: AttemptError,
         reason: NotResent,
     ) -> FailoverError {
+        if self.pending == Pending::Failover {
+            // The re-send never went out: the side it was for does not hold the write.
+            self.resend_not_applied(shared);
+        }
         self.give_back_outstanding(shared);
         match (self.first.take().map(|first| *first), self.pending) {
             // The failover re-send itself never went out.
@@ -837,6 +841,10 @@ impl CallState {
         // attempts that did go out, the failover's first may have been received (a throttled
         // one, only by an error, which `plan` notes).
         let between_attempts = self.outstanding;
+        if between_attempts && self.pending == Pending::Failover {
+            // The re-send never went out: the side it was for does not hold the write.
+            self.resend_not_applied(shared);
+        }
         let first_maybe_received = self
             .first
             .as_ref()

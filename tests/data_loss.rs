@@ -1084,3 +1084,87 @@ async fn a_re_send_refused_at_connect_is_not_listed_off_the_side_that_refused_it
     })
     .await
 }
+
+/// An inner service that answers the first attempt with a 503, then fails `poll_ready` (or,
+/// `stuck`, is never ready again). A stand-in: no real client fails its readiness on demand.
+#[derive(Clone)]
+struct UnavailableThenNotReady {
+    calls: Arc<std::sync::atomic::AtomicUsize>,
+    stuck: bool,
+}
+
+impl tower::Service<Request<tower_failover::ReplayBody<Full<Bytes>>>> for UnavailableThenNotReady {
+    type Response = http::Response<Full<Bytes>>;
+    type Error = std::io::Error;
+    type Future = std::future::Ready<Result<Self::Response, Self::Error>>;
+
+    fn poll_ready(&mut self, _: &mut std::task::Context<'_>) -> std::task::Poll<Result<(), Self::Error>> {
+        if self.calls.load(std::sync::atomic::Ordering::SeqCst) == 0 {
+            std::task::Poll::Ready(Ok(()))
+        } else if self.stuck {
+            std::task::Poll::Pending
+        } else {
+            std::task::Poll::Ready(Err(std::io::Error::other("service closed")))
+        }
+    }
+
+    fn call(&mut self, _: Request<tower_failover::ReplayBody<Full<Bytes>>>) -> Self::Future {
+        self.calls.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        std::future::ready(Ok(reply(503, &[], "")))
+    }
+}
+
+/// A write that may have been received by the primary (a 503), whose re-send on the alternate
+/// never went out (the inner service could not get ready; or the caller gave up while it
+/// waited for it): the alternate never got it, so a switch off the alternate does not list it;
+/// the primary still may hold it.
+#[tokio::test]
+async fn a_re_send_that_never_went_out_is_not_listed_off_the_side_it_was_for() {
+    for stuck in [false, true] {
+        let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let layer = builder().build().unwrap();
+        let handle = layer.handle();
+        let service = ServiceBuilder::new()
+            .layer(layer)
+            .service(UnavailableThenNotReady {
+                calls: calls.clone(),
+                stuck,
+            });
+        let write = with_header(
+            request(Method::POST, "/api/data/v9.2/accounts"),
+            "idempotency-key",
+            "never-went-out",
+        );
+        let call = tower::ServiceExt::oneshot(service, write);
+        match tokio::time::timeout(Duration::from_millis(200), call).await {
+            Ok(result) => {
+                assert!(!stuck);
+                let error = result.unwrap_err();
+                assert_eq!(
+                    error.not_resent_because(),
+                    Some(NotResent::ServiceNotReady),
+                    "{error}"
+                );
+                assert!(error.possibly_applied());
+            }
+            Err(_) => assert!(stuck, "the caller gave up while the re-send waited"),
+        }
+        assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(handle.active(), Side::Alternate);
+        assert_eq!(handle.switch_endpoint(), Side::Primary);
+        let off_alternate = handle.last_report().unwrap();
+        assert!(
+            off_alternate.is_empty(),
+            "stuck {stuck}: {off_alternate}: {:?}",
+            off_alternate.unknown
+        );
+        assert_eq!(handle.switch_endpoint(), Side::Alternate);
+        let listed: Vec<_> = handle
+            .last_report()
+            .unwrap()
+            .at_risk()
+            .map(|w| w.key.clone())
+            .collect();
+        assert_eq!(listed, [Some("never-went-out".to_string())], "stuck {stuck}");
+    }
+}
