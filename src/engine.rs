@@ -55,6 +55,9 @@ pub(crate) struct CallPlan {
     /// An attempt that may have been received was followed by another (a retry after a
     /// throttling *error*): whatever the last attempt shows, the call may have been applied.
     earlier_maybe_received: bool,
+    /// By side: an attempt there may have been received. A write re-sent to a side and
+    /// provably not applied there is no longer listed off it, unless this says otherwise.
+    maybe_received_on: [bool; 2],
     settled: bool,
     /// When the whole call must be over.
     pub(crate) deadline: Option<Instant>,
@@ -117,6 +120,7 @@ impl Shared {
             write,
             resent_after_received: false,
             earlier_maybe_received: false,
+            maybe_received_on: [false; 2],
             settled: false,
             // A limit too far away to be an instant (`Duration::MAX`, say) is no limit.
             deadline: policy
@@ -163,10 +167,17 @@ impl Shared {
     pub(crate) fn after_down(&self, plan: &mut CallPlan, kind: &DownKind) -> Result<Side, NotResent> {
         // This attempt, or an earlier one (retried after a throttling error), may have reached
         // the server.
-        let received = kind.request_may_have_been_sent() || plan.earlier_maybe_received;
+        let sent = kind.request_may_have_been_sent();
+        let received = sent || plan.earlier_maybe_received;
+        plan.maybe_received_on[plan.active.side.index()] |= sent;
         if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
             // Settle before switching, so the switch's report counts this write as unknown.
             if received {
+                if !sent {
+                    // Only an earlier attempt may have been received: if that was on the other
+                    // side, this one's side does not hold it.
+                    self.not_applied_on(plan, plan.active.side);
+                }
                 ledger.settle(id, WriteOutcome::Unknown);
             } else {
                 // It provably never reached this side: take it off this side before the switch
@@ -322,6 +333,19 @@ impl Shared {
         }
     }
 
+    /// An attempt on `side` provably did not apply the write (refused at connect, or with a
+    /// 4xx, or it never went out): unless an earlier attempt there may have been received,
+    /// reports off `side` stop listing it, if it is listed off `side` only as sent there again
+    /// (see `Ledger::not_applied_on`).
+    pub(crate) fn not_applied_on(&self, plan: &CallPlan, side: Side) {
+        if plan.maybe_received_on[side.index()] {
+            return;
+        }
+        if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
+            ledger.not_applied_on(id, side);
+        }
+    }
+
     /// The call was dropped before it ended: its write's outcome is unknown, unless nothing was
     /// in flight (`between_attempts`: a throttling wait, a re-send waiting for the inner
     /// service) and no attempt that went out may have been received (`sent_maybe_received`):
@@ -419,9 +443,6 @@ pub(crate) struct CallState {
     // Boxed: it is set only after a failure, and inline it would add about 170 bytes to every
     // routed call's future.
     first: Option<Box<(DownKind, AttemptError)>>,
-    // An attempt on the side the call was re-sent to may have been received (a throttling
-    // error there, retried).
-    resend_maybe_received: bool,
 }
 
 impl CallState {
@@ -452,7 +473,6 @@ impl CallState {
             pending: Pending::Failover,
             outstanding: false,
             first: None,
-            resend_maybe_received: false,
         }
     }
 
@@ -572,9 +592,9 @@ impl CallState {
             error.type = FailoverErrorKind::from_down(&kind).name(),
             "failover: endpoint down"
         );
-        if !kind.request_may_have_been_sent() {
-            // A re-send refused at connect, say.
-            self.resend_not_applied(shared);
+        if self.first.is_some() && !kind.request_may_have_been_sent() {
+            // The re-send was refused at connect, say.
+            shared.not_applied_on(&self.plan, self.side);
         }
         if let Some((first_kind, first)) = self.first.take().map(|first| *first) {
             return Err(self.fail(
@@ -654,7 +674,10 @@ impl CallState {
         // off the side it moves to then either lists it or is seen here.
         let now = match (&shared.ledger, self.plan.write) {
             (Some(ledger), Some(id)) => {
-                ledger.follow(id, from, self.plan.earlier_maybe_received, || shared.active())
+                let from_unapplied = !self.plan.maybe_received_on[from.index()];
+                ledger.follow(id, from, self.plan.earlier_maybe_received, from_unapplied, || {
+                    shared.active()
+                })
             }
             _ => shared.active(),
         };
@@ -693,7 +716,7 @@ impl CallState {
         match retry {
             Ok((wait, retry)) => {
                 self.plan.earlier_maybe_received |= by_error;
-                self.resend_maybe_received |= by_error && self.first.is_some();
+                self.plan.maybe_received_on[self.side.index()] |= by_error;
                 self.pending = Pending::Throttle;
                 self.outstanding = true;
                 tracing::debug!(
@@ -735,9 +758,9 @@ impl CallState {
         cause: AttemptError,
         reason: NotResent,
     ) -> FailoverError {
-        if self.pending == Pending::Failover {
-            // The re-send never went out: the side it was for does not hold the write.
-            self.resend_not_applied(shared);
+        if self.outstanding {
+            // The re-send or retry never went out.
+            shared.not_applied_on(&self.plan, self.side);
         }
         self.give_back_outstanding(shared);
         match (self.first.take().map(|first| *first), self.pending) {
@@ -790,23 +813,11 @@ impl CallState {
         }
     }
 
-    /// The last attempt, a failover re-send (or its throttling retry), was provably not applied
-    /// where it went: if no earlier attempt there may have been received, that side does not
-    /// hold the write (the side it failed on first still may).
-    fn resend_not_applied(&self, shared: &Shared) {
-        if self.first.is_none() || self.resend_maybe_received || !self.plan.resent_after_received {
-            return;
-        }
-        if let (Some(ledger), Some(id)) = (&shared.ledger, self.plan.write) {
-            ledger.resend_not_applied(id);
-        }
-    }
-
     /// The call ends with a response.
     pub(crate) fn respond(&mut self, shared: &Shared, status: StatusCode) {
         if status.is_client_error() {
             // Refused where it went: not applied there.
-            self.resend_not_applied(shared);
+            shared.not_applied_on(&self.plan, self.side);
         }
         // A disabled span still walks its fields on `record` (for the `log` bridge): skip it.
         if let Some(span) = &self.span {
@@ -841,9 +852,9 @@ impl CallState {
         // attempts that did go out, the failover's first may have been received (a throttled
         // one, only by an error, which `plan` notes).
         let between_attempts = self.outstanding;
-        if between_attempts && self.pending == Pending::Failover {
-            // The re-send never went out: the side it was for does not hold the write.
-            self.resend_not_applied(shared);
+        if between_attempts {
+            // The re-send or retry never went out.
+            shared.not_applied_on(&self.plan, self.side);
         }
         let first_maybe_received = self
             .first

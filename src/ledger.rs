@@ -546,7 +546,12 @@ impl Fate {
     /// Sent again to the other side after it may have been received on its own: in flight
     /// again (unsettled), on both sides.
     fn with_resent(self) -> Fate {
-        Fate((self.0 & !(Self::OUTCOME_MASK | Self::SETTLED_MASK)) | Self::RESENT_BIT | Self::IN_FLIGHT)
+        Fate(self.in_flight_again().0 | Self::RESENT_BIT)
+    }
+
+    /// Sent again, to its own side: in flight again (unsettled), on the sides it was on.
+    fn in_flight_again(self) -> Fate {
+        Fate((self.0 & !(Self::OUTCOME_MASK | Self::SETTLED_MASK)) | Self::IN_FLIGHT)
     }
 
     /// The re-send to the other side provably never reached it: only its own side may hold it.
@@ -791,48 +796,67 @@ impl Ledger {
         });
     }
 
-    /// Notes that a write that may have been received is sent again to the other side: reports
-    /// off that side list it too, and both list it as in flight until it settles again.
-    pub(crate) fn resent(&self, id: WriteId) {
-        let _ = self.change(id, Fate::with_resent);
-    }
-
     /// A write that may have been received is about to be re-sent to `to`, the side a switch
-    /// moved calls to: notes it there (see `resent`) under the ledger's lock, if calls still go
-    /// to `to`, as `begin` reads its side. Returns false, noting nothing, when calls have left
-    /// `to` since: the switch off it has made its report without this write, so it must not be
-    /// sent there.
+    /// moved calls to: notes it there (see `sent_again`) under the ledger's lock, if calls
+    /// still go to `to`, as `begin` reads its side. Returns false, noting nothing, when calls
+    /// have left `to` since: the switch off it has made its report without this write, so it
+    /// must not be sent there.
     pub(crate) fn resend_to(&self, id: WriteId, to: Side, read_active: impl FnOnce() -> Active) -> bool {
         let _book = self.book();
         if read_active().side != to {
             return false;
         }
-        self.resent(id);
+        self.sent_again(id, to);
         true
     }
 
-    /// A write re-sent after it may have been received (see `resent`) was provably not applied
-    /// by the side it was re-sent to (refused at connect, or with a 4xx): reports off that side
-    /// no longer list it.
-    pub(crate) fn resend_not_applied(&self, id: WriteId) {
-        let _ = self.change(id, Fate::without_resent);
+    /// A write that may have been received is sent again, to `to`: in flight again, and listed
+    /// off `to` too if that is not its own side (see `resent`). Back on its own side, it stays
+    /// listed off the other only if it was (an attempt there may have been received).
+    fn sent_again(&self, id: WriteId, to: Side) {
+        let _ = self.change(id, |fate| {
+            if fate.side() == to {
+                fate.in_flight_again()
+            } else {
+                fate.with_resent()
+            }
+        });
+    }
+
+    /// An attempt of a write on `side`, not its own, provably did not apply it (refused at
+    /// connect, or with a 4xx, or it never went out), and no earlier attempt there may have
+    /// been received: reports off `side` no longer list it.
+    pub(crate) fn not_applied_on(&self, id: WriteId, side: Side) {
+        let _ = self.change(id, |fate| {
+            if fate.side() == side {
+                fate
+            } else {
+                fate.without_resent()
+            }
+        });
     }
 
     /// A throttled write retried after a wait: reads the side calls go to now under the
     /// ledger's lock (see `begin`) and, if it is not `from`, notes the write as sent there:
-    /// moved when the throttling proved it unprocessed, re-sent when it may have been received.
+    /// moved when the throttling proved it unprocessed, sent again when it may have been
+    /// received. `from_unapplied`: no attempt on `from` may have been received, so reports
+    /// off `from` need not list it, unless it is the write's own side.
     pub(crate) fn follow(
         &self,
         id: WriteId,
         from: Side,
         maybe_received: bool,
+        from_unapplied: bool,
         read_active: impl FnOnce() -> Active,
     ) -> Active {
         let _book = self.book();
         let active = read_active();
         if active.side != from {
             if maybe_received {
-                self.resent(id);
+                if from_unapplied {
+                    self.not_applied_on(id, from);
+                }
+                self.sent_again(id, active.side);
             } else {
                 self.moved(id, active.side);
             }
@@ -1136,6 +1160,35 @@ mod tests {
             let seen = check_reports(&ledger);
             assert!(seen > 0 && seen <= 1024, "{seen} writes reported");
         }
+    }
+
+    #[test]
+    fn a_write_sent_again_is_listed_off_the_sides_that_may_hold_it() {
+        let ledger = holding(16);
+        let (h, x) = (HeaderMap::new(), http::Extensions::new());
+        let on = |side| move || Active { generation: 1, side };
+        let listed = |ledger: &Ledger| {
+            [Side::Primary, Side::Alternate].map(|side| {
+                let report = ledger.report(side, ep("http://a.example"), ep("http://b.example"));
+                report.at_risk().map(|w| w.outcome).collect::<Vec<_>>()
+            })
+        };
+        let id = ledger.begin_to(&Method::POST, None, &h, &x, Side::Primary);
+        ledger.settle(id, WriteOutcome::Unknown);
+        // Calls left the alternate before the re-send was noted: not noted, not to be sent.
+        assert!(!ledger.resend_to(id, Side::Alternate, on(Side::Primary)));
+        assert_eq!(listed(&ledger), [vec![WriteOutcome::Unknown], vec![]]);
+        assert!(ledger.resend_to(id, Side::Alternate, on(Side::Alternate)));
+        let in_flight = vec![WriteOutcome::InFlight];
+        assert_eq!(listed(&ledger), [in_flight.clone(), in_flight.clone()]);
+        // The alternate refused it; its own side is never cleared this way.
+        ledger.not_applied_on(id, Side::Alternate);
+        ledger.not_applied_on(id, Side::Primary);
+        assert_eq!(listed(&ledger), [in_flight.clone(), vec![]]);
+        // Sent again on its own side, it is not listed off the alternate again.
+        assert!(ledger.resend_to(id, Side::Primary, on(Side::Primary)));
+        ledger.settle(id, WriteOutcome::ResentOnAlternate);
+        assert_eq!(listed(&ledger), [vec![WriteOutcome::ResentOnAlternate], vec![]]);
     }
 
     #[test]

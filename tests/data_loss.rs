@@ -1168,3 +1168,41 @@ async fn a_re_send_that_never_went_out_is_not_listed_off_the_side_it_was_for() {
         assert_eq!(listed, [Some("never-went-out".to_string())], "stuck {stuck}");
     }
 }
+
+/// A PUT answered with a throttling *error* by the primary (so the primary may hold it) follows
+/// calls to the alternate during the wait; the alternate refuses the retry at connect, and the
+/// PUT is re-sent and acknowledged back on the primary. The alternate never got it: the switch
+/// off the alternate does not list it; the primary still does.
+#[tokio::test]
+async fn a_write_that_followed_calls_and_was_refused_at_connect_there_is_not_listed_off_that_side() {
+    let (handle, result, calls) = put_through_error_throttling(|n, host, handle| match n {
+        0 => {
+            // Calls move to the alternate (another call found the primary down, say).
+            handle.switch_to(Side::Alternate);
+            Err(std::io::Error::other("throttled"))
+        }
+        1 => {
+            assert_eq!(host, ALTERNATE_HOST);
+            Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
+        }
+        _ => {
+            assert_eq!(host, PRIMARY_HOST);
+            Ok(reply(201, &[], ""))
+        }
+    })
+    .await;
+    assert_eq!(result.unwrap().status(), 201);
+    assert_eq!(calls, 3);
+    assert_eq!(handle.active(), Side::Primary);
+    let off_alternate = handle.last_report().unwrap();
+    assert_eq!(off_alternate.from.host(), ALTERNATE_HOST);
+    assert!(
+        off_alternate.is_empty(),
+        "{off_alternate}: {:?}",
+        off_alternate.unknown
+    );
+    handle.switch_to(Side::Alternate);
+    let off_primary = handle.last_report().unwrap();
+    let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
+    assert_eq!(at_risk, ["/api/data/v9.2/accounts(1)"], "{off_primary}");
+}
