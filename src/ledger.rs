@@ -799,11 +799,13 @@ impl Ledger {
     /// A write that may have been received is about to be re-sent to `to`, the side a switch
     /// moved calls to: notes it there (see `sent_again`) under the ledger's lock, if calls
     /// still go to `to`, as `begin` reads its side. Returns false, noting nothing, when calls
-    /// have left `to` since: the switch off it has made its report without this write, so it
-    /// must not be sent there.
+    /// have left `to` since and `to` is not the write's own side: the switch off it has made
+    /// its report without this write, so it must not be sent there.
     pub(crate) fn resend_to(&self, id: WriteId, to: Side, read_active: impl FnOnce() -> Active) -> bool {
         let _book = self.book();
-        if read_active().side != to {
+        let fate = self.fate(id.0);
+        let own_side = fate.lap() == self.lap(id.0) && fate.side() == to;
+        if !own_side && read_active().side != to {
             return false;
         }
         self.sent_again(id, to);
@@ -1177,6 +1179,9 @@ mod tests {
         ledger.settle(id, WriteOutcome::Unknown);
         // Calls left the alternate before the re-send was noted: not noted, not to be sent.
         assert!(!ledger.resend_to(id, Side::Alternate, on(Side::Primary)));
+        // Its own side lists it whatever calls did meanwhile.
+        assert!(ledger.resend_to(id, Side::Primary, on(Side::Alternate)));
+        ledger.settle(id, WriteOutcome::Unknown);
         assert_eq!(listed(&ledger), [vec![WriteOutcome::Unknown], vec![]]);
         assert!(ledger.resend_to(id, Side::Alternate, on(Side::Alternate)));
         let in_flight = vec![WriteOutcome::InFlight];
