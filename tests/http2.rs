@@ -441,6 +441,11 @@ const ACK: u8 = 0x1;
 /// (HEADERS and DATA up to END_STREAM), GOAWAY(NO_ERROR) with `last_stream_id`, then closes.
 /// Nothing is processed; `requests` counts the requests that arrived.
 async fn goaway_server(last_stream_id: u32) -> (SocketAddr, Tasks, Arc<AtomicUsize>) {
+    goaway_server_with(last_stream_id, 0).await
+}
+
+/// As [`goaway_server`], with the GOAWAY's error code.
+async fn goaway_server_with(last_stream_id: u32, code: u32) -> (SocketAddr, Tasks, Arc<AtomicUsize>) {
     let requests = Arc::new(AtomicUsize::new(0));
     let counter = requests.clone();
     let (addr, tasks) = listen(move |mut stream, _| {
@@ -471,7 +476,7 @@ async fn goaway_server(last_stream_id: u32) -> (SocketAddr, Tasks, Arc<AtomicUsi
                 }
                 if (kind == HEADERS || kind == DATA) && flags & END_STREAM != 0 {
                     let mut goaway = last_stream_id.to_be_bytes().to_vec();
-                    goaway.extend_from_slice(&0u32.to_be_bytes()); // NO_ERROR
+                    goaway.extend_from_slice(&code.to_be_bytes());
                     write_frame(&mut stream, GOAWAY, 0, 0, &goaway).await;
                     let _ = stream.flush().await;
                     // Give the client a moment to read it, then close.
@@ -534,6 +539,227 @@ async fn goaway_covering_the_stream_then_close_does_not_resend_a_post() {
         );
         assert_eq!(requests.load(Ordering::SeqCst), 1);
         assert_eq!(s.pair.alternate.count(), 0);
+    })
+    .await
+}
+
+// ---------------------------------------------------------------------------------------------
+// Graceful shutdown: hyper's server sends GOAWAY(NO_ERROR), finishes what it took, closes
+// ---------------------------------------------------------------------------------------------
+
+/// A primary served by hyper's HTTP/2 server: each request counts in `applied` once its body
+/// is read, and is answered after `hold`. Sending on `shutdown` makes every connection shut
+/// down gracefully (`graceful_shutdown`: GOAWAY(NO_ERROR), the streams it took are finished,
+/// then it closes); `keep_listening` says whether new connections are still accepted.
+async fn gracefully_closing_primary(
+    applied: Arc<Mutex<Vec<(String, &'static str)>>>,
+    hold: Duration,
+    shutdown: tokio::sync::watch::Receiver<bool>,
+    keep_listening: bool,
+) -> (SocketAddr, Tasks) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let tasks = Tasks::default();
+    let inner = tasks.clone();
+    tasks.spawn(async move {
+        let mut listening_shutdown = shutdown.clone();
+        loop {
+            let accepted = tokio::select! {
+                accepted = listener.accept() => accepted,
+                _ = listening_shutdown.wait_for(|down| *down), if !keep_listening => return,
+            };
+            let Ok((stream, _)) = accepted else { return };
+            let applied = applied.clone();
+            let mut shutdown = shutdown.clone();
+            inner.spawn(async move {
+                let service = hyper::service::service_fn(move |request: Request<Incoming>| {
+                    let applied = applied.clone();
+                    async move {
+                        let id = header(&request, "x-request-id");
+                        let _ = request.into_body().collect().await;
+                        applied.lock().unwrap().push((id, PRIMARY_HOST));
+                        tokio::time::sleep(hold).await;
+                        Ok::<_, Infallible>(json(StatusCode::OK, format!(r#"{{"server":"{PRIMARY_HOST}"}}"#)))
+                    }
+                });
+                let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
+                    .serve_connection(TokioIo::new(stream), service);
+                tokio::pin!(connection);
+                let already = *shutdown.borrow_and_update();
+                if already {
+                    connection.as_mut().graceful_shutdown();
+                    let _ = connection.await;
+                    return;
+                }
+                tokio::select! {
+                    _ = connection.as_mut() => return,
+                    _ = shutdown.wait_for(|down| *down) => {}
+                }
+                connection.as_mut().graceful_shutdown();
+                let _ = connection.await;
+            });
+        }
+    });
+    (addr, tasks)
+}
+
+fn alternate_recording(pair: &Pair, applied: &Arc<Mutex<Vec<(String, &'static str)>>>) {
+    let applied = applied.clone();
+    pair.alternate.set(custom(move |received: Received| {
+        let id = received
+            .head
+            .headers
+            .get("x-request-id")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_string();
+        applied.lock().unwrap().push((id, ALTERNATE_HOST));
+        async move { json(StatusCode::OK, format!(r#"{{"server":"{ALTERNATE_HOST}"}}"#)) }
+    }));
+}
+
+/// Calls in flight when the primary shuts down gracefully: the streams it took finish there;
+/// the calls sent after its GOAWAY were not processed and are re-sent. Every POST is
+/// answered, and each is applied exactly once over the two servers.
+async fn graceful_shutdown_with_calls_in_flight(keep_listening: bool, delay: Duration) {
+    let applied: Arc<Mutex<Vec<(String, &'static str)>>> = Arc::default();
+    let (shutdown_tx, shutdown_rx) = tokio::sync::watch::channel(false);
+    let (addr, _primary) = gracefully_closing_primary(
+        applied.clone(),
+        Duration::from_millis(400),
+        shutdown_rx,
+        keep_listening,
+    )
+    .await;
+    let pair = Pair::start().await;
+    pair.resolver.map(PRIMARY_HOST, addr);
+    alternate_recording(&pair, &applied);
+    let s = setup(pair);
+
+    const BEFORE: usize = 4;
+    const AFTER: usize = 4;
+    let spawn = |id: usize| {
+        let service = s.service.clone();
+        tokio::spawn(async move { (id, send(&service, post(id)).await) })
+    };
+    let mut calls: Vec<_> = (0..BEFORE).map(spawn).collect();
+    wait_until(5, "the primary has taken the first calls", || {
+        applied.lock().unwrap().len() == BEFORE
+    })
+    .await;
+    shutdown_tx.send(true).unwrap();
+    tokio::time::sleep(delay).await;
+    calls.extend((BEFORE..BEFORE + AFTER).map(spawn));
+    for call in calls {
+        let (id, result) = call.await.unwrap();
+        match result {
+            Ok(response) => assert_eq!(response.status(), StatusCode::OK, "call {id}"),
+            Err(error) => panic!(
+                "call {id} failed: {error} (kind {:?}, possibly applied {}); applied: {:?}",
+                error.kind(),
+                error.possibly_applied(),
+                applied.lock().unwrap()
+            ),
+        }
+    }
+    let applied = applied.lock().unwrap().clone();
+    let mut ids: Vec<String> = applied.iter().map(|(id, _)| id.clone()).collect();
+    ids.sort();
+    let mut expected: Vec<String> = (0..BEFORE + AFTER).map(|id| id.to_string()).collect();
+    expected.sort();
+    assert_eq!(ids, expected, "each POST applied exactly once: {applied:?}");
+    for (id, side) in &applied {
+        if id.parse::<usize>().unwrap() < BEFORE {
+            assert_eq!(*side, PRIMARY_HOST, "a call the primary took finished there");
+        }
+    }
+    eprintln!(
+        "keep_listening {keep_listening} delay {delay:?}: {applied:?}, generation {}",
+        s.handle.generation()
+    );
+    assert_eq!(s.handle.counters().possibly_applied, 0);
+}
+
+#[tokio::test]
+async fn a_graceful_shutdown_of_the_primary_finishes_what_it_took_and_resends_the_rest() {
+    for ms in [0u64, 2, 10] {
+        within(
+            15,
+            graceful_shutdown_with_calls_in_flight(false, Duration::from_millis(ms)),
+        )
+        .await
+    }
+}
+
+#[tokio::test]
+async fn a_graceful_connection_close_with_the_primary_still_listening_loses_nothing() {
+    for ms in [0u64, 2, 10] {
+        within(
+            15,
+            graceful_shutdown_with_calls_in_flight(true, Duration::from_millis(ms)),
+        )
+        .await
+    }
+}
+
+/// A GOAWAY with an error code that covers the stream, then a close: the stream may have been
+/// processed, whatever the code, so the POST without key is not re-sent.
+#[tokio::test]
+async fn goaway_with_an_error_covering_the_stream_then_close_does_not_resend_a_post() {
+    within(10, async {
+        // INTERNAL_ERROR, ENHANCE_YOUR_CALM, PROTOCOL_ERROR
+        for code in [0x2u32, 0xb, 0x1] {
+            let (addr, _tasks, requests) = goaway_server_with(1, code).await;
+            let pair = Pair::start().await;
+            pair.resolver.map(PRIMARY_HOST, addr);
+            let s = setup(pair);
+
+            let error = failed(send(&s.service, post(4)).await);
+            assert!(error.possibly_applied(), "code {code}: {error}");
+            assert_eq!(
+                error.not_resent_because(),
+                Some(NotResent::NotIdempotent),
+                "code {code}: {error}"
+            );
+            assert_eq!(requests.load(Ordering::SeqCst), 1);
+            assert_eq!(s.pair.alternate.count(), 0);
+        }
+    })
+    .await
+}
+
+/// A recorded (not whole) body throttled over HTTP/2 after the server read all of it: the
+/// retry replays it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_streamed_body_throttled_over_http2_after_it_was_read_is_retried() {
+    use tower::ServiceExt;
+    use tower_failover::ReplayBody;
+    within(20, async {
+        let pair = Pair::start().await;
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let handle = layer.handle();
+        let client: Client<HttpConnector<Resolver>, ReplayBody<String>> =
+            Client::builder(TokioExecutor::new())
+                .http2_only(true)
+                .build(pair.resolver.connector());
+        let service = tower::Layer::layer(&layer, client);
+        let mut handed_back = 0;
+        for i in 0..50 {
+            let (behavior, _) = first_n_then_ok(1, || reply(429, &[("retry-after", "0")], ""));
+            pair.primary.set(behavior);
+            let request = http::Request::post(format!("{PRIMARY_URL}/api/data/v9.2/tasks"))
+                .body(format!(r#"{{"name":"{i}"}}"#))
+                .unwrap();
+            let response = service.clone().oneshot(request).await.unwrap();
+            if response.status() != StatusCode::OK {
+                handed_back += 1;
+            }
+        }
+        eprintln!(
+            "handed back {handed_back} of 50; counters {:?}",
+            handle.counters()
+        );
+        assert_eq!(handed_back, 0);
     })
     .await
 }

@@ -668,3 +668,87 @@ async fn a_re_sent_call_throttled_on_the_alternate_never_goes_back_to_the_endpoi
     })
     .await
 }
+
+// ---------------------------------------------------------------------------------------------
+// Probes (review h11)
+// ---------------------------------------------------------------------------------------------
+
+/// A throttled POST whose body was streamed past the replay cap cannot be retried: the 429 is
+/// handed back as it is, and nothing else is sent.
+#[tokio::test]
+async fn a_throttled_streamed_body_over_the_replay_cap_hands_the_429_back() {
+    use tower::ServiceExt;
+    use tower_failover::ReplayBody;
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(always_429("0"));
+        let layer = builder().replay_cap(16).build().unwrap();
+        let handle = layer.handle();
+        let service = tower::Layer::layer(&layer, pair.client::<ReplayBody<String>>());
+        let request = http::Request::post(format!("{PRIMARY_URL}/api/data/v9.2/tasks"))
+            .body("x".repeat(1024))
+            .unwrap();
+        let response = service.oneshot(request).await.unwrap();
+        assert_eq!(response.status(), 429);
+        assert_eq!(pair.primary.count(), 1);
+        assert_eq!(pair.alternate.count(), 0);
+        let counters = handle.counters();
+        assert_eq!(counters.throttled, 1);
+        assert_eq!(counters.throttle_retries, 0);
+        assert_eq!(counters.switches, 0);
+    })
+    .await
+}
+
+/// After a failover, the alternate throttles the re-send (429, then a 503 with `Retry-After`):
+/// it is retried on the alternate after the delay, and the call succeeds there.
+#[tokio::test]
+async fn a_re_send_throttled_on_the_alternate_is_retried_there() {
+    within(10, async {
+        for throttle in [429u16, 503] {
+            let pair = Pair::start().await;
+            let layer = builder().build().unwrap();
+            let handle = layer.handle();
+            let service = pair.through(layer);
+            pair.primary.set(Behavior::Status(502, ""));
+            let (behavior, answered) =
+                first_n_then_ok(1, move || reply(throttle, &[("retry-after", "1")], ""));
+            pair.alternate.set(behavior);
+            let started = Instant::now();
+            let body = send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+            assert_eq!(body, r#"{"ok":true}"#, "{throttle}");
+            assert!(started.elapsed() >= Duration::from_millis(900), "{throttle}");
+            assert_eq!(answered.load(Ordering::SeqCst), 2, "{throttle}");
+            assert_eq!(pair.primary.count(), 1, "{throttle}");
+            assert_eq!(handle.active(), Side::Alternate);
+            let counters = handle.counters();
+            assert_eq!(counters.failover_resends, 1, "{throttle}");
+            assert_eq!(counters.throttle_retries, 1, "{throttle}");
+            assert_eq!(counters.switches, 1, "{throttle}");
+        }
+    })
+    .await
+}
+
+/// `Retry-After` as an HTTP date in the past: retried at once.
+#[tokio::test]
+async fn a_retry_after_date_in_the_past_is_retried_at_once() {
+    within(10, async {
+        let pair = Pair::start().await;
+        let (behavior, answered) = first_n_then_ok(1, || {
+            let date = httpdate::fmt_http_date(SystemTime::now() - Duration::from_secs(3600));
+            reply(429, &[("retry-after", &date)], "")
+        });
+        pair.primary.set(behavior);
+        let service = pair.through(builder().build().unwrap());
+        let started = Instant::now();
+        send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
+        assert!(
+            started.elapsed() < Duration::from_millis(500),
+            "{:?}",
+            started.elapsed()
+        );
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+    })
+    .await
+}

@@ -222,3 +222,85 @@ async fn server_errors_as_failures_from_the_readme_fails_over_a_500() {
     })
     .await
 }
+
+/// The README's second row with tower's own `TimeoutLayer`: outside the failover layer it
+/// bounds the whole call. Alone, a slow primary is not an outage (the call is dropped, nothing
+/// switches); with tower's timeout inside too, the re-send is cut by the outer limit.
+#[tokio::test]
+async fn a_tower_timeout_outside_limits_the_whole_call() {
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(Behavior::Delay(Duration::from_secs(5)));
+        pair.alternate.set(Behavior::Delay(Duration::from_secs(5)));
+
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let handle = layer.handle();
+        let mut alone = ServiceBuilder::new()
+            .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(300)))
+            .layer(layer)
+            .service(pair.client::<TestBody>());
+        let started = Instant::now();
+        let error = alone.ready().await.unwrap().call(get("/x")).await.unwrap_err();
+        assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(handle.active(), Side::Primary, "an overall timeout is no outage");
+        assert_eq!(pair.alternate.count(), 0);
+
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let handle = layer.handle();
+        let mut both = ServiceBuilder::new()
+            .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(300)))
+            .layer(layer)
+            .layer(tower::timeout::TimeoutLayer::new(Duration::from_millis(200)))
+            .service(pair.client::<TestBody>());
+        let started = Instant::now();
+        let error = both.ready().await.unwrap().call(get("/x")).await.unwrap_err();
+        let elapsed = started.elapsed();
+        assert!(error.is::<tower::timeout::error::Elapsed>(), "{error}");
+        assert!(
+            elapsed >= Duration::from_millis(290) && elapsed < Duration::from_secs(2),
+            "{elapsed:?}"
+        );
+        assert_eq!(
+            handle.active(),
+            Side::Alternate,
+            "the attempt's timeout failed over"
+        );
+        wait_until(2, "the re-send reached the alternate", || {
+            pair.alternate.count() == 1
+        })
+        .await;
+    })
+    .await
+}
+
+/// tower-http's `TimeoutLayer` inside the failover layer answers with its status (408 by
+/// default), which the classifier cannot tell from a server's own: handed back, no failover.
+#[tokio::test]
+async fn a_tower_http_timeout_inside_answers_408_and_does_not_fail_over() {
+    use http_body_util::BodyExt;
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.set(Behavior::Delay(Duration::from_secs(5)));
+        let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+        let handle = layer.handle();
+        let mut service = ServiceBuilder::new()
+            .layer(layer)
+            .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+                http::StatusCode::REQUEST_TIMEOUT,
+                Duration::from_millis(200),
+            ))
+            // tower-http's timeout makes its answer from a `Default` body: hyper's has none.
+            .map_response(|response: http::Response<hyper::body::Incoming>| {
+                response.map(|body| body.map_err(tower::BoxError::from).boxed_unsync())
+            })
+            .service(pair.client::<TestBody>());
+        let started = Instant::now();
+        let response = service.ready().await.unwrap().call(get("/x")).await.unwrap();
+        assert_eq!(response.status(), http::StatusCode::REQUEST_TIMEOUT);
+        assert!(started.elapsed() < Duration::from_secs(2));
+        assert_eq!(handle.active(), Side::Primary);
+        assert_eq!(pair.alternate.count(), 0);
+    })
+    .await
+}
