@@ -744,7 +744,7 @@ async fn a_streamed_body_throttled_over_http2_after_it_was_read_is_retried() {
                 .build(pair.resolver.connector());
         let service = tower::Layer::layer(&layer, client);
         let mut handed_back = 0;
-        for i in 0..50 {
+        for i in 0..10 {
             let (behavior, _) = first_n_then_ok(1, || reply(429, &[("retry-after", "0")], ""));
             pair.primary.set(behavior);
             let request = http::Request::post(format!("{PRIMARY_URL}/api/data/v9.2/tasks"))
@@ -760,6 +760,30 @@ async fn a_streamed_body_throttled_over_http2_after_it_was_read_is_retried() {
             handle.counters()
         );
         assert_eq!(handed_back, 0);
+    })
+    .await
+}
+
+/// Over HTTP/2 the service-protection code in a small error body is read as over HTTP/1: the
+/// POST is retried on the same endpoint after `Retry-After`, never switched.
+#[tokio::test]
+async fn a_service_protection_code_over_http2_is_throttling() {
+    within(10, async {
+        let s = setup(Pair::start().await);
+        let (behavior, answered) = first_n_then_ok(1, || {
+            reply(
+                400,
+                &[("retry-after", "0")],
+                r#"{"error":{"code":"0x80072322","message":"Number of requests exceeded the limit"}}"#,
+            )
+        });
+        s.pair.primary.set(behavior);
+        let response = send(&s.service, post(1)).await.unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(response.status(), StatusCode::OK);
+        assert_eq!(response.version(), Version::HTTP_2);
+        assert_eq!(answered.load(Ordering::SeqCst), 2);
+        assert_eq!(s.handle.active(), Side::Primary);
+        assert_eq!(s.handle.counters().throttle_retries, 1);
     })
     .await
 }

@@ -670,7 +670,7 @@ async fn a_re_sent_call_throttled_on_the_alternate_never_goes_back_to_the_endpoi
 }
 
 // ---------------------------------------------------------------------------------------------
-// Probes (review h11)
+// Edge cases: an overflowed recording, a throttled re-send on the alternate, a past date
 // ---------------------------------------------------------------------------------------------
 
 /// A throttled POST whose body was streamed past the replay cap cannot be retried: the 429 is
