@@ -221,14 +221,21 @@ impl Endpoint {
                 "`{self}` has an empty first DNS label; give the organization host name, such as `contoso.api.crm.dynamics.com`"
             )));
         }
-        if first.ends_with("--s") {
+        if let Some(base) = first.strip_suffix("--s") {
+            // A label that is empty without its `--s`, or still ends in one, is derived from no
+            // primary (the rule is never applied twice): there is none to suggest.
+            if base.is_empty() || base.ends_with("--s") {
+                return Err(ConfigError::new(format!(
+                    "`{self}` ends its first DNS label in `--s`, as an alternate host does, but no primary host derives it; give the primary organization URL, such as `https://contoso.api.crm.dynamics.com`"
+                )));
+            }
             // The primary this alternate was derived from, spelled as given: its port and a
             // trailing dot are part of it.
             let authority = self.authority.as_str();
             return Err(ConfigError::new(format!(
                 "`{self}` is already an alternate (`--s`) host; give the primary organization URL, e.g. `{}://{}{}`",
                 self.scheme,
-                first.trim_end_matches("--s"),
+                base,
                 &authority[first.len().min(authority.len())..]
             )));
         }

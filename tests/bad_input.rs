@@ -503,6 +503,12 @@ fn an_alternate_given_as_primary_is_refused_naming_the_primary_with_its_port() {
             "{alternate}"
         );
     }
+    // Labels no primary derives: nothing to suggest, and no suggestion that is itself refused.
+    for host in ["https://a--s--s.example.com", "https://--s.example.com"] {
+        let error = Endpoints::dynamics(host).unwrap_err().to_string();
+        assert!(error.contains("no primary host derives it"), "{host}: {error}");
+        assert!(!error.contains("e.g."), "{host}: {error}");
+    }
 }
 
 /// `Host` headers that disagree with the URI.
