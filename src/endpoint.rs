@@ -60,6 +60,12 @@ impl Endpoint {
                 shown(uri)
             ))
         })?;
+        // A password may hold `/`, `?` or `#` unencoded: the parser then ends the authority
+        // before its `@` (or drops it with a fragment), and the rest would pass for a host, a
+        // port or a path. Any `@` after the scheme is refused as user information.
+        if has_user_information(uri) {
+            return Err(user_information_error(uri));
+        }
         Self::from_uri(&parsed)
     }
 
@@ -99,16 +105,15 @@ impl Endpoint {
                 "`{named}` has no host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
             ))
         })?;
-        if authority.as_str().contains('@') {
-            return Err(ConfigError::new(format!(
-                "`{named}` carries user information; put credentials in headers, not in the endpoint"
-            )));
+        if authority.as_str().contains('@') || has_user_information(&uri.to_string()) {
+            return Err(user_information_error(&uri.to_string()));
         }
         if let Some(pq) = uri.path_and_query() {
             if pq.as_str() != "/" && !pq.as_str().is_empty() {
                 return Err(ConfigError::new(format!(
-                    "`{named}` has the path or query `{}`; an endpoint is a scheme and a host only (`{scheme}://{authority}`), requests keep their own paths",
-                    shown(pq.as_str())
+                    "`{named}` has the path or query `{}`; an endpoint is a scheme and a host only (`{}`), requests keep their own paths",
+                    shown(pq.as_str()),
+                    shown(&format!("{scheme}://{authority}"))
                 )));
             }
         }
@@ -128,9 +133,15 @@ impl Endpoint {
             text => match text.parse::<u16>() {
                 Ok(port) if port > 0 => Some(port),
                 _ => {
+                    // Not digits: perhaps a password whose `@` the parser never reached.
+                    let text = if text.bytes().all(|b| b.is_ascii_digit()) {
+                        text
+                    } else {
+                        "***"
+                    };
                     return Err(ConfigError::new(format!(
                         "`{named}` has the port `{text}`; a port is a number from 1 to 65535"
-                    )))
+                    )));
                 }
             },
         };
@@ -339,25 +350,56 @@ fn host_and_port(authority: &str) -> (&str, Option<u16>) {
     (host, port)
 }
 
-/// `text` (a URI as given, parsed or not) as an error message may show it: user information
-/// and the query replaced by `***`, since either may hold a credential.
-fn shown(text: &str) -> String {
-    // The authority starts after `scheme://` (a scheme holds none of `/?#@`), or at the start.
-    let start = match text.find("://") {
+/// Where the authority of `text` starts: after `scheme://` (a scheme holds none of `/?#@`),
+/// or at the start.
+fn authority_start(text: &str) -> usize {
+    match text.find("://") {
         Some(i) if !text[..i].contains(['/', '?', '#', '@']) => i + 3,
         _ => 0,
+    }
+}
+
+/// Whether `text` has an `@` after its scheme: user information, perhaps with a password
+/// holding `/`, `?` or `#` that a parser takes for the end of the authority.
+fn has_user_information(text: &str) -> bool {
+    text[authority_start(text)..].contains('@')
+}
+
+fn user_information_error(text: &str) -> ConfigError {
+    ConfigError::new(format!(
+        "`{}` carries user information; put credentials in headers, not in the endpoint",
+        shown(text)
+    ))
+}
+
+/// `text` (a URI as given, parsed or not) as an error message may show it: user information
+/// (up to the last `@`, wherever a parser would end the authority), a port that is not a
+/// number, and the query replaced by `***`, since any may hold a credential.
+fn shown(text: &str) -> String {
+    let start = authority_start(text);
+    let mut out = String::with_capacity(text.len());
+    out.push_str(&text[..start]);
+    let start = match text[start..].rfind('@') {
+        Some(at) => {
+            out.push_str("***");
+            start + at
+        }
+        None => start,
     };
     let end = text[start..]
         .find(['/', '?', '#'])
         .map_or(text.len(), |i| start + i);
-    let mut out = String::with_capacity(text.len());
-    out.push_str(&text[..start]);
-    match text[start..end].rfind('@') {
-        Some(at) => {
+    let authority = &text[start..end];
+    // The port: after the last `:` that is not inside an IPv6 literal.
+    let port = authority
+        .rfind(':')
+        .filter(|&colon| !authority[colon..].contains(']'));
+    match port {
+        Some(colon) if !authority[colon + 1..].bytes().all(|b| b.is_ascii_digit()) => {
+            out.push_str(&authority[..=colon]);
             out.push_str("***");
-            out.push_str(&text[start + at..end]);
         }
-        None => out.push_str(&text[start..end]),
+        _ => out.push_str(authority),
     }
     let rest = &text[end..];
     match rest.find('?') {

@@ -271,3 +271,21 @@ async fn a_reqwest_error_shows_the_url_without_its_query() {
         assert_eq!(url(error.last_attempt()), expected(&alternate));
     }
 }
+
+/// A password is often a generated string with `/`, `?` or `#` in it, written into the URL
+/// unencoded: the user information then runs past where a URI parser ends the authority, but
+/// it is still a credential and must not be echoed.
+#[test]
+fn a_password_with_a_slash_question_mark_or_hash_is_not_echoed() {
+    for uri in [
+        "https://admin:hunter2/x@api.example.com",
+        "https://admin:hunter2?x@api.example.com",
+        "https://admin:hunter2#x@api.example.com",
+        "https://admin:x/hunter2@api.example.com/",
+        "https://hunter2/@api.example.com",
+    ] {
+        for message in config_errors(uri) {
+            assert!(!message.contains(SECRET), "{uri}: {message}");
+        }
+    }
+}
