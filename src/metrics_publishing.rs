@@ -152,8 +152,11 @@ fn warn_on_shared_labels(layer: &Arc<Shared>, primary: &str, client: Option<&str
             publishers.last_mut().expect("just pushed")
         }
     };
-    if clash && !mine.warned {
-        mine.warned = true;
+    let warn = clash && !mine.warned;
+    mine.warned |= warn;
+    // Not under the list's lock: a subscriber is user code, and may publish in turn.
+    drop(publishers);
+    if warn {
         tracing::warn!(
             primary,
             client,
