@@ -63,6 +63,8 @@ impl FailoverHandle {
 
     /// As [`publish_metrics`](FailoverHandle::publish_metrics), with a second label, `client`,
     /// set to `client`: for two or more layers with the same primary, each under its own name.
+    /// Give a layer one fixed name: each name a layer publishes under is remembered (for the
+    /// warning above) until the layer is dropped, and is one more series for the recorder.
     ///
     /// ```
     /// use metrics_util::debugging::{DebugValue, DebuggingRecorder};
