@@ -373,23 +373,25 @@ where
                         }
                     }
                     Err(error) => {
-                        let error: BoxError = match error {
-                            reqwest_middleware::Error::Reqwest(mut e) => {
-                                // reqwest shows the URL in its errors: without its query (it
-                                // may carry secrets), as the data-loss report shows paths.
-                                if !shared.record_query {
-                                    if let Some(url) = e.url_mut() {
-                                        url.set_query(None);
-                                    }
-                                }
-                                Box::new(e)
-                            }
+                        let mut error: BoxError = match error {
+                            reqwest_middleware::Error::Reqwest(e) => Box::new(e),
                             // As the error a middleware below made, not an opaque box: the
                             // classifier and the caller can downcast it.
                             reqwest_middleware::Error::Middleware(e) => {
                                 e.reallocate_into_boxed_dyn_error_without_backtrace()
                             }
                         };
+                        // reqwest shows the URL in its errors, even one a middleware below
+                        // handed on: without its query (it may carry secrets), as the
+                        // data-loss report shows paths.
+                        if !shared.record_query {
+                            if let Some(url) = error
+                                .downcast_mut::<reqwest::Error>()
+                                .and_then(reqwest::Error::url_mut)
+                            {
+                                url.set_query(None);
+                            }
+                        }
                         let verdict = self.classifier.classify(Outcome::Error(&*error));
                         guard.call.after_error(shared, error, verdict, build)
                     }

@@ -213,8 +213,30 @@ async fn a_re_send_keeps_every_sensitive_flag() {
     assert_eq!(cookies, [("session=hunter2", true), ("theme=dark", false)]);
 }
 
+/// Below the failover middleware: hands reqwest's own errors on as middleware errors, as a
+/// middleware that reports through `anyhow` does.
+#[cfg(feature = "reqwest")]
+struct AsMiddlewareError;
+
+#[cfg(feature = "reqwest")]
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for AsMiddlewareError {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await.map_err(|error| match error {
+            reqwest_middleware::Error::Reqwest(e) => reqwest_middleware::Error::middleware(e),
+            other => other,
+        })
+    }
+}
+
 /// reqwest writes the request's URL into its errors. Through the middleware that URL loses
-/// its query, as the report's paths do, unless the layer was told to record queries.
+/// its query, as the report's paths do, unless the layer was told to record queries; also
+/// when a middleware below handed reqwest's error on as its own.
 #[cfg(feature = "reqwest")]
 #[tokio::test]
 async fn a_reqwest_error_shows_the_url_without_its_query() {
@@ -232,14 +254,17 @@ async fn a_reqwest_error_shows_the_url_without_its_query() {
         format!("http://127.0.0.1:{}", free_port()),
         format!("http://127.0.0.1:{}", free_port()),
     );
-    for record_query in [false, true] {
+    for (record_query, below) in [(false, false), (true, false), (false, true), (true, true)] {
         let layer = FailoverLayer::builder(Endpoints::new(&primary, &alternate).unwrap())
             .record_query(record_query)
             .build()
             .unwrap();
-        let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-            .with(layer.middleware())
-            .build();
+        let mut client =
+            reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(layer.middleware());
+        if below {
+            client = client.with(AsMiddlewareError);
+        }
+        let client = client.build();
         let error = client
             .get(format!("{primary}/api/data?api-key=hunter2"))
             .send()
