@@ -485,12 +485,22 @@ impl Shared {
             .is_none_or(|at| at.elapsed() >= damping.hold)
     }
 
-    fn note_failback(&self) {
+    /// Notes a failback about to be made; returns the previous one, for `undo_failback`.
+    fn note_failback(&self) -> Option<Instant> {
         let mut damping = self
             .damping
             .lock()
             .unwrap_or_else(std::sync::PoisonError::into_inner);
-        damping.last_failback = Some(Instant::now());
+        damping.last_failback.replace(Instant::now())
+    }
+
+    /// The failback noted was not made (its stay had ended): the hold runs from the one before.
+    fn undo_failback(&self, previous: Option<Instant>) {
+        let mut damping = self
+            .damping
+            .lock()
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        damping.last_failback = previous;
     }
 
     /// From the planned switch until the maintenance task has brought calls back: the return
@@ -630,8 +640,13 @@ async fn probe_loop(weak: Weak<Shared>, mut state: watch::Receiver<EndpointState
             // Only off the stay the probes were counted in: a failback on them after calls
             // moved would be made on no probe of that stay.
             if shared.active() == now {
-                shared.note_failback();
-                shared.switch_from(now, SwitchCause::Failback, false);
+                // Noted before the switch, so that a call failing on the primary right after it
+                // finds it (see `note_departure`).
+                let previous = shared.note_failback();
+                let outcome = shared.switch_from(now, SwitchCause::Failback, false);
+                if outcome != (crate::state::SwitchOutcome::Switched { to: Side::Primary }) {
+                    shared.undo_failback(previous);
+                }
             }
             return;
         }

@@ -574,9 +574,15 @@ impl Shared {
             return self.raise_required_once(now, cause);
         }
 
+        let asked = failed;
         let mut required_for = self.lock_switching()?;
         let failed = self.active();
-        if failed.side != now.side {
+        // A failback is made only off the stay on the alternate its probes were counted in.
+        // The probe task checks that before it asks, but may then wait here for the lock while
+        // calls leave the alternate and come back: the stay it would end has had no probe
+        // counted, and may have lasted less than `min_time_on_alternate`.
+        let stale_failback = cause == SwitchCause::Failback && failed.generation != asked.generation;
+        if failed.side != now.side || stale_failback {
             return Some(SwitchOutcome::AlreadySwitched { to: failed.side });
         }
         let to = failed.side.other();

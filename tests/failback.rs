@@ -1246,3 +1246,86 @@ async fn a_manual_return_stops_the_probe_task_at_once() {
     })
     .await
 }
+
+/// The probe task decides to fail back on probes of one stay on the alternate, and waits for
+/// the switch lock while the application moves calls to the primary and straight back (a
+/// switch asked for in `on_switched`). The failback must not then be made off the new stay:
+/// no probe of it was counted, and it has not lasted `min_time_on_alternate`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failback_decided_on_one_stay_is_not_made_off_the_next() {
+    within(15, async {
+        let pair = Pair::start().await;
+        let min_time = ms(150);
+        let cell: Arc<std::sync::OnceLock<tower_failover::FailoverHandle>> = Arc::default();
+        let armed = Arc::new(AtomicBool::new(false));
+        let (hold_lock, back_again) = (armed.clone(), armed.clone());
+        let handle_cell = cell.clone();
+        let layer = FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
+            .failback(
+                quick_failback()
+                    .healthy_probes(1)
+                    .min_time_on_alternate(min_time)
+                    .hold(ms(1), ms(1)),
+            )
+            .on_switch_required(move |event| {
+                // The manual return: hold the switch lock while the probe task, its stay long
+                // enough and its probe healthy, decides to fail back and waits for the lock.
+                if hold_lock.load(Ordering::SeqCst) && event.cause() == &SwitchCause::Manual {
+                    std::thread::sleep(ms(400));
+                }
+            })
+            .on_switched(move |event| {
+                // ... and the application moves calls straight back to the alternate.
+                if event.cause() == &SwitchCause::Manual && back_again.swap(false, Ordering::SeqCst) {
+                    handle_cell.get().unwrap().switch_endpoint();
+                }
+            })
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        cell.set(handle.clone()).unwrap();
+        let mut events = handle.events();
+        let mut svc = pair.through(layer);
+        // The first call lends the prober.
+        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
+        tokio::time::sleep(min_time / 3).await;
+        armed.store(true, Ordering::SeqCst);
+        let manual = handle.clone();
+        tokio::task::spawn_blocking(move || manual.fail_back())
+            .await
+            .unwrap();
+        // Back on the alternate: a new stay, which no failback may end for `min_time`.
+        let back_at = Instant::now();
+        tokio::time::sleep(ms(30)).await;
+        let mut switches = Vec::new();
+        while let Ok(event) = events.try_recv() {
+            if let SwitchEvent::Switched { cause, new, .. } = event {
+                switches.push((format!("{cause:?}"), new.host().to_string()));
+            }
+        }
+        assert!(
+            back_at.elapsed() < min_time,
+            "the check came too late to mean anything"
+        );
+        assert_eq!(
+            switches,
+            [
+                ("Manual".to_string(), ALTERNATE_HOST.to_string()),
+                ("Manual".to_string(), PRIMARY_HOST.to_string()),
+                ("Manual".to_string(), ALTERNATE_HOST.to_string()),
+            ],
+            "a failback off a stay of {:?}",
+            back_at.elapsed()
+        );
+        assert_eq!(handle.active(), Side::Alternate);
+        // The new stay is probed on its own, and ends once it has lasted long enough.
+        wait_for("the failback off the new stay", Duration::from_secs(3), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+        assert!(back_at.elapsed() >= min_time, "{:?}", back_at.elapsed());
+        assert_eq!(handle.state().cause, Some(SwitchCause::Failback));
+    })
+    .await
+}

@@ -85,12 +85,18 @@ impl Server {
 
     /// Starts a server on a given address (to bring a killed server back on its port).
     pub async fn start_on(name: &'static str, addr: SocketAddr) -> Server {
+        Self::start_with(name, addr, Behavior::Ok).await
+    }
+
+    /// Starts a server on a given address that answers with `behavior` from its first request
+    /// (a restarted server set after it starts would answer its first requests with `Ok`).
+    pub async fn start_with(name: &'static str, addr: SocketAddr, behavior: Behavior) -> Server {
         let listener = bind_with_retry(addr).await;
         let addr = listener.local_addr().unwrap();
         let server = Server {
             name,
             addr,
-            behavior: Arc::new(Mutex::new(Behavior::Ok)),
+            behavior: Arc::new(Mutex::new(behavior)),
             seen: Arc::new(Mutex::new(Vec::new())),
             tasks: Arc::new(Mutex::new(Vec::new())),
         };
