@@ -35,6 +35,36 @@ fn with_write_key(mut request: Request<Full<Bytes>>, key: &str) -> Request<Full<
     request
 }
 
+/// The re-send tests write the same keyed POST to the accounts, each with its own key to
+/// find it by in the reports.
+fn keyed_accounts_post(key: &str) -> Request<Full<Bytes>> {
+    with_header(
+        request(Method::POST, "/api/data/v9.2/accounts"),
+        "idempotency-key",
+        key,
+    )
+}
+
+/// The service [`Pair::through`] makes of the default layer.
+type PairService = tower_failover::Failover<
+    hyper_util::client::legacy::Client<
+        hyper_util::client::legacy::connect::HttpConnector<Resolver>,
+        tower_failover::ReplayBody<Full<Bytes>>,
+    >,
+    tower_failover::DefaultClassifier,
+>;
+
+/// The re-send tests start alike: a pair behind the default layer, the primary answering 503
+/// so that a write may have been received there and is re-sent on the alternate.
+async fn start_with_the_primary_answering_503() -> (Pair, FailoverHandle, PairService) {
+    let pair = Pair::start().await;
+    let layer = builder().build().unwrap();
+    let handle = layer.handle();
+    let service = pair.through(layer);
+    pair.primary.set(Behavior::Status(503, ""));
+    (pair, handle, service)
+}
+
 /// (method, path, key) of each record, in the report's order.
 fn summary(records: &[WriteRecord]) -> Vec<(Method, String, Option<String>)> {
     records
@@ -564,16 +594,8 @@ async fn a_write_that_failed_after_longer_than_the_window_is_in_its_own_switchs_
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_write_re_sent_after_it_may_have_been_received_is_listed_off_both_sides() {
     within(15, async {
-        let pair = Pair::start().await;
-        let layer = builder().build().unwrap();
-        let handle = layer.handle();
-        let service = pair.through(layer);
-        pair.primary.set(Behavior::Status(503, ""));
-        let resent = with_header(
-            request(Method::POST, "/api/data/v9.2/accounts"),
-            "idempotency-key",
-            "resent-1",
-        );
+        let (pair, handle, service) = start_with_the_primary_answering_503().await;
+        let resent = keyed_accounts_post("resent-1");
         send_ok(&service, resent).await;
         assert_eq!(handle.active(), Side::Alternate);
         let off_primary = handle.last_report().unwrap();
@@ -722,11 +744,7 @@ async fn a_re_send_still_in_flight_on_the_alternate_is_in_the_report_off_the_alt
         let post = tokio::spawn({
             let service = service.clone();
             async move {
-                let request = with_header(
-                    request(Method::POST, "/api/data/v9.2/accounts"),
-                    "idempotency-key",
-                    "slow-resend",
-                );
+                let request = keyed_accounts_post("slow-resend");
                 send(&service, request).await.map(|r| r.status())
             }
         });
@@ -910,11 +928,7 @@ async fn a_write_whose_caller_gives_up_during_the_wait_after_a_429_is_not_at_ris
         let service = pair.through(layer);
         pair.primary
             .set(custom(|_| async { reply(429, &[("retry-after", "5")], "") }));
-        let write = with_header(
-            request(Method::POST, "/api/data/v9.2/accounts"),
-            "idempotency-key",
-            "turned-away-1",
-        );
+        let write = keyed_accounts_post("turned-away-1");
         let gave_up = tokio::time::timeout(Duration::from_millis(400), send(&service, write)).await;
         assert!(gave_up.is_err(), "the call was still waiting to retry");
         assert_eq!(pair.primary.count(), 1, "one attempt, answered 429");
@@ -974,11 +988,7 @@ async fn a_re_send_to_a_side_calls_just_left_is_in_that_switchs_report() {
         handle_slot.set(handle.clone()).ok().unwrap();
         let service = pair.through(layer);
         pair.primary.set(Behavior::Status(503, ""));
-        let write = with_header(
-            request(Method::POST, "/api/data/v9.2/accounts"),
-            "idempotency-key",
-            "raced-1",
-        );
+        let write = keyed_accounts_post("raced-1");
         let result = send(&service, write).await;
         assert!(switched_back.load(Ordering::SeqCst));
         assert_eq!(handle.active(), Side::Primary, "calls moved back");
@@ -1007,6 +1017,24 @@ async fn a_re_send_to_a_side_calls_just_left_is_in_that_switchs_report() {
     .await
 }
 
+/// The tests of a re-send the alternate never got end alike, with calls on the alternate: a
+/// switch off the alternate lists nothing, and a switch back off the primary still lists the
+/// write keyed `key` at risk there. `context` heads the failure messages.
+fn assert_at_risk_off_the_primary_only(handle: &FailoverHandle, key: &str, context: &str) {
+    assert_eq!(handle.switch_endpoint(), Side::Primary);
+    let off_alternate = handle.last_report().unwrap();
+    assert_eq!(off_alternate.from.host(), ALTERNATE_HOST);
+    assert!(
+        off_alternate.is_empty(),
+        "{context}{off_alternate}: {:?}",
+        off_alternate.unknown
+    );
+    assert_eq!(handle.switch_endpoint(), Side::Alternate);
+    let off_primary = handle.last_report().unwrap();
+    let listed: Vec<_> = off_primary.at_risk().map(|w| w.key.clone()).collect();
+    assert_eq!(listed, [Some(key.to_string())], "{context}{off_primary}");
+}
+
 /// A write that may have been received by the primary (a 503) is re-sent on the alternate,
 /// which refuses the connection: the alternate provably never got it. The call fails possibly
 /// applied, and the write stays at risk off the primary; a switch off the alternate does not
@@ -1014,17 +1042,9 @@ async fn a_re_send_to_a_side_calls_just_left_is_in_that_switchs_report() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_re_send_refused_at_connect_is_not_listed_off_the_side_that_refused_it() {
     within(15, async {
-        let pair = Pair::start().await;
-        let layer = builder().build().unwrap();
-        let handle = layer.handle();
-        let service = pair.through(layer);
-        pair.primary.set(Behavior::Status(503, ""));
+        let (pair, handle, service) = start_with_the_primary_answering_503().await;
         pair.alternate.kill().await;
-        let write = with_header(
-            request(Method::POST, "/api/data/v9.2/accounts"),
-            "idempotency-key",
-            "refused-on-alternate",
-        );
+        let write = keyed_accounts_post("refused-on-alternate");
         let error = send(&service, write).await.unwrap_err();
         assert!(error.possibly_applied(), "{error}");
         assert_eq!(handle.active(), Side::Alternate);
@@ -1035,52 +1055,18 @@ async fn a_re_send_refused_at_connect_is_not_listed_off_the_side_that_refused_it
             .collect();
         assert_eq!(listed, [(Some("refused-on-alternate"), Side::Primary)]);
 
-        assert_eq!(handle.switch_endpoint(), Side::Primary);
-        let off_alternate = handle.last_report().unwrap();
-        assert_eq!(off_alternate.from.host(), ALTERNATE_HOST);
-        assert!(
-            off_alternate.is_empty(),
-            "{off_alternate}: {:?}",
-            off_alternate.unknown
-        );
-        // Still at risk off the primary.
-        assert_eq!(handle.switch_endpoint(), Side::Alternate);
-        let again = handle.last_report().unwrap();
-        let listed: Vec<_> = again.at_risk().map(|w| w.key.as_deref()).collect();
-        assert_eq!(listed, [Some("refused-on-alternate")]);
+        assert_at_risk_off_the_primary_only(&handle, "refused-on-alternate", "");
     })
     .await;
 
     // The same with the alternate refusing the write with a 400.
     within(15, async {
-        let pair = Pair::start().await;
-        let layer = builder().build().unwrap();
-        let handle = layer.handle();
-        let service = pair.through(layer);
-        pair.primary.set(Behavior::Status(503, ""));
+        let (pair, handle, service) = start_with_the_primary_answering_503().await;
         pair.alternate.set(Behavior::Status(400, r#"{"error":{}}"#));
-        let write = with_header(
-            request(Method::POST, "/api/data/v9.2/accounts"),
-            "idempotency-key",
-            "refused-by-alternate",
-        );
+        let write = keyed_accounts_post("refused-by-alternate");
         let response = send(&service, write).await.unwrap();
         assert_eq!(response.status(), 400);
-        assert_eq!(handle.switch_endpoint(), Side::Primary);
-        let off_alternate = handle.last_report().unwrap();
-        assert!(
-            off_alternate.is_empty(),
-            "{off_alternate}: {:?}",
-            off_alternate.unknown
-        );
-        assert_eq!(handle.switch_endpoint(), Side::Alternate);
-        let listed: Vec<_> = handle
-            .last_report()
-            .unwrap()
-            .at_risk()
-            .map(|w| w.key.clone())
-            .collect();
-        assert_eq!(listed, [Some("refused-by-alternate".to_string())]);
+        assert_at_risk_off_the_primary_only(&handle, "refused-by-alternate", "");
     })
     .await
 }
@@ -1130,11 +1116,7 @@ async fn a_re_send_that_never_went_out_is_not_listed_off_the_side_it_was_for() {
                 calls: calls.clone(),
                 stuck,
             });
-        let write = with_header(
-            request(Method::POST, "/api/data/v9.2/accounts"),
-            "idempotency-key",
-            "never-went-out",
-        );
+        let write = keyed_accounts_post("never-went-out");
         let call = tower::ServiceExt::oneshot(service, write);
         match tokio::time::timeout(Duration::from_millis(200), call).await {
             Ok(result) => {
@@ -1151,21 +1133,7 @@ async fn a_re_send_that_never_went_out_is_not_listed_off_the_side_it_was_for() {
         }
         assert_eq!(calls.load(std::sync::atomic::Ordering::SeqCst), 1);
         assert_eq!(handle.active(), Side::Alternate);
-        assert_eq!(handle.switch_endpoint(), Side::Primary);
-        let off_alternate = handle.last_report().unwrap();
-        assert!(
-            off_alternate.is_empty(),
-            "stuck {stuck}: {off_alternate}: {:?}",
-            off_alternate.unknown
-        );
-        assert_eq!(handle.switch_endpoint(), Side::Alternate);
-        let listed: Vec<_> = handle
-            .last_report()
-            .unwrap()
-            .at_risk()
-            .map(|w| w.key.clone())
-            .collect();
-        assert_eq!(listed, [Some("never-went-out".to_string())], "stuck {stuck}");
+        assert_at_risk_off_the_primary_only(&handle, "never-went-out", &format!("stuck {stuck}: "));
     }
 }
 

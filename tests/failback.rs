@@ -57,6 +57,17 @@ fn service(pair: &Pair, layer: FailoverLayer) -> Svc {
     pair.through(layer)
 }
 
+/// The tests that move calls by hand need the probe task's client, which the first call
+/// through the service lends: as [`logged_service`], after one call answered by the primary.
+async fn logged_service_that_lent_the_prober(
+    pair: &Pair,
+    failback: Failback,
+) -> (Svc, tower_failover::FailoverHandle, Log) {
+    let (mut svc, handle, log) = logged_service(pair, failback);
+    assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+    (svc, handle, log)
+}
+
 /// A service over `pair` with `failback`, its handle, and the log of its switches.
 fn logged_service(pair: &Pair, failback: Failback) -> (Svc, tower_failover::FailoverHandle, Log) {
     let log = Log::default();
@@ -249,6 +260,11 @@ async fn wait_for(what: &str, limit: Duration, mut check: impl FnMut() -> bool) 
     }
 }
 
+/// Many tests wait for calls to come back to the primary by themselves; fails after `limit`.
+async fn wait_for_the_failback(handle: &tower_failover::FailoverHandle, limit: Duration) {
+    wait_for("the failback", limit, || handle.active() == Side::Primary).await;
+}
+
 const API: &str = "/api/data/v9.2/accounts";
 
 /// The primary comes back at once, so the healthy probes pile up long before the minimum time
@@ -362,10 +378,7 @@ async fn failback_needs_n_healthy_probes_in_a_row() {
 
         pair.restart_primary().await;
         let restarted = Instant::now();
-        wait_for("the failback", Duration::from_secs(3), || {
-            handle.active() == Side::Primary
-        })
-        .await;
+        wait_for_the_failback(&handle, Duration::from_secs(3)).await;
 
         let switches = log.switches();
         assert_eq!(
@@ -427,10 +440,7 @@ async fn a_failed_probe_resets_the_count() {
         // Once it is really healthy the failback follows.
         pair.primary.set(Behavior::Ok);
         let healthy_since = Instant::now();
-        wait_for("the failback", Duration::from_secs(3), || {
-            handle.active() == Side::Primary
-        })
-        .await;
+        wait_for_the_failback(&handle, Duration::from_secs(3)).await;
         eprintln!(
             "failback {:?} after the primary turned healthy",
             healthy_since.elapsed()
@@ -840,26 +850,63 @@ async fn startup_check_stays_on_primary_when_both_are_down() {
     .await
 }
 
+/// The drop tests set up alike but for the failback: the primary down, and a layer with
+/// `failback` whose first call failed over to the alternate and started the probe task.
+/// Returns the pair (kept for its servers), the alive tasks before the layer was built (the
+/// alternate's accept loop alone: no client, no probe task yet), the layer, its handle and the
+/// service.
+async fn fail_over_and_start_probing(
+    failback: Failback,
+) -> (Pair, usize, FailoverLayer, tower_failover::FailoverHandle, Svc) {
+    let pair = Pair::start().await;
+    pair.primary.kill().await;
+    let baseline = tokio::runtime::Handle::current().metrics().num_alive_tasks();
+    let layer = FailoverLayer::builder(endpoints())
+        .failback(failback)
+        .build()
+        .unwrap();
+    let handle = layer.handle();
+    let mut svc = service(&pair, layer.clone());
+    assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
+    assert!(handle.probing());
+    (pair, baseline, layer, handle, svc)
+}
+
+/// The drop tests wait the same way for the shared state to go: its sender lives in the shared
+/// state, so the receiver sees it closed once nothing holds the state any more (the probe task
+/// included). Fails with `outlived` unless that happens within a second.
+async fn assert_shared_state_closes(
+    state: &mut tokio::sync::watch::Receiver<tower_failover::EndpointState>,
+    outlived: &str,
+) {
+    let closed = tokio::time::timeout(Duration::from_secs(1), async {
+        while state.changed().await.is_ok() {}
+    })
+    .await;
+    assert!(closed.is_ok(), "{outlived}");
+}
+
+/// The drop tests count the tasks left behind the same way: tasks end a little after the
+/// state goes, so poll the runtime's count until it falls to `baseline` or `limit` has passed
+/// since `dropped`. Returns the last count.
+async fn alive_tasks_once_settled(baseline: usize, dropped: Instant, limit: Duration) -> usize {
+    let metrics = tokio::runtime::Handle::current().metrics();
+    let mut left = metrics.num_alive_tasks();
+    while left > baseline && dropped.elapsed() < limit {
+        tokio::time::sleep(ms(10)).await;
+        left = metrics.num_alive_tasks();
+    }
+    left
+}
+
 /// Dropping the layer, every handle and every service ends the probe task, even while the
 /// primary is down and the task would probe forever.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_everything_stops_the_probe_task() {
     within(10, async {
-        let pair = Pair::start().await;
-        pair.primary.kill().await;
         let metrics = tokio::runtime::Handle::current().metrics();
-        // Only the alternate's accept loop runs now; no client, no probe task yet.
-        let baseline = metrics.num_alive_tasks();
-
-        let layer = FailoverLayer::builder(endpoints())
-            .failback(quick_failback())
-            .build()
-            .unwrap();
-        let handle = layer.handle();
-        let mut svc = service(&pair, layer.clone());
+        let (_pair, baseline, layer, handle, svc) = fail_over_and_start_probing(quick_failback()).await;
         let mut other = svc.clone();
-        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
-        assert!(handle.probing());
         // Let it run a few failing probes; it keeps going.
         tokio::time::sleep(ms(200)).await;
         assert!(handle.probing());
@@ -872,24 +919,15 @@ async fn dropping_everything_stops_the_probe_task() {
 
         drop((svc, other, layer, handle));
         let dropped = Instant::now();
-        // The state's sender lives in the shared state: the receiver sees it closed once
-        // nothing holds the state any more (the probe task included).
-        let closed = tokio::time::timeout(Duration::from_secs(1), async {
-            while state.changed().await.is_ok() {}
-        })
+        assert_shared_state_closes(
+            &mut state,
+            "the shared state outlived every layer, service and handle",
+        )
         .await;
-        assert!(
-            closed.is_ok(),
-            "the shared state outlived every layer, service and handle"
-        );
         let state_gone = dropped.elapsed();
 
         // And no task is left behind: back to the alternate's accept loop alone.
-        let mut left = metrics.num_alive_tasks();
-        while left > baseline && dropped.elapsed() < Duration::from_secs(1) {
-            tokio::time::sleep(ms(10)).await;
-            left = metrics.num_alive_tasks();
-        }
+        let left = alive_tasks_once_settled(baseline, dropped, Duration::from_secs(1)).await;
         eprintln!(
             "alive tasks: {baseline} before, {running} while probing, {left} {:?} after the drop \
              (state gone after {state_gone:?})",
@@ -947,6 +985,33 @@ async fn endpoint_state_after_a_failover() {
     .await
 }
 
+/// The tests of whether a new stay on the alternate counts its own healthy probes share this
+/// failback: unjittered, with no minimum time on the alternate, so that every `interval` a
+/// probe is judged and only the count of healthy probes holds the failback back.
+fn unjittered_failback(interval: Duration) -> Failback {
+    quick_failback()
+        .interval(interval)
+        .jitter_percent(0)
+        .min_time_on_alternate(Duration::ZERO)
+}
+
+/// Those tests first let the probes count one healthy answer short of a failback.
+async fn wait_for_one_healthy_probe_short_of_failback(handle: &tower_failover::FailoverHandle) {
+    wait_for("N - 1 healthy probes", Duration::from_secs(3), || {
+        handle.state().healthy_probes == HEALTHY - 1
+    })
+    .await;
+}
+
+/// Those tests end on the same check: the failback needed `HEALTHY` probes of the new stay,
+/// `probes` being how many the primary saw in it.
+fn assert_failed_back_on_enough_probes_of_this_stay(probes: usize) {
+    assert!(
+        probes >= HEALTHY as usize,
+        "failed back after {probes} healthy probes in this stay, {HEALTHY} needed"
+    );
+}
+
 /// Calls fail over, the probes count healthy answers of the restarted primary, then calls come
 /// back by hand and the primary fails again, all within one probe interval: the new stay on
 /// the alternate must count its own N healthy probes in a row, none from the stay before (the
@@ -957,17 +1022,10 @@ async fn healthy_probes_of_an_earlier_stay_on_the_alternate_do_not_count() {
         let mut pair = Pair::start().await;
         // Long unjittered intervals: the away-and-back below fits well inside one.
         let interval = ms(400);
-        let failback = quick_failback()
-            .interval(interval)
-            .jitter_percent(0)
-            .min_time_on_alternate(Duration::ZERO);
-        let (mut svc, handle, log) = logged_service(&pair, failback);
+        let (mut svc, handle, log) = logged_service(&pair, unjittered_failback(interval));
         fail_over_by_killing_the_primary(&pair, &mut svc).await;
         pair.restart_primary().await;
-        wait_for("N - 1 healthy probes", Duration::from_secs(3), || {
-            handle.state().healthy_probes == HEALTHY - 1
-        })
-        .await;
+        wait_for_one_healthy_probe_short_of_failback(&handle).await;
         // A probe has just been judged, so the task sleeps for a whole interval now.
         let counted = Instant::now();
         assert_eq!(handle.fail_back(), Side::Primary);
@@ -982,10 +1040,7 @@ async fn healthy_probes_of_an_earlier_stay_on_the_alternate_do_not_count() {
         );
         assert_eq!(handle.state().healthy_probes, 0);
 
-        wait_for("the failback", Duration::from_secs(5), || {
-            handle.active() == Side::Primary
-        })
-        .await;
+        wait_for_the_failback(&handle, Duration::from_secs(5)).await;
         assert_eq!(
             log.labels(),
             [
@@ -1001,10 +1056,7 @@ async fn healthy_probes_of_an_earlier_stay_on_the_alternate_do_not_count() {
             "failback {:?} after the second failover, on {probes} probes of this stay",
             again.elapsed()
         );
-        assert!(
-            probes >= HEALTHY as usize,
-            "failed back after {probes} healthy probes in this stay, {HEALTHY} needed"
-        );
+        assert_failed_back_on_enough_probes_of_this_stay(probes);
     })
     .await
 }
@@ -1015,26 +1067,14 @@ async fn healthy_probes_of_an_earlier_stay_on_the_alternate_do_not_count() {
 async fn healthy_probes_of_an_earlier_stay_do_not_count_after_an_instant_away_and_back() {
     within(15, async {
         let pair = Pair::start().await;
-        let interval = ms(400);
-        let failback = quick_failback()
-            .interval(interval)
-            .jitter_percent(0)
-            .min_time_on_alternate(Duration::ZERO);
-        let (mut svc, handle, log) = logged_service(&pair, failback);
-        // The first call lends the prober.
-        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        let (_svc, handle, log) =
+            logged_service_that_lent_the_prober(&pair, unjittered_failback(ms(400))).await;
         assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
-        wait_for("N - 1 healthy probes", Duration::from_secs(3), || {
-            handle.state().healthy_probes == HEALTHY - 1
-        })
-        .await;
+        wait_for_one_healthy_probe_short_of_failback(&handle).await;
         assert_eq!(handle.fail_back(), Side::Primary);
         assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
         let before = pair.primary.count();
-        wait_for("the failback", Duration::from_secs(5), || {
-            handle.active() == Side::Primary
-        })
-        .await;
+        wait_for_the_failback(&handle, Duration::from_secs(5)).await;
         assert_eq!(
             log.labels(),
             [
@@ -1045,10 +1085,7 @@ async fn healthy_probes_of_an_earlier_stay_do_not_count_after_an_instant_away_an
             ]
         );
         let probes = pair.primary.count() - before;
-        assert!(
-            probes >= HEALTHY as usize,
-            "failed back after {probes} healthy probes in this stay, {HEALTHY} needed"
-        );
+        assert_failed_back_on_enough_probes_of_this_stay(probes);
     })
     .await
 }
@@ -1065,9 +1102,7 @@ async fn a_manual_return_while_a_probe_is_out_is_not_taken_for_a_failback() {
             .min_time_on_alternate(Duration::ZERO)
             .probe_timeout(Duration::from_secs(2))
             .hold(Duration::from_secs(30), Duration::from_secs(60));
-        let (mut svc, handle, log) = logged_service(&pair, failback);
-        // The first call lends the prober.
-        assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
+        let (_svc, handle, log) = logged_service_that_lent_the_prober(&pair, failback).await;
         pair.primary.set(Behavior::Delay(ms(300)));
         assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
         wait_for("a probe to reach the primary", Duration::from_secs(2), || {
@@ -1086,10 +1121,7 @@ async fn a_manual_return_while_a_probe_is_out_is_not_taken_for_a_failback() {
         // Away again with the primary healthy: no automatic failback was ever made, so one
         // healthy probe brings calls back.
         assert_eq!(handle.switch_to(Side::Alternate), Side::Alternate);
-        wait_for("the failback", Duration::from_secs(3), || {
-            handle.active() == Side::Primary
-        })
-        .await;
+        wait_for_the_failback(&handle, Duration::from_secs(3)).await;
         assert_eq!(
             log.labels(),
             [
@@ -1131,20 +1163,9 @@ async fn a_lead_of_duration_max_moves_calls_before_the_window() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dropping_everything_ends_tasks_that_sleep_long() {
     within(10, async {
-        let pair = Pair::start().await;
-        pair.primary.kill().await;
         let metrics = tokio::runtime::Handle::current().metrics();
-        // Only the alternate's accept loop runs now.
-        let baseline = metrics.num_alive_tasks();
-
-        let layer = FailoverLayer::builder(endpoints())
-            .failback(quick_failback().interval(Duration::MAX))
-            .build()
-            .unwrap();
-        let handle = layer.handle();
-        let mut svc = service(&pair, layer.clone());
-        assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
-        assert!(handle.probing());
+        let (_pair, baseline, layer, handle, svc) =
+            fail_over_and_start_probing(quick_failback().interval(Duration::MAX)).await;
         let start = SystemTime::now() + Duration::from_secs(3600);
         handle
             .schedule_maintenance(start, start + Duration::from_secs(60))
@@ -1155,16 +1176,8 @@ async fn dropping_everything_ends_tasks_that_sleep_long() {
 
         drop((svc, layer, handle));
         let dropped = Instant::now();
-        let closed = tokio::time::timeout(Duration::from_secs(1), async {
-            while state.changed().await.is_ok() {}
-        })
-        .await;
-        assert!(closed.is_ok(), "the shared state outlived everything");
-        let mut left = metrics.num_alive_tasks();
-        while left > baseline && dropped.elapsed() < Duration::from_secs(2) {
-            tokio::time::sleep(ms(10)).await;
-            left = metrics.num_alive_tasks();
-        }
+        assert_shared_state_closes(&mut state, "the shared state outlived everything").await;
+        let left = alive_tasks_once_settled(baseline, dropped, Duration::from_secs(2)).await;
         eprintln!("alive tasks: {baseline} before, {running} with both tasks, {left} after the drop");
         assert!(running >= baseline + 2);
         assert!(left <= baseline, "{} tasks left behind", left - baseline);

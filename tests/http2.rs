@@ -73,6 +73,14 @@ fn setup(pair: Pair) -> Setup {
     }
 }
 
+/// Most tests put a misbehaving server of their own in the primary's place: the set-up over a
+/// pair whose primary host resolves to `addr`.
+async fn setup_with_the_primary_at(addr: SocketAddr) -> Setup {
+    let pair = Pair::start().await;
+    pair.resolver.map(PRIMARY_HOST, addr);
+    setup(pair)
+}
+
 fn post(id: usize) -> Request<Full<Bytes>> {
     Request::post(format!("{PRIMARY_URL}/api/data/v9.2/tasks"))
         .header("x-request-id", id.to_string())
@@ -230,19 +238,9 @@ async fn refused_streams_over_max_concurrent_streams_are_resent_and_applied_once
             listen(move |stream, _| {
                 let applied = applied.clone();
                 async move {
+                    // Hold the one stream allowed, so the others are refused.
                     let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                        let applied = applied.clone();
-                        async move {
-                            let id = header(&request, "x-request-id");
-                            let _ = request.into_body().collect().await;
-                            applied.lock().unwrap().push((id, PRIMARY_HOST));
-                            // Hold the one stream allowed, so the others are refused.
-                            tokio::time::sleep(Duration::from_millis(300)).await;
-                            Ok::<_, Infallible>(json(
-                                StatusCode::OK,
-                                format!(r#"{{"server":"{PRIMARY_HOST}"}}"#),
-                            ))
-                        }
+                        apply_on_the_primary(request, applied.clone(), Duration::from_millis(300))
                     });
                     // Start serving a little late, as over a slow link: by then the client has
                     // sent every request, not yet knowing the server's limit of one stream.
@@ -256,20 +254,7 @@ async fn refused_streams_over_max_concurrent_streams_are_resent_and_applied_once
         };
         let pair = Pair::start().await;
         pair.resolver.map(PRIMARY_HOST, addr);
-        {
-            let applied = applied.clone();
-            pair.alternate.set(custom(move |received: Received| {
-                let id = received
-                    .head
-                    .headers
-                    .get("x-request-id")
-                    .and_then(|v| v.to_str().ok())
-                    .unwrap_or_default()
-                    .to_string();
-                applied.lock().unwrap().push((id, ALTERNATE_HOST));
-                async move { json(StatusCode::OK, format!(r#"{{"server":"{ALTERNATE_HOST}"}}"#)) }
-            }));
-        }
+        alternate_recording(&pair, &applied);
         let mut s = setup(pair);
 
         const CALLS: usize = 8;
@@ -353,9 +338,7 @@ async fn resetting_server(reason: Reason, read_body: bool) -> (SocketAddr, Tasks
 async fn refused_stream_resends_a_post_without_key() {
     within(10, async {
         let (addr, _tasks, processed) = resetting_server(Reason::REFUSED_STREAM, false).await;
-        let pair = Pair::start().await;
-        pair.resolver.map(PRIMARY_HOST, addr);
-        let mut s = setup(pair);
+        let mut s = setup_with_the_primary_at(addr).await;
 
         let response = send(&s.service, post(7)).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(response.status(), StatusCode::OK);
@@ -385,9 +368,7 @@ async fn other_resets_after_the_body_was_read_do_not_resend_a_post() {
     within(10, async {
         for reason in [Reason::INTERNAL_ERROR, Reason::CANCEL] {
             let (addr, _tasks, processed) = resetting_server(reason, true).await;
-            let pair = Pair::start().await;
-            pair.resolver.map(PRIMARY_HOST, addr);
-            let s = setup(pair);
+            let s = setup_with_the_primary_at(addr).await;
 
             let error = failed(send(&s.service, post(1)).await);
             assert!(error.possibly_applied(), "{reason:?}: {error}");
@@ -496,9 +477,7 @@ async fn goaway_server_with(last_stream_id: u32, code: u32) -> (SocketAddr, Task
 async fn goaway_below_the_stream_resends_a_post_without_key() {
     within(10, async {
         let (addr, _tasks, requests) = goaway_server(0).await;
-        let pair = Pair::start().await;
-        pair.resolver.map(PRIMARY_HOST, addr);
-        let mut s = setup(pair);
+        let mut s = setup_with_the_primary_at(addr).await;
 
         let response = send(&s.service, post(3)).await.unwrap_or_else(|e| panic!("{e}"));
         assert_eq!(response.status(), StatusCode::OK);
@@ -524,23 +503,25 @@ async fn goaway_below_the_stream_resends_a_post_without_key() {
 /// answer: the stream may have been processed, so the POST without key is not re-sent.
 #[tokio::test]
 async fn goaway_covering_the_stream_then_close_does_not_resend_a_post() {
-    within(10, async {
-        let (addr, _tasks, requests) = goaway_server(1).await;
-        let pair = Pair::start().await;
-        pair.resolver.map(PRIMARY_HOST, addr);
-        let s = setup(pair);
+    within(10, assert_a_post_is_not_resent_after_a_goaway_covering_it(0)).await
+}
 
-        let error = failed(send(&s.service, post(4)).await);
-        assert!(error.possibly_applied(), "{error}");
-        assert_eq!(
-            error.not_resent_because(),
-            Some(NotResent::NotIdempotent),
-            "{error}"
-        );
-        assert_eq!(requests.load(Ordering::SeqCst), 1);
-        assert_eq!(s.pair.alternate.count(), 0);
-    })
-    .await
+/// The GOAWAY tests differ only in the frame's error code: the primary sends a GOAWAY with
+/// `code` whose last stream id covers the POST, then closes. The stream may have been
+/// processed, so the POST without key fails possibly applied and is not re-sent.
+async fn assert_a_post_is_not_resent_after_a_goaway_covering_it(code: u32) {
+    let (addr, _tasks, requests) = goaway_server_with(1, code).await;
+    let s = setup_with_the_primary_at(addr).await;
+
+    let error = failed(send(&s.service, post(4)).await);
+    assert!(error.possibly_applied(), "code {code}: {error}");
+    assert_eq!(
+        error.not_resent_because(),
+        Some(NotResent::NotIdempotent),
+        "code {code}: {error}"
+    );
+    assert_eq!(requests.load(Ordering::SeqCst), 1);
+    assert_eq!(s.pair.alternate.count(), 0);
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -573,14 +554,7 @@ async fn gracefully_closing_primary(
             let mut shutdown = shutdown.clone();
             inner.spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
-                    let applied = applied.clone();
-                    async move {
-                        let id = header(&request, "x-request-id");
-                        let _ = request.into_body().collect().await;
-                        applied.lock().unwrap().push((id, PRIMARY_HOST));
-                        tokio::time::sleep(hold).await;
-                        Ok::<_, Infallible>(json(StatusCode::OK, format!(r#"{{"server":"{PRIMARY_HOST}"}}"#)))
-                    }
+                    apply_on_the_primary(request, applied.clone(), hold)
                 });
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service);
@@ -603,6 +577,22 @@ async fn gracefully_closing_primary(
     (addr, tasks)
 }
 
+/// What the primaries of the tests of what was applied where do with each request: read it
+/// whole, note its `x-request-id` in `applied`, and answer 200 after `hold`.
+async fn apply_on_the_primary(
+    request: Request<Incoming>,
+    applied: Arc<Mutex<Vec<(String, &'static str)>>>,
+    hold: Duration,
+) -> Result<http::Response<Full<Bytes>>, Infallible> {
+    let id = header(&request, "x-request-id");
+    let _ = request.into_body().collect().await;
+    applied.lock().unwrap().push((id, PRIMARY_HOST));
+    tokio::time::sleep(hold).await;
+    Ok(json(StatusCode::OK, format!(r#"{{"server":"{PRIMARY_HOST}"}}"#)))
+}
+
+/// Makes the alternate answer 200 and note each request's `x-request-id` in `applied`, with
+/// its host: the tests of what was applied where count over both servers.
 fn alternate_recording(pair: &Pair, applied: &Arc<Mutex<Vec<(String, &'static str)>>>) {
     let applied = applied.clone();
     pair.alternate.set(custom(move |received: Received| {
@@ -680,26 +670,26 @@ async fn graceful_shutdown_with_calls_in_flight(keep_listening: bool, delay: Dur
     assert_eq!(s.handle.counters().possibly_applied, 0);
 }
 
-#[tokio::test]
-async fn a_graceful_shutdown_of_the_primary_finishes_what_it_took_and_resends_the_rest() {
+/// Both graceful-close tests run [`graceful_shutdown_with_calls_in_flight`] at the same delays
+/// (the close at once, or a little after the calls went out); they differ in `keep_listening`.
+async fn graceful_shutdown_at_each_delay(keep_listening: bool) {
     for ms in [0u64, 2, 10] {
         within(
             15,
-            graceful_shutdown_with_calls_in_flight(false, Duration::from_millis(ms)),
+            graceful_shutdown_with_calls_in_flight(keep_listening, Duration::from_millis(ms)),
         )
         .await
     }
 }
 
 #[tokio::test]
+async fn a_graceful_shutdown_of_the_primary_finishes_what_it_took_and_resends_the_rest() {
+    graceful_shutdown_at_each_delay(false).await
+}
+
+#[tokio::test]
 async fn a_graceful_connection_close_with_the_primary_still_listening_loses_nothing() {
-    for ms in [0u64, 2, 10] {
-        within(
-            15,
-            graceful_shutdown_with_calls_in_flight(true, Duration::from_millis(ms)),
-        )
-        .await
-    }
+    graceful_shutdown_at_each_delay(true).await
 }
 
 /// A GOAWAY with an error code that covers the stream, then a close: the stream may have been
@@ -709,20 +699,7 @@ async fn goaway_with_an_error_covering_the_stream_then_close_does_not_resend_a_p
     within(10, async {
         // INTERNAL_ERROR, ENHANCE_YOUR_CALM, PROTOCOL_ERROR
         for code in [0x2u32, 0xb, 0x1] {
-            let (addr, _tasks, requests) = goaway_server_with(1, code).await;
-            let pair = Pair::start().await;
-            pair.resolver.map(PRIMARY_HOST, addr);
-            let s = setup(pair);
-
-            let error = failed(send(&s.service, post(4)).await);
-            assert!(error.possibly_applied(), "code {code}: {error}");
-            assert_eq!(
-                error.not_resent_because(),
-                Some(NotResent::NotIdempotent),
-                "code {code}: {error}"
-            );
-            assert_eq!(requests.load(Ordering::SeqCst), 1);
-            assert_eq!(s.pair.alternate.count(), 0);
+            assert_a_post_is_not_resent_after_a_goaway_covering_it(code).await;
         }
     })
     .await

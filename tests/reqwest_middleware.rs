@@ -377,6 +377,26 @@ async fn the_deadline_bounds_the_read_of_an_error_body() {
     .await
 }
 
+/// The tests of what a middleware below the failover one sees or does build the same client:
+/// reqwest sending to the set-up's pair with `timeout`, the set-up's failover middleware, then
+/// `below` under it.
+fn client_with_a_middleware_below(
+    s: &Setup,
+    timeout: Duration,
+    below: impl reqwest_middleware::Middleware,
+) -> reqwest_middleware::ClientWithMiddleware {
+    let reqwest = reqwest::Client::builder()
+        .resolve(PRIMARY_HOST, s.primary.addr)
+        .resolve(ALTERNATE_HOST, s.alternate.addr)
+        .timeout(timeout)
+        .build()
+        .unwrap();
+    reqwest_middleware::ClientBuilder::new(reqwest)
+        .with(s.layer.middleware())
+        .with(below)
+        .build()
+}
+
 /// Notes whether each request it sees could be cloned, as a retry middleware needs.
 #[derive(Clone, Default)]
 struct CloneProbe(std::sync::Arc<std::sync::Mutex<Vec<bool>>>);
@@ -639,16 +659,7 @@ async fn a_re_sent_request_keeps_its_own_extensions() {
     within(10, async {
         let s = setup(|b| b).await;
         let probe = ExtensionProbe::default();
-        let reqwest = reqwest::Client::builder()
-            .resolve(PRIMARY_HOST, s.primary.addr)
-            .resolve(ALTERNATE_HOST, s.alternate.addr)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let client = reqwest_middleware::ClientBuilder::new(reqwest)
-            .with(s.layer.middleware())
-            .with(probe.clone())
-            .build();
+        let client = client_with_a_middleware_below(&s, Duration::from_secs(5), probe.clone());
         s.primary.kill().await;
         let mut request =
             http::Request::get(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port))
@@ -697,16 +708,7 @@ async fn an_error_from_a_middleware_below_is_judged_as_itself() {
     within(10, async {
         let s = setup(|b| b).await;
         s.primary.set(Behavior::Delay(Duration::from_secs(3)));
-        let reqwest = reqwest::Client::builder()
-            .resolve(PRIMARY_HOST, s.primary.addr)
-            .resolve(ALTERNATE_HOST, s.alternate.addr)
-            .timeout(Duration::from_millis(300))
-            .build()
-            .unwrap();
-        let client = reqwest_middleware::ClientBuilder::new(reqwest)
-            .with(s.layer.middleware())
-            .with(AsMiddlewareError)
-            .build();
+        let client = client_with_a_middleware_below(&s, Duration::from_millis(300), AsMiddlewareError);
         let url = format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port);
         let response = client.get(&url).send().await;
         assert_eq!(s.layer.handle().active(), Side::Alternate, "the timeout switched");
