@@ -681,26 +681,6 @@ async fn a_re_sent_request_keeps_its_own_extensions() {
     .await
 }
 
-/// Below the failover middleware: hands reqwest's own errors on as middleware errors, as a
-/// middleware that reports through `anyhow` does.
-#[derive(Clone)]
-struct AsMiddlewareError;
-
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for AsMiddlewareError {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(request, extensions).await.map_err(|error| match error {
-            reqwest_middleware::Error::Reqwest(e) => reqwest_middleware::Error::middleware(e),
-            other => other,
-        })
-    }
-}
-
 /// An error a middleware below hands on is judged as itself: reqwest's timeout there is a
 /// timeout (the pair switches, the GET is re-sent), and the caller finds the error it was.
 #[tokio::test]

@@ -2,6 +2,8 @@
 //! sensitive, an `Authorization` or `Cookie` value) must not come out in what the layer shows:
 //! its errors, its data-loss reports, the re-sent request's flags.
 
+mod support;
+
 use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
 
@@ -213,27 +215,6 @@ async fn a_re_send_keeps_every_sensitive_flag() {
     assert_eq!(cookies, [("session=hunter2", true), ("theme=dark", false)]);
 }
 
-/// Below the failover middleware: hands reqwest's own errors on as middleware errors, as a
-/// middleware that reports through `anyhow` does.
-#[cfg(feature = "reqwest")]
-struct AsMiddlewareError;
-
-#[cfg(feature = "reqwest")]
-#[async_trait::async_trait]
-impl reqwest_middleware::Middleware for AsMiddlewareError {
-    async fn handle(
-        &self,
-        request: reqwest::Request,
-        extensions: &mut http::Extensions,
-        next: reqwest_middleware::Next<'_>,
-    ) -> reqwest_middleware::Result<reqwest::Response> {
-        next.run(request, extensions).await.map_err(|error| match error {
-            reqwest_middleware::Error::Reqwest(e) => reqwest_middleware::Error::middleware(e),
-            other => other,
-        })
-    }
-}
-
 /// reqwest writes the request's URL into its errors. Through the middleware that URL loses
 /// its query, as the report's paths do, unless the layer was told to record queries; also
 /// when a middleware below handed reqwest's error on as its own.
@@ -262,7 +243,7 @@ async fn a_reqwest_error_shows_the_url_without_its_query() {
         let mut client =
             reqwest_middleware::ClientBuilder::new(reqwest::Client::new()).with(layer.middleware());
         if below {
-            client = client.with(AsMiddlewareError);
+            client = client.with(support::AsMiddlewareError);
         }
         let client = client.build();
         let error = client

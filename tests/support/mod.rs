@@ -523,3 +523,25 @@ pub fn alternating_unavailable() -> Behavior {
         })
     }))
 }
+
+/// Below the failover middleware: hands reqwest's own errors on as middleware errors, as a
+/// middleware that reports through `anyhow` does.
+#[cfg(feature = "reqwest")]
+#[derive(Clone)]
+pub struct AsMiddlewareError;
+
+#[cfg(feature = "reqwest")]
+#[async_trait::async_trait]
+impl reqwest_middleware::Middleware for AsMiddlewareError {
+    async fn handle(
+        &self,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
+    ) -> reqwest_middleware::Result<reqwest::Response> {
+        next.run(request, extensions).await.map_err(|error| match error {
+            reqwest_middleware::Error::Reqwest(e) => reqwest_middleware::Error::middleware(e),
+            other => other,
+        })
+    }
+}
