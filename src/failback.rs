@@ -399,7 +399,12 @@ impl Shared {
     pub(crate) fn offer_prober(&self, make: impl FnOnce() -> Prober) {
         if self.prober.get().is_none() && self.prober.set(make()).is_ok() {
             // Calls may have moved to the alternate (by hand, or by a maintenance window)
-            // before any call could hand over a prober: start probing now.
+            // before any call could hand over a prober: start probing now. Pairs with the
+            // fence in `start_probe_task`: a switch stores the active side, then looks for a
+            // prober; this stores the prober, then looks at the active side. Without a full
+            // fence on both sides each could see the other's old value, and no task would
+            // probe.
+            fence(Ordering::SeqCst);
             if self.active().side == Side::Alternate {
                 self.start_probe_task();
             }
@@ -513,18 +518,23 @@ impl Shared {
     /// Starts the probe task, if failback is on, a prober is known, a runtime is running, and
     /// no probe task runs yet.
     pub(crate) fn start_probe_task(&self) {
-        if self.failback.is_none() || self.prober.get().is_none() {
+        if self.failback.is_none() {
+            return;
+        }
+        // The caller has just stored the active side (a switch to the alternate). Pairs with
+        // the fence in `offer_prober` (which stores the prober, then looks at the active side)
+        // and with the one in `RunningGuard::drop` (an ending task clears the flag, then looks
+        // at the active side). Without a full fence on both sides of each pair, each could see
+        // the other's old value (no prober yet, or the task still running; the pair still on
+        // the primary), and no task would probe.
+        fence(Ordering::SeqCst);
+        if self.prober.get().is_none() {
             return;
         }
         let Ok(runtime) = tokio::runtime::Handle::try_current() else {
             tracing::warn!("failover: no tokio runtime here, failback probing not started");
             return;
         };
-        // Pairs with the fence in `RunningGuard::drop`: a switch stores the active side, then
-        // looks at the flag here; an ending task clears the flag, then looks at the active
-        // side. Without a full fence on both sides each could see the other's old value (the
-        // task still running, the pair still on the primary), and no task would probe.
-        fence(Ordering::SeqCst);
         if self
             .probe_running
             .compare_exchange(false, true, Ordering::AcqRel, Ordering::Acquire)
