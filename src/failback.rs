@@ -642,10 +642,13 @@ async fn probe_loop(weak: Weak<Shared>, mut state: watch::Receiver<EndpointState
             shared.set_healthy_probes(now.generation, 0);
             continue;
         }
-        let long_enough = shared
-            .state_since()
-            .elapsed()
-            .is_ok_and(|on_alternate| on_alternate >= config.min_time_on_alternate);
+        // Timed from this stay's own start: a stay whose switch is still being published has
+        // not lasted long enough yet.
+        let long_enough = shared.stay_since(now.generation).is_some_and(|since| {
+            since
+                .elapsed()
+                .is_ok_and(|on_alternate| on_alternate >= config.min_time_on_alternate)
+        });
         if healthy >= config.healthy_probes && long_enough && shared.failback_allowed() {
             // Only off the stay the probes were counted in: a failback on them after calls
             // moved would be made on no probe of that stay.

@@ -428,8 +428,12 @@ impl Shared {
         self.state.subscribe()
     }
 
-    pub(crate) fn state_since(&self) -> SystemTime {
-        self.state.borrow().since
+    /// When the stay `generation` began, once its state is published: a switch stores the
+    /// active side before it publishes (the data-loss report is made in between), and until
+    /// then the published `since` is the previous stay's.
+    pub(crate) fn stay_since(&self, generation: u64) -> Option<SystemTime> {
+        let state = self.state.borrow();
+        (state.generation == generation).then_some(state.since)
     }
 
     /// Publishes the count of a stay on the alternate (`generation`); a switch since has
