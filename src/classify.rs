@@ -252,7 +252,8 @@ where
 ///   re-sent whatever the method); any other stream reset: [`DownKind::ConnectionLost`];
 /// * 502, 503, 504: [`DownKind::Unavailable`];
 /// * any other 5xx (a 500, say) whose small JSON body is `{"error":{"code":"0x8004B065"}}`
-///   (hex or decimal `-2147176347`): [`DownKind::ServiceFault`]; other 5xx are
+///   (hex or decimal `-2147176347`), or whose SOAP fault has that `<ErrorCode>` (the
+///   Organization service): [`DownKind::ServiceFault`]; other 5xx are
 ///   [`Verdict::Fail`];
 /// * 429, 503 with `Retry-After`, and an error body with a service-protection code
 ///   (`0x80072322`, `0x80072321`, `0x80072326`, hex or decimal): [`Verdict::Throttled`],
@@ -364,8 +365,10 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
     headers.get(CONTENT_LENGTH)?.to_str().ok()?.trim().parse().ok()
 }
 
-/// Reads `{"error":{"code":...}}` and returns the code as a signed 32-bit value. Codes come
-/// as `"0x8004B065"`, `"-2147176347"`, or a JSON number.
+/// Reads `{"error":{"code":...}}` (the Web API) or the first `<ErrorCode>` element of a SOAP
+/// `OrganizationServiceFault` (the Organization service, any namespace prefix) and returns the
+/// code as a signed 32-bit value. Codes come as `"0x8004B065"`, `"-2147176347"`, or a JSON
+/// number.
 ///
 /// ```
 /// use tower_failover::{fault_code, FAILOVER_FAULT_CODE};
@@ -374,9 +377,14 @@ fn declared_length(headers: &HeaderMap) -> Option<u64> {
 /// assert_eq!(fault_code(body), Some(FAILOVER_FAULT_CODE));
 /// assert_eq!(fault_code(br#"{"error":{"code":-2147176347}}"#), Some(FAILOVER_FAULT_CODE));
 /// assert_eq!(fault_code(b"<html>Bad Gateway</html>"), None);
+/// let soap = b"<s:Fault><detail><OrganizationServiceFault><ErrorCode>-2147176347</ErrorCode>\
+///     </OrganizationServiceFault></detail></s:Fault>";
+/// assert_eq!(fault_code(soap), Some(FAILOVER_FAULT_CODE));
 /// ```
 pub fn fault_code(body: &[u8]) -> Option<i64> {
-    let value: serde_json::Value = serde_json::from_slice(body).ok()?;
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(body) else {
+        return soap_fault_code(body);
+    };
     let code = value.get("error")?.get("code")?;
     match code {
         serde_json::Value::String(s) => parse_code(s),
@@ -387,6 +395,34 @@ pub fn fault_code(body: &[u8]) -> Option<i64> {
             .map(to_signed32),
         _ => None,
     }
+}
+
+/// The first `ErrorCode` element of a SOAP fault, `<ErrorCode>` or `<prefix:ErrorCode>`: the
+/// outer fault's, since an `OrganizationServiceFault` writes its `ErrorCode` before its
+/// `InnerFault`.
+fn soap_fault_code(body: &[u8]) -> Option<i64> {
+    const NAME: &str = "ErrorCode>";
+    let text = std::str::from_utf8(body).ok()?;
+    let mut from = 0;
+    while let Some(found) = text[from..].find(NAME) {
+        let at = from + found;
+        from = at + NAME.len();
+        let Some(open) = text[..at].rfind('<') else {
+            continue;
+        };
+        let prefix = &text[open + 1..at];
+        let opening = prefix.is_empty()
+            || prefix.strip_suffix(':').is_some_and(|p| {
+                !p.is_empty()
+                    && p.bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+            });
+        if opening {
+            let value = &text[from..];
+            return parse_code(&value[..value.find('<')?]);
+        }
+    }
+    None
 }
 
 /// Parses a Dynamics error code in hex (`0x8004B065`) or decimal (`-2147176347`,

@@ -565,9 +565,8 @@ impl Endpoints {
     }
 
     /// A primary alone: calls are classified and failures typed, but nothing can switch
-    /// (the Dynamics 365 SDK's "organization not enabled for failover"). `SwitchRequired` is
-    /// raised once per generation, and with no alternate the generation never moves: only the
-    /// first outage raises it.
+    /// (the Dynamics 365 SDK's "organization not enabled for failover"). No event is raised:
+    /// as the SDK's step 4, a call that finds the primary down fails with its error.
     ///
     /// ```
     /// use tower_failover::{Endpoints, FailoverLayer, Side};

@@ -574,7 +574,12 @@ impl Shared {
         if now.side != failed.side {
             return Some(SwitchOutcome::AlreadySwitched { to: now.side });
         }
-        if self.endpoints.alternate().is_none() || (automatic && !self.auto_switch) {
+        // As the seed's step 4: an organization not enabled for failover goes straight to the
+        // error, with no `SwitchRequired` (there is no endpoint to switch to).
+        if self.endpoints.alternate().is_none() {
+            return Some(SwitchOutcome::Refused);
+        }
+        if automatic && !self.auto_switch {
             return self.raise_required_once(now, cause);
         }
 
@@ -1076,10 +1081,10 @@ impl FailoverHandle {
 
     /// Switches to the other endpoint by hand, raising both events with cause
     /// [`SwitchCause::Manual`]. Works with automatic switching off. Returns the side now
-    /// active; with no alternate configured nothing moves, and only `SwitchRequired` may be
-    /// raised. Called from inside a switch callback, the switch is queued and made once the
-    /// switch being raised is complete, if calls are still on the endpoint they were on at the
-    /// call (a compare-and-switch); this returns the side active at the call.
+    /// active; with no alternate configured nothing moves and no event is raised. Called from
+    /// inside a switch callback, the switch is queued and made once the switch being raised is
+    /// complete, if calls are still on the endpoint they were on at the call (a
+    /// compare-and-switch); this returns the side active at the call.
     ///
     /// ```
     /// use tower_failover::{Endpoints, FailoverLayer, Side};
