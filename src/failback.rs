@@ -731,7 +731,11 @@ async fn maintenance(
         if shared.active().side == Side::Primary || shared.maintenance_windows.load(Ordering::Acquire) > 1 {
             break;
         }
-        if shared.prober.get().is_none() || shared.probe(Side::Primary).await {
+        if shared.prober.get().is_none() {
+            // Nothing to probe with (no call has lent a client yet): come back at the end of
+            // the window, not a count of unprobed intervals after it.
+            healthy = needed;
+        } else if shared.probe(Side::Primary).await {
             healthy += 1;
         } else {
             healthy = 0;

@@ -1212,6 +1212,42 @@ async fn a_window_already_over_moves_nothing() {
     .await
 }
 
+/// With no client lent for probes (no call made yet), calls come back at the end of a window
+/// unprobed, with failback configured too: not one failback interval later for each healthy
+/// probe the configuration asks for.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_nothing_to_probe_with_calls_come_back_at_the_end_of_a_window() {
+    within(10, async {
+        // Three probes a second apart: counted unprobed, the return would take two seconds.
+        let failback = quick_failback()
+            .interval(Duration::from_secs(1))
+            .jitter_percent(0)
+            .healthy_probes(3);
+        let layer = FailoverLayer::builder(endpoints())
+            .failback(failback)
+            .build()
+            .unwrap();
+        let handle = layer.handle();
+        let start = SystemTime::now() + ms(200);
+        let end = start + ms(200);
+        handle
+            .schedule_maintenance_with_lead(start, end, Duration::ZERO)
+            .unwrap();
+        wait_for("the window to move calls", Duration::from_secs(2), || {
+            handle.active() == Side::Alternate
+        })
+        .await;
+        wait_for("calls back after the window", Duration::from_secs(3), || {
+            handle.active() == Side::Primary
+        })
+        .await;
+        let late = SystemTime::now().duration_since(end).unwrap_or_default();
+        assert!(late < ms(800), "back {late:?} after the window's end");
+        assert_eq!(handle.state().cause, Some(SwitchCause::Planned));
+    })
+    .await
+}
+
 /// A window opening while the probes are counting (calls already on the alternate after an
 /// outage) sets the count back to zero, and the published count must say so.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
