@@ -86,7 +86,8 @@ impl Endpoint {
     pub fn from_uri(uri: &Uri) -> Result<Self, ConfigError> {
         // Messages name the URI without its user information or query: either may hold a
         // credential, and configuration errors end up in logs.
-        let named = shown(&uri.to_string());
+        let text = uri.to_string();
+        let named = shown(&text);
         let scheme = match uri.scheme() {
             Some(s) if *s == Scheme::HTTP || *s == Scheme::HTTPS => s.clone(),
             Some(s) => {
@@ -105,8 +106,8 @@ impl Endpoint {
                 "`{named}` has no host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
             ))
         })?;
-        if authority.as_str().contains('@') || has_user_information(&uri.to_string()) {
-            return Err(user_information_error(&uri.to_string()));
+        if authority.as_str().contains('@') || has_user_information(&text) {
+            return Err(user_information_error(&text));
         }
         if let Some(pq) = uri.path_and_query() {
             if pq.as_str() != "/" && !pq.as_str().is_empty() {

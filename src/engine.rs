@@ -758,11 +758,7 @@ impl CallState {
         cause: AttemptError,
         reason: NotResent,
     ) -> FailoverError {
-        if self.outstanding {
-            // The re-send or retry never went out.
-            shared.not_applied_on(&self.plan, self.side);
-        }
-        self.give_back_outstanding(shared);
+        self.withdraw_outstanding(shared);
         match (self.first.take().map(|first| *first), self.pending) {
             // The failover re-send itself never went out.
             (Some((first_kind, first)), Pending::Failover) => {
@@ -805,12 +801,16 @@ impl CallState {
         self.fail(shared, error)
     }
 
-    /// Gives back the budget of a re-send decided on that has not gone out, if there is one:
-    /// the call ended (dropped, deadline, inner service not ready) before it could.
-    fn give_back_outstanding(&mut self, shared: &Shared) {
-        if std::mem::take(&mut self.outstanding) {
+    /// A re-send or retry decided on that has not gone out, if there is one (the call ended
+    /// before it could: dropped, deadline, inner service not ready): its budget is given back,
+    /// and the side it was for did not get it. Says whether there was one.
+    fn withdraw_outstanding(&mut self, shared: &Shared) -> bool {
+        let outstanding = std::mem::take(&mut self.outstanding);
+        if outstanding {
+            shared.not_applied_on(&self.plan, self.side);
             shared.give_back(self.pending);
         }
+        outstanding
     }
 
     /// The call ends with a response.
@@ -848,19 +848,14 @@ impl CallState {
 
     /// The call was dropped before it ended.
     pub(crate) fn abandon(&mut self, shared: &Shared) {
-        // A re-send or retry decided on that has not gone out: nothing is in flight. Of the
-        // attempts that did go out, the failover's first may have been received (a throttled
-        // one, only by an error, which `plan` notes).
-        let between_attempts = self.outstanding;
-        if between_attempts {
-            // The re-send or retry never went out.
-            shared.not_applied_on(&self.plan, self.side);
-        }
+        // With a re-send or retry decided on that has not gone out, nothing is in flight. Of
+        // the attempts that did go out, the failover's first may have been received (a
+        // throttled one, only by an error, which `plan` notes).
+        let between_attempts = self.withdraw_outstanding(shared);
         let first_maybe_received = self
             .first
             .as_ref()
             .is_some_and(|first| first.0.request_may_have_been_sent());
-        self.give_back_outstanding(shared);
         shared.abandon(&mut self.plan, between_attempts, first_maybe_received);
     }
 }

@@ -33,15 +33,7 @@ async fn setup(
     let alternate = Server::start_on(ALTERNATE_HOST, SocketAddr::from(([127, 0, 0, 2], port))).await;
     let endpoints = Endpoints::dynamics(&format!("http://{PRIMARY_HOST}:{port}")).unwrap();
     let layer = configure(FailoverLayer::builder(endpoints)).build().unwrap();
-    let reqwest = reqwest::Client::builder()
-        .resolve(PRIMARY_HOST, primary.addr)
-        .resolve(ALTERNATE_HOST, alternate.addr)
-        .timeout(Duration::from_secs(5))
-        .build()
-        .unwrap();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest)
-        .with(layer.middleware())
-        .build();
+    let client = reqwest_through(&layer, primary.addr, alternate.addr);
     Setup {
         primary,
         alternate,

@@ -67,7 +67,10 @@ fn a_refused_endpoint_is_not_echoed_with_its_password_or_query() {
     assert!(message.contains("https://api.example.com"), "{message}");
 }
 
-/// An inner service that answers 200 and keeps every request head it saw.
+/// An inner service that answers 200 (or what `status` says for a host) and keeps every
+/// request head it saw. A stand-in, not a server: what these tests look at is the
+/// `HeaderValue`'s sensitive flag on the request the client is handed, which never reaches
+/// the wire.
 #[derive(Clone, Default)]
 struct Seen(Arc<Mutex<Vec<http::request::Parts>>>);
 

@@ -364,15 +364,7 @@ mod through_reqwest {
         let alternate = Server::start_on(ALTERNATE_HOST, SocketAddr::from(([127, 0, 0, 2], port))).await;
         let layer =
             FailoverLayer::new(Endpoints::dynamics(&format!("http://{PRIMARY_HOST}:{port}")).unwrap());
-        let reqwest = reqwest::Client::builder()
-            .resolve(PRIMARY_HOST, raw.addr)
-            .resolve(ALTERNATE_HOST, alternate.addr)
-            .timeout(Duration::from_secs(5))
-            .build()
-            .unwrap();
-        let client = reqwest_middleware::ClientBuilder::new(reqwest)
-            .with(layer.middleware())
-            .build();
+        let client = reqwest_through(&layer, raw.addr, alternate.addr);
         Setup {
             raw,
             alternate,

@@ -524,6 +524,26 @@ pub fn alternating_unavailable() -> Behavior {
     }))
 }
 
+/// A reqwest client through `layer`'s middleware that reaches the pair's names at `primary`
+/// and `alternate`, with a 5 s limit on each attempt. reqwest's resolver overrides ignore
+/// ports, so the two servers share one port on two loopback addresses.
+#[cfg(feature = "reqwest")]
+pub fn reqwest_through(
+    layer: &tower_failover::FailoverLayer,
+    primary: SocketAddr,
+    alternate: SocketAddr,
+) -> reqwest_middleware::ClientWithMiddleware {
+    let reqwest = reqwest::Client::builder()
+        .resolve(PRIMARY_HOST, primary)
+        .resolve(ALTERNATE_HOST, alternate)
+        .timeout(Duration::from_secs(5))
+        .build()
+        .unwrap();
+    reqwest_middleware::ClientBuilder::new(reqwest)
+        .with(layer.middleware())
+        .build()
+}
+
 /// Below the failover middleware: hands reqwest's own errors on as middleware errors, as a
 /// middleware that reports through `anyhow` does.
 #[cfg(feature = "reqwest")]
