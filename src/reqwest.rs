@@ -175,32 +175,46 @@ impl<C> std::fmt::Debug for FailoverMiddleware<C> {
 /// What a re-send needs from the original reqwest request.
 struct Template {
     head: HeadTemplate,
-    body: Result<ResendBody<reqwest::Body>, NotResent>,
-    // The original request without its body, for what reqwest keeps on the request and not in
-    // the head: its extensions (its own `.timeout(..)` among them), reachable only through it.
+    // Why there can be no re-send, if there cannot.
+    resend: Result<Resendable, NotResent>,
+}
+
+/// What a request that may be sent again keeps besides its head.
+struct Resendable {
+    body: ResendBody<reqwest::Body>,
+    // The original request without its body or headers, for what reqwest keeps on the request
+    // and not in the head: its extensions (its own `.timeout(..)` among them), reachable only
+    // through it.
     base: reqwest::Request,
 }
 
 impl Template {
     fn build(&self, shared: &Shared, side: Side) -> Result<reqwest::Request, NotResent> {
-        let body = match &self.body {
-            Ok(ResendBody::Empty) => None,
-            Ok(ResendBody::Recorded(handle)) => Some(reqwest::Body::wrap(handle.replay()?)),
-            Ok(ResendBody::Whole(bytes)) => Some(reqwest::Body::from(bytes.clone())),
-            Err(reason) => return Err(*reason),
+        let Resendable { body, base } = self.resend.as_ref().map_err(|reason| *reason)?;
+        let body = match body {
+            ResendBody::Empty => None,
+            ResendBody::Recorded(handle) => Some(reqwest::Body::wrap(handle.replay()?)),
+            ResendBody::Whole(bytes) => Some(reqwest::Body::from(bytes.clone())),
         };
         let parts = self.head.parts_for(shared, side);
         let url = reqwest::Url::parse(&parts.uri.to_string()).map_err(|_| NotResent::NotRouted)?;
-        let mut request = self
-            .base
-            .try_clone()
-            .expect("a request without a body always clones");
+        let mut request = base.try_clone().expect("a request without a body always clones");
         *request.method_mut() = parts.method;
         *request.url_mut() = url;
         *request.headers_mut() = parts.headers;
         *request.version_mut() = parts.version;
         *request.body_mut() = body;
         Ok(request)
+    }
+
+    /// Points a request built for one side at `side`: its URL and `Host`, the rest kept.
+    fn point(&self, shared: &Shared, side: Side, request: &mut reqwest::Request) {
+        let parts = self.head.parts_for(shared, side);
+        // An endpoint's URL always parses; were it not to, the request stays as it was.
+        if let Ok(url) = reqwest::Url::parse(&parts.uri.to_string()) {
+            *request.url_mut() = url;
+            *request.headers_mut() = parts.headers;
+        }
     }
 }
 
@@ -225,18 +239,6 @@ fn take_whole(body: &mut reqwest::Body, cap: usize) -> Option<Bytes> {
     };
     *body = reqwest::Body::from(whole.clone());
     Some(whole)
-}
-
-impl Template {
-    /// Points a request built for one side at `side`: its URL and `Host`, the rest kept.
-    fn point(&self, shared: &Shared, side: Side, request: &mut reqwest::Request) {
-        let parts = self.head.parts_for(shared, side);
-        // An endpoint's URL always parses; were it not to, the request stays as it was.
-        if let Ok(url) = reqwest::Url::parse(&parts.uri.to_string()) {
-            *request.url_mut() = url;
-            *request.headers_mut() = parts.headers;
-        }
-    }
 }
 
 /// Settles the call as abandoned if the caller drops the future mid-call.
@@ -293,13 +295,16 @@ where
         // The template keeps its own copy of the head; the request takes the headers as they
         // are (the `Host` pointed at the active endpoint).
         let head = HeadTemplate::of(&parts);
-        // The base for re-sends: the request without its body and headers (the template has
-        // those), so the clone copies little more than the URL and the extensions.
+        // The base for re-sends, only when one can happen (it costs a copy of the URL): the
+        // request without its body and headers (the template has those), so the clone copies
+        // little more than the URL and the extensions.
         let body = request.body_mut().take();
-        request.headers_mut().clear();
-        let base = request
-            .try_clone()
-            .expect("a request without a body always clones");
+        let base = (!matches!(body_plan, BodyPlan::Unkept(_))).then(|| {
+            request.headers_mut().clear();
+            request
+                .try_clone()
+                .expect("a request without a body always clones")
+        });
         *request.headers_mut() = parts.headers;
 
         let resend_body = match body_plan {
@@ -330,8 +335,11 @@ where
         };
         let template = Template {
             head,
-            body: resend_body,
-            base,
+            resend: resend_body.and_then(|body| {
+                // Made above for every plan but `Unkept`, the one that gives an `Err`.
+                let base = base.ok_or(NotResent::AutoSwitchOff)?;
+                Ok(Resendable { body, base })
+            }),
         };
         let mut guard = CallGuard {
             shared: self.shared.clone(),

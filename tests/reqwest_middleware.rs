@@ -699,3 +699,26 @@ async fn an_error_from_a_middleware_below_is_judged_as_itself() {
     })
     .await
 }
+
+/// A call its policy never lets be sent again keeps nothing for a re-send (not even the
+/// request's base), and fails with the policy's reason when the primary is down: nothing
+/// reaches the alternate.
+#[tokio::test]
+async fn a_call_its_policy_never_re_sends_fails_on_the_primary_with_the_policys_reason() {
+    within(10, async {
+        let s = setup(|b| b.default_policy(tower_failover::RetryPolicy::never())).await;
+        s.primary.kill().await;
+        let error = s
+            .client
+            .get(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/WhoAmI", s.port))
+            .send()
+            .await
+            .unwrap_err();
+        let error = failover_error(&error);
+        assert_eq!(error.kind(), &FailoverErrorKind::EndpointNotFound);
+        assert!(!error.was_resent());
+        assert_eq!(error.not_resent_because(), Some(NotResent::PolicyForbids));
+        assert_eq!(s.alternate.count(), 0);
+    })
+    .await
+}
