@@ -274,6 +274,17 @@ where
     }
 }
 
+impl<S, B, C> Routed<S, B, C> {
+    /// The call's deadline has passed, with an attempt in flight or between two: the error
+    /// it ends with. The call is over, so a later poll must not find the deadline again.
+    fn end_at_deadline(&mut self, in_flight: bool) -> FailoverError {
+        let error = self.call.on_deadline(&self.core.shared, in_flight);
+        self.call.plan.deadline = None;
+        self.deadline = None;
+        error
+    }
+}
+
 impl<S: Clone, B, C> Routed<S, B, C> {
     /// Carries out the engine's step; `answer` makes the caller's response when the step is
     /// to hand it back.
@@ -447,11 +458,8 @@ where
                         this.state.as_ref().project_ref(),
                         StateProjRef::Waiting { .. } | StateProjRef::Peeking { .. }
                     );
-                    let error = routed.call.on_deadline(&routed.core.shared, in_flight);
+                    let error = routed.end_at_deadline(in_flight);
                     this.state.set(State::Done);
-                    // The call is over: a later poll must not find the deadline again.
-                    routed.call.plan.deadline = None;
-                    routed.deadline = None;
                     return Poll::Ready(Err(error));
                 }
             }
@@ -551,10 +559,7 @@ where
                         // seen it pass: a busy runtime can poll the call after the deadline
                         // before then. Nothing goes out after the deadline.
                         Ok(()) if routed.call.plan.deadline.is_some_and(|at| Instant::now() >= at) => {
-                            let error = routed.call.on_deadline(&routed.core.shared, false);
-                            routed.call.plan.deadline = None;
-                            routed.deadline = None;
-                            Next::Return(Err(error))
+                            Next::Return(Err(routed.end_at_deadline(false)))
                         }
                         Ok(()) => {
                             routed.call.resend_going_out(&routed.core.shared);
