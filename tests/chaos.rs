@@ -54,6 +54,12 @@ enum Seen {
         possibly_applied: bool,
         text: String,
     },
+    /// The answer's head arrived and the kill cut its body: the layer had handed the response
+    /// over, so the caller sees the body's error (README, "Limits").
+    BodyCut {
+        status: StatusCode,
+        error: String,
+    },
     Hung,
 }
 
@@ -314,11 +320,16 @@ where
     match service.oneshot(request).await {
         Ok(response) => {
             let status = response.status();
-            let body = match response.into_body().collect().await {
-                Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-                Err(error) => format!("<body error: {error}>"),
-            };
-            Seen::Ok { status, body }
+            match response.into_body().collect().await {
+                Ok(body) => Seen::Ok {
+                    status,
+                    body: String::from_utf8_lossy(&body.to_bytes()).into_owned(),
+                },
+                Err(error) => Seen::BodyCut {
+                    status,
+                    error: error.to_string(),
+                },
+            }
         }
         Err(error) => Seen::Failed {
             kind: error.kind().clone(),
@@ -393,6 +404,7 @@ fn reconcile(
                 possibly_applied,
                 ..
             } => format!("{kind} (possibly applied: {possibly_applied}; applied {times})"),
+            Seen::BodyCut { status, .. } => format!("{} with its body cut", status.as_u16()),
             Seen::Hung => "hung".to_string(),
         };
         *tally.entry((outcome.kind, label)).or_default() += 1;
@@ -410,6 +422,14 @@ fn reconcile(
                     problems.push(format!(
                         "{what} succeeded but was applied {times} times ({:?})",
                         applied.get(&id)
+                    ));
+                }
+            }
+            // The servers apply a write before they answer, so a 200 head means applied once.
+            (Seen::BodyCut { status, error }, kind) => {
+                if kind != Kind::Get && *status == StatusCode::OK && times != 1 {
+                    problems.push(format!(
+                        "{what} answered {status}, its body cut ({error}), and was applied {times} times"
                     ));
                 }
             }

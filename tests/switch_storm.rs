@@ -144,6 +144,9 @@ struct Seen {
 
 enum Outcome {
     Ok(StatusCode, String),
+    /// The answer's head arrived and a kill cut its body: the layer has handed the response
+    /// over by then, so the caller sees the body's error (README, "Limits").
+    BodyCut(StatusCode, String),
     Failed {
         possibly_applied: bool,
         text: String,
@@ -183,11 +186,10 @@ impl Caller {
         match answer {
             Ok(response) => {
                 let status = response.status();
-                let body = match response.into_body().collect().await {
-                    Ok(body) => String::from_utf8_lossy(&body.to_bytes()).into_owned(),
-                    Err(error) => format!("<body error: {error}>"),
-                };
-                Outcome::Ok(status, body)
+                match response.into_body().collect().await {
+                    Ok(body) => Outcome::Ok(status, String::from_utf8_lossy(&body.to_bytes()).into_owned()),
+                    Err(error) => Outcome::BodyCut(status, error.to_string()),
+                }
             }
             Err(error) => Outcome::Failed {
                 possibly_applied: error.possibly_applied(),
@@ -220,11 +222,10 @@ impl Caller {
                 match client.execute_with_extensions(request, &mut extensions).await {
                     Ok(response) => {
                         let status = response.status();
-                        let body = match response.text().await {
-                            Ok(body) => body,
-                            Err(error) => format!("<body error: {error}>"),
-                        };
-                        Outcome::Ok(status, body)
+                        match response.text().await {
+                            Ok(body) => Outcome::Ok(status, body),
+                            Err(error) => Outcome::BodyCut(status, error.to_string()),
+                        }
                     }
                     Err(reqwest_middleware::Error::Middleware(error)) => {
                         let error = error
@@ -706,9 +707,14 @@ async fn storm(seed: u64, auto_switch: bool, transport: Transport) {
             "the servers received {received} requests, the layer sent at most {sent} ({counters:?})"
         ));
     }
+    let bodies_cut = outcomes
+        .iter()
+        .filter(|(_, _, outcome)| matches!(outcome, Outcome::BodyCut(..)))
+        .count();
     eprintln!(
         "switch storm seed {seed}: {} switches ({} for outages, {} asked from callbacks), {updates} \
-         watch updates, {} events streamed, {received} requests received, {counters:?}",
+         watch updates, {} events streamed, {received} requests received, {bodies_cut} answers \
+         cut after their head, {counters:?}",
         final_generation,
         outages,
         inner_switches.load(Ordering::SeqCst),
@@ -920,6 +926,14 @@ fn check_calls(
                 }
                 if *kind != Kind::Get && times != 1 {
                     problems.push(format!("{what} succeeded and was applied {times} times"));
+                }
+            }
+            // The servers apply a write before they answer, so a 200 head means applied once.
+            Outcome::BodyCut(status, error) => {
+                if *kind != Kind::Get && *status == StatusCode::OK && times != 1 {
+                    problems.push(format!(
+                        "{what} answered {status}, its body cut ({error}), and was applied {times} times"
+                    ));
                 }
             }
             Outcome::Failed {

@@ -40,6 +40,9 @@ enum Fault {
     BadHeader,
     /// Answer 408 before reading anything, then close.
     EarlyTimeout,
+    /// Read the whole request, answer a `200` head that promises 100 bytes, send 11, then
+    /// close: the connection dies while the caller reads the body.
+    BodyCutAfterTheHead,
 }
 
 /// A raw TCP server that misbehaves as told, counting the requests it read whole.
@@ -116,6 +119,9 @@ impl RawServer {
                         BadHeader => b"HTTP/1.1 200 OK\r\nbad header line\r\ncontent-length: 2\r\n\r\nok",
                         EarlyTimeout => {
                             b"HTTP/1.1 408 Request Timeout\r\nconnection: close\r\ncontent-length: 0\r\n\r\n"
+                        }
+                        BodyCutAfterTheHead => {
+                            b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\n{\"id\":\"part"
                         }
                         _ => b"",
                     };
@@ -265,6 +271,33 @@ async fn a_post_answered_with_a_malformed_response_is_possibly_applied_and_not_r
         assert_eq!(pair.alternate.count(), 0);
     })
     .await
+}
+
+#[tokio::test]
+async fn an_answer_cut_after_its_head_reaches_the_caller_as_a_body_error_and_is_not_re_sent() {
+    // The layer judges the head and hands the response over; it does not read a success
+    // body. The cut shows when the caller reads it, nothing is re-sent (a read or a write:
+    // the server answered), and the pair stays where it is.
+    for method in [Method::GET, Method::POST] {
+        within(10, async {
+            let (raw, pair) = primary_faulty(Fault::BodyCutAfterTheHead).await;
+            let layer = FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap());
+            let handle = layer.handle();
+            let service = pair.through(layer);
+            let response = match send(&service, request(method.clone(), ACCOUNTS)).await {
+                Ok(response) => response,
+                Err(error) => panic!("{method}: the head was an answer: {error}"),
+            };
+            assert_eq!(response.status(), 200, "{method}");
+            let read = http_body_util::BodyExt::collect(response.into_body()).await;
+            assert!(read.is_err(), "{method}: the cut body read whole");
+            assert_eq!(raw.read_whole.load(Ordering::SeqCst), 1, "{method}");
+            assert_eq!(pair.alternate.count(), 0, "{method}: re-sent");
+            assert_eq!(handle.active(), Side::Primary, "{method}");
+            assert_eq!(handle.counters().failover_resends, 0, "{method}");
+        })
+        .await
+    }
 }
 
 #[tokio::test]
