@@ -374,9 +374,9 @@ impl Outages {
                 pair.primary.kill().await;
             } else {
                 eprintln!("  {finished} calls done: restarting the primary");
-                pair.restart_primary().await;
-                pair.primary
-                    .set(data_behavior(PRIMARY_HOST, db.clone(), self.rng.u64(..)));
+                // Started with its behaviour, so not even a probe meets the default one.
+                let behavior = data_behavior(PRIMARY_HOST, db.clone(), self.rng.u64(..));
+                pair.primary = Server::start_with(PRIMARY_HOST, pair.primary.addr, behavior).await;
             }
         }
     }
