@@ -283,6 +283,9 @@ async fn failback_waits_for_min_time_on_alternate_and_healthy_probes() {
         assert_eq!(call_ok(&mut svc, API).await, Side::Alternate);
         assert_eq!(handle.active(), Side::Alternate);
         assert!(handle.probing(), "a switch to the alternate starts the probes");
+        // When the stay on the alternate began, as the layer stamped it (the callbacks' own
+        // stamps come after it, by however late their thread ran).
+        let stay_began = handle.state().since;
 
         pair.restart_primary().await;
         let restarted = Instant::now();
@@ -305,16 +308,25 @@ async fn failback_waits_for_min_time_on_alternate_and_healthy_probes() {
             [("EndpointDown", Side::Alternate), ("Failback", Side::Primary)]
         );
         let on_alternate = switches[1].at - switches[0].at;
+        // The minimum time is the layer's promise about its own stamps: the failback's `since`
+        // against the failover's. The callbacks' stamps can be any amount later than the
+        // switches they report (a thread preempted between the switch and its callback), so
+        // they bound the time from above only.
+        let failed_back = handle.state().since;
+        let stayed = failed_back
+            .duration_since(stay_began)
+            .expect("the failback after the failover");
         let probes = pair.primary.seen();
         eprintln!(
             "switch -> restart {:?}, on the alternate {on_alternate:?} (min {MIN_TIME:?}), \
-             {} probes reached the primary, most healthy in a row seen {most_healthy}",
+             (by the layer's stamps {stayed:?}), {} probes reached the primary, most healthy in \
+             a row seen {most_healthy}",
             restarted - switches[0].at,
             probes.len()
         );
         assert!(
-            on_alternate >= MIN_TIME,
-            "failed back after {on_alternate:?}, before the minimum {MIN_TIME:?}"
+            stayed >= MIN_TIME,
+            "failed back after {stayed:?}, before the minimum {MIN_TIME:?}"
         );
         assert!(
             on_alternate < MIN_TIME + Duration::from_secs(1),
@@ -1368,13 +1380,26 @@ async fn a_failback_decided_on_one_stay_is_not_made_off_the_next() {
             back_at.elapsed()
         );
         assert_eq!(handle.active(), Side::Alternate);
+        // The new stay as the layer stamped it: `back_at` came later, by however late this
+        // task ran after the switch, so it cannot time the stay from below.
+        let new_stay = handle.state();
         // The new stay is probed on its own, and ends once it has lasted long enough.
         wait_for("the failback off the new stay", Duration::from_secs(3), || {
             handle.active() == Side::Primary
         })
         .await;
-        assert!(back_at.elapsed() >= min_time, "{:?}", back_at.elapsed());
-        assert_eq!(handle.state().cause, Some(SwitchCause::Failback));
+        let state = handle.state();
+        assert_eq!(state.cause, Some(SwitchCause::Failback));
+        assert_eq!(
+            (new_stay.generation, new_stay.active, state.generation),
+            (3, Side::Alternate, 4),
+            "the stay measured is the one the failback ended"
+        );
+        let stayed = state
+            .since
+            .duration_since(new_stay.since)
+            .expect("the failback after the stay began");
+        assert!(stayed >= min_time, "a failback after {stayed:?} on the alternate");
     })
     .await
 }
