@@ -388,8 +388,11 @@ async fn failback_needs_n_healthy_probes_in_a_row() {
             tokio::time::sleep(ms(5)).await;
         }
 
-        pair.restart_primary().await;
+        // Stamped before the restart: a probe can reach the restarted primary as soon as it
+        // listens, before this task runs again, so a stamp taken after the restart can come
+        // after the first healthy probe (by as long as this task was held up).
         let restarted = Instant::now();
+        pair.restart_primary().await;
         wait_for_the_failback(&handle, Duration::from_secs(3)).await;
 
         let switches = log.switches();
