@@ -691,10 +691,12 @@ async fn maintenance_window_moves_calls_without_errors() {
         let (start, end, lead) = (now + ms(600), now + ms(1200), ms(200));
         handle.schedule_maintenance_with_lead(start, end, lead).unwrap();
 
-        // A slow call starts on the primary just before the switch.
-        tokio::time::sleep_until((t0 + ms(340)).into()).await;
+        // A slow call starts on the primary before the switch (at start - lead, 400 ms) and
+        // is still in flight at it. 200 ms either way: this task may run late on a loaded
+        // machine, and the call must end before the kill at 800 ms.
+        tokio::time::sleep_until((t0 + ms(200)).into()).await;
         assert_eq!(handle.active(), Side::Primary, "moved before start - lead");
-        pair.primary.set(Behavior::Delay(ms(300)));
+        pair.primary.set(Behavior::Delay(ms(400)));
         let slow = tokio::spawn({
             let mut svc = svc.clone();
             async move {
