@@ -277,7 +277,9 @@ where
         *head.method_mut() = request.method().clone();
         *head.uri_mut() = uri;
         *head.version_mut() = request.version();
-        *head.headers_mut() = request.headers().clone();
+        // Moved, not copied: the request gets them back, as the plan left them, before it goes
+        // anywhere. Until then it has none, so the base for re-sends below copies none.
+        *head.headers_mut() = std::mem::take(request.headers_mut());
         *head.extensions_mut() = std::mem::take(extensions);
         let (mut parts, ()) = head.into_parts();
         let is_empty = request
@@ -286,11 +288,16 @@ where
         let plan = self.shared.plan(&mut parts, is_empty);
         *extensions = std::mem::take(&mut parts.extensions);
         let Some((plan, body_plan)) = plan else {
+            // Not routed: `plan` leaves the headers as they were.
+            *request.headers_mut() = parts.headers;
             return next.run(request, extensions).await;
         };
         match reqwest::Url::parse(&parts.uri.to_string()) {
             Ok(url) => *request.url_mut() = url,
-            Err(_) => return next.run(request, extensions).await,
+            Err(_) => {
+                *request.headers_mut() = parts.headers;
+                return next.run(request, extensions).await;
+            }
         }
         // The template keeps its own copy of the head; the request takes the headers as they
         // are (the `Host` pointed at the active endpoint).
@@ -299,12 +306,12 @@ where
         // request without its body and headers (the template has those), so the clone copies
         // little more than the URL and the extensions.
         let body = request.body_mut().take();
-        let base = (!matches!(body_plan, BodyPlan::Unkept(_))).then(|| {
-            request.headers_mut().clear();
-            request
+        let base = match body_plan {
+            BodyPlan::Unkept(reason) => Err(reason),
+            _ => Ok(request
                 .try_clone()
-                .expect("a request without a body always clones")
-        });
+                .expect("a request without a body always clones")),
+        };
         *request.headers_mut() = parts.headers;
 
         let resend_body = match body_plan {
@@ -335,11 +342,7 @@ where
         };
         let template = Template {
             head,
-            resend: resend_body.and_then(|body| {
-                // Made above for every plan but `Unkept`, the one that gives an `Err`.
-                let base = base.ok_or(NotResent::AutoSwitchOff)?;
-                Ok(Resendable { body, base })
-            }),
+            resend: resend_body.and_then(|body| base.map(|base| Resendable { body, base })),
         };
         let mut guard = CallGuard {
             shared: self.shared.clone(),
