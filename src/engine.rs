@@ -350,14 +350,17 @@ impl Shared {
     /// in flight (`between_attempts`: a throttling wait, a re-send waiting for the inner
     /// service) and no attempt that went out may have been received (`sent_maybe_received`):
     /// then it was not applied, as when the call's deadline ends it there.
-    pub(crate) fn abandon(&self, plan: &mut CallPlan, between_attempts: bool, sent_maybe_received: bool) {
+    pub(crate) fn abandon(&self, plan: &mut CallPlan, between_attempts: bool) {
         if plan.settled {
             return;
         }
         plan.settled = true;
-        let earlier_maybe = plan.resent_after_received || plan.earlier_maybe_received;
+        // Every attempt that may have been received marked its side (`after_down` for a
+        // failover's first attempt, `on_throttled` for a retried throttling error), and a
+        // re-send after one is only made once that is marked.
+        let maybe_received = plan.maybe_received_on.contains(&true);
         if let (Some(ledger), Some(id)) = (&self.ledger, plan.write) {
-            if between_attempts && !sent_maybe_received && !earlier_maybe {
+            if between_attempts && !maybe_received {
                 ledger.forget(id);
             } else {
                 ledger.settle(id, WriteOutcome::Unknown);
@@ -848,14 +851,9 @@ impl CallState {
 
     /// The call was dropped before it ended.
     pub(crate) fn abandon(&mut self, shared: &Shared) {
-        // With a re-send or retry decided on that has not gone out, nothing is in flight. Of
-        // the attempts that did go out, the failover's first may have been received (a
-        // throttled one, only by an error, which `plan` notes).
+        // With a re-send or retry decided on that has not gone out, nothing is in flight; the
+        // attempts that did go out and may have been received are marked in `plan`.
         let between_attempts = self.withdraw_outstanding(shared);
-        let first_maybe_received = self
-            .first
-            .as_ref()
-            .is_some_and(|first| first.0.request_may_have_been_sent());
-        shared.abandon(&mut self.plan, between_attempts, first_maybe_received);
+        shared.abandon(&mut self.plan, between_attempts);
     }
 }
