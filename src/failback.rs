@@ -9,7 +9,6 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{fence, Ordering};
 use std::sync::{Arc, Weak};
-use std::task::Poll;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::uri::PathAndQuery;
@@ -554,18 +553,9 @@ async fn sleep_unless(
     duration: Duration,
     stop: impl FnMut(&EndpointState) -> bool,
 ) -> bool {
-    let mut sleep = std::pin::pin!(tokio::time::sleep(duration));
-    let mut stopped = std::pin::pin!(state.wait_for(stop));
-    std::future::poll_fn(|cx| {
-        if sleep.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(true);
-        }
-        if stopped.as_mut().poll(cx).is_ready() {
-            return Poll::Ready(false);
-        }
-        Poll::Pending
-    })
-    .await
+    // `wait_for` ends at once if the state is already there, and with an error once the
+    // sender is gone: either way the sleep is cut short.
+    tokio::time::timeout(duration, state.wait_for(stop)).await.is_err()
 }
 
 /// Clears the "probe running" flag however the task ends.
