@@ -388,11 +388,7 @@ pub fn fault_code(body: &[u8]) -> Option<i64> {
     let code = value.get("error")?.get("code")?;
     match code {
         serde_json::Value::String(s) => parse_code(s),
-        // Out of 32-bit range is no Dynamics code, as `parse_code` says for text.
-        serde_json::Value::Number(n) => n
-            .as_i64()
-            .filter(|v| (i32::MIN as i64..=u32::MAX as i64).contains(v))
-            .map(to_signed32),
+        serde_json::Value::Number(n) => n.as_i64().and_then(to_signed32),
         _ => None,
     }
 }
@@ -441,18 +437,15 @@ pub fn parse_code(text: &str) -> Option<i64> {
         Some(hex) => i64::from_str_radix(hex, 16).ok()?,
         None => text.parse::<i64>().ok()?,
     };
-    if value < i32::MIN as i64 || value > u32::MAX as i64 {
-        return None;
-    }
-    Some(to_signed32(value))
+    to_signed32(value)
 }
 
-fn to_signed32(value: i64) -> i64 {
-    if (i32::MIN as i64..=u32::MAX as i64).contains(&value) {
-        value as u32 as i32 as i64
-    } else {
-        value
-    }
+/// A code as Dynamics writes it, signed (`-2147176347`) or unsigned (`2147790949`), as the
+/// signed 32-bit value; none outside 32 bits, which is no Dynamics code.
+fn to_signed32(value: i64) -> Option<i64> {
+    (i32::MIN as i64..=u32::MAX as i64)
+        .contains(&value)
+        .then_some(value as u32 as i32 as i64)
 }
 
 /// Walks an error's `source()` chain and says which outage it shows, if any.

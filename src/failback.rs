@@ -555,7 +555,9 @@ async fn sleep_unless(
 ) -> bool {
     // `wait_for` ends at once if the state is already there, and with an error once the
     // sender is gone: either way the sleep is cut short.
-    tokio::time::timeout(duration, state.wait_for(stop)).await.is_err()
+    tokio::time::timeout(duration, state.wait_for(stop))
+        .await
+        .is_err()
 }
 
 /// Clears the "probe running" flag however the task ends.
