@@ -348,7 +348,7 @@ impl Shared {
 
     /// The call was dropped before it ended: its write's outcome is unknown, unless nothing was
     /// in flight (`between_attempts`: a throttling wait, a re-send waiting for the inner
-    /// service) and no attempt that went out may have been received (`sent_maybe_received`):
+    /// service) and no attempt that went out may have been received (`maybe_received_on`):
     /// then it was not applied, as when the call's deadline ends it there.
     pub(crate) fn abandon(&self, plan: &mut CallPlan, between_attempts: bool) {
         if plan.settled {

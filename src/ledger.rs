@@ -773,6 +773,11 @@ impl Ledger {
         // A retry only when another change to the same write raced this one.
         while Fate(current).lap() == lap && Fate(current).code() < Fate::FORGOTTEN {
             let new = change(Fate(current));
+            // Already so (a first attempt's side told it was not applied there, say): no
+            // write to the shared slot.
+            if new.0 == current {
+                return true;
+            }
             match slot.compare_exchange_weak(current, new.0, Ordering::AcqRel, Ordering::Acquire) {
                 Ok(_) => return true,
                 Err(actual) => current = actual,
