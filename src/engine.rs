@@ -63,6 +63,14 @@ pub(crate) struct CallPlan {
     pub(crate) deadline: Option<Instant>,
 }
 
+impl CallPlan {
+    /// By the clock, not a timer: a timer fires only once the runtime's timer driver has seen
+    /// the deadline pass, and a busy runtime can run the call after the deadline before then.
+    fn past_deadline(&self) -> bool {
+        self.deadline.is_some_and(|at| Instant::now() >= at)
+    }
+}
+
 /// Which kind of re-send a call made last: what to give back if it never goes out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Pending {
@@ -200,7 +208,7 @@ impl Shared {
         if let Some(reason) = refusal {
             return Err(reason.into());
         }
-        if plan.deadline.is_some_and(|d| Instant::now() >= d) {
+        if plan.past_deadline() {
             return Err(NotResent::DeadlineTooClose);
         }
         Ok(to)
@@ -650,13 +658,19 @@ impl CallState {
     }
 
     /// The re-send or throttling retry the engine decided on is going out now: counted here,
-    /// not when it was decided, since it may never go out (`on_not_ready`).
-    pub(crate) fn resend_going_out(&mut self, shared: &Shared) {
+    /// not when it was decided, since it may never go out (`on_not_ready`). Unless the call's
+    /// deadline has passed meanwhile (a wait or a readiness check that ended late): nothing
+    /// goes out after it, and the call ends with the error this gives.
+    pub(crate) fn resend_going_out(&mut self, shared: &Shared) -> Result<(), FailoverError> {
+        if self.plan.past_deadline() {
+            return Err(self.on_deadline(shared, false));
+        }
         self.outstanding = false;
         shared.counters.add(match self.pending {
             Pending::Failover => Counter::FailoverResends,
             Pending::Throttle => Counter::ThrottleRetries,
         });
+        Ok(())
     }
 
     /// After a throttling wait, before the retry goes out: if calls have moved to the other
@@ -789,6 +803,8 @@ impl CallState {
 
     /// The call's deadline passed, with an attempt in flight or between two.
     pub(crate) fn on_deadline(&mut self, shared: &Shared, in_flight: bool) -> FailoverError {
+        // The call ends here: a later poll of its future must not find the deadline again.
+        self.plan.deadline = None;
         let cause = self.error_cause(shared, Box::new(crate::error::DeadlineElapsed));
         if in_flight {
             let first = self.first.take().map(|first| first.1);

@@ -5,7 +5,7 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{ready, Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::{BufMut, BytesMut};
 use http::uri::PathAndQuery;
@@ -274,17 +274,6 @@ where
     }
 }
 
-impl<S, B, C> Routed<S, B, C> {
-    /// The call's deadline has passed, with an attempt in flight or between two: the error
-    /// it ends with. The call is over, so a later poll must not find the deadline again.
-    fn end_at_deadline(&mut self, in_flight: bool) -> FailoverError {
-        let error = self.call.on_deadline(&self.core.shared, in_flight);
-        self.call.plan.deadline = None;
-        self.deadline = None;
-        error
-    }
-}
-
 impl<S: Clone, B, C> Routed<S, B, C> {
     /// Carries out the engine's step; `answer` makes the caller's response when the step is
     /// to hand it back.
@@ -458,7 +447,8 @@ where
                         this.state.as_ref().project_ref(),
                         StateProjRef::Waiting { .. } | StateProjRef::Peeking { .. }
                     );
-                    let error = routed.end_at_deadline(in_flight);
+                    let error = routed.call.on_deadline(&routed.core.shared, in_flight);
+                    routed.deadline = None;
                     this.state.set(State::Done);
                     return Poll::Ready(Err(error));
                 }
@@ -555,19 +545,16 @@ where
                     let routed = this.routed.as_mut().expect("only routed calls are re-sent");
                     let Resend { service, request } = &mut **resend;
                     match ready!(service.poll_ready(cx)) {
-                        // The deadline's timer fires only when the runtime's timer driver has
-                        // seen it pass: a busy runtime can poll the call after the deadline
-                        // before then. Nothing goes out after the deadline.
-                        Ok(()) if routed.call.plan.deadline.is_some_and(|at| Instant::now() >= at) => {
-                            Next::Return(Err(routed.end_at_deadline(false)))
-                        }
-                        Ok(()) => {
-                            routed.call.resend_going_out(&routed.core.shared);
-                            let request = request.take().expect("present until sent");
-                            let future = service.call(request);
-                            this.state.set(State::Waiting { future });
-                            continue;
-                        }
+                        Ok(()) => match routed.call.resend_going_out(&routed.core.shared) {
+                            Ok(()) => {
+                                let request = request.take().expect("present until sent");
+                                let future = service.call(request);
+                                this.state.set(State::Waiting { future });
+                                continue;
+                            }
+                            // Ready only after the deadline: the call ends there.
+                            Err(error) => Next::Return(Err(error)),
+                        },
                         Err(error) => {
                             let cause = routed.call.error_cause(&routed.core.shared, error.into());
                             Next::Return(Err(routed.call.on_not_ready(&routed.core.shared, cause)))

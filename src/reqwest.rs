@@ -422,15 +422,7 @@ where
                     }
                 };
                 // A wait may end late (a busy runtime): nothing goes out after the deadline.
-                if guard
-                    .call
-                    .plan
-                    .deadline
-                    .is_some_and(|d| std::time::Instant::now() >= d)
-                {
-                    return Err(failed(guard.call.on_deadline(shared, false)));
-                }
-                guard.call.resend_going_out(shared);
+                guard.call.resend_going_out(shared).map_err(failed)?;
                 attempt = next_attempt;
             }
         };
