@@ -541,79 +541,67 @@ async fn a_call_dropped_during_its_throttling_wait_does_not_spend_the_budget() {
     .await
 }
 
-/// Below the failover middleware, answers without a network: 429 `Retry-After: 1` first,
-/// 200 after; records when each attempt reached it. A stand-in: the test needs the runtime to
-/// be late on purpose, which a real server does not help with.
+/// Below the failover middleware: notes when each attempt is handed on, then sends it on to the
+/// real server. The attempts are timed here, not at the server: an attempt handed on after the
+/// deadline is dropped at once by the attempt's own deadline timeout, and hyper drops a request
+/// whose caller is gone before writing it, so the server never sees a late attempt, sent or not.
 #[derive(Clone, Default)]
-struct ThrottleOnceFake(std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>);
+struct HandedOnAt(std::sync::Arc<std::sync::Mutex<Vec<tokio::time::Instant>>>);
 
 #[async_trait::async_trait]
-impl reqwest_middleware::Middleware for ThrottleOnceFake {
+impl reqwest_middleware::Middleware for HandedOnAt {
     async fn handle(
         &self,
-        _request: reqwest::Request,
-        _extensions: &mut http::Extensions,
-        _next: reqwest_middleware::Next<'_>,
+        request: reqwest::Request,
+        extensions: &mut http::Extensions,
+        next: reqwest_middleware::Next<'_>,
     ) -> reqwest_middleware::Result<reqwest::Response> {
-        let n = {
-            let mut seen = self.0.lock().unwrap();
-            seen.push(tokio::time::Instant::now());
-            seen.len()
-        };
-        let response = if n == 1 {
-            http::Response::builder()
-                .status(429)
-                .header("retry-after", "1")
-                .body("")
-                .unwrap()
-        } else {
-            http::Response::builder().status(200).body("").unwrap()
-        };
-        Ok(reqwest::Response::from(response))
+        self.0.lock().unwrap().push(tokio::time::Instant::now());
+        next.run(request, extensions).await
     }
 }
 
 /// A throttling wait allowed because it ends (just) before the deadline, but whose timer fires
 /// after it (a busy runtime): the retry is not sent; the call ends with its deadline, as the
-/// tower future's does (the reqwest loop used to send it after the deadline).
+/// tower future's does (the reqwest loop used to send it after the deadline). The primary is
+/// real (429 `Retry-After: 1` first, 200 after); the lateness comes from a task that blocks the
+/// runtime.
 #[tokio::test]
 async fn a_throttling_retry_is_never_sent_after_the_deadline() {
     use tower_failover::RetryPolicy;
-    // A busy runtime: another task holds this (current-thread) runtime's only thread across
-    // the end of the wait and the deadline.
-    tokio::spawn(async {
-        tokio::time::sleep(Duration::from_millis(900)).await;
-        std::thread::sleep(Duration::from_millis(300));
-    });
-    let endpoints = Endpoints::dynamics(&format!("http://{PRIMARY_HOST}:8080")).unwrap();
-    let limit = Duration::from_millis(1_100);
-    let layer = FailoverLayer::builder(endpoints)
-        .default_policy(RetryPolicy::by_method().deadline(limit))
-        .build()
-        .unwrap();
-    let fake = ThrottleOnceFake::default();
-    let client = reqwest_middleware::ClientBuilder::new(reqwest::Client::new())
-        .with(layer.middleware())
-        .with(fake.clone())
-        .build();
-    let start = tokio::time::Instant::now();
-    let deadline = start + limit;
-    let result = client
-        .get(format!("http://{PRIMARY_HOST}:8080/api/data/v9.2/accounts"))
-        .send()
-        .await;
-    let seen = fake.0.lock().unwrap().clone();
-    let late: Vec<_> = seen
-        .iter()
-        .filter(|at| **at >= deadline)
-        .map(|at| *at - start)
-        .collect();
-    assert!(
-        late.is_empty(),
-        "attempts sent at/after the call's deadline ({limit:?}): {late:?}; result {:?}; counters {:?}",
-        result.map(|r| r.status()),
-        layer.handle().counters()
-    );
+    within(10, async {
+        let limit = Duration::from_millis(1_100);
+        let s = setup(|b| b.default_policy(RetryPolicy::by_method().deadline(limit))).await;
+        let (throttled_once, _) = first_n_then_ok(1, || reply(429, &[("retry-after", "1")], ""));
+        s.primary.set(throttled_once);
+        let sent = HandedOnAt::default();
+        let client = client_with_a_middleware_below(&s, Duration::from_secs(5), sent.clone());
+        // A busy runtime: another task holds this (current-thread) runtime's only thread
+        // across the end of the wait and the deadline.
+        tokio::spawn(async {
+            tokio::time::sleep(Duration::from_millis(900)).await;
+            std::thread::sleep(Duration::from_millis(300));
+        });
+        let start = tokio::time::Instant::now();
+        let deadline = start + limit;
+        let result = client
+            .get(format!("http://{PRIMARY_HOST}:{}/api/data/v9.2/accounts", s.port))
+            .send()
+            .await;
+        let seen = sent.0.lock().unwrap().clone();
+        let late: Vec<_> = seen
+            .iter()
+            .filter(|at| **at >= deadline)
+            .map(|at| *at - start)
+            .collect();
+        assert!(
+            late.is_empty(),
+            "attempts sent at/after the call's deadline ({limit:?}): {late:?}; result {:?}; counters {:?}",
+            result.map(|r| r.status()),
+            s.layer.handle().counters()
+        );
+    })
+    .await
 }
 
 /// A request extension the application put on its request (reqwest takes it over from an
