@@ -772,32 +772,39 @@ async fn a_re_send_still_in_flight_on_the_alternate_is_in_the_report_off_the_alt
 }
 
 /// A PUT throttled by an *error* on the primary (so it may have been received) is moved to the
-/// alternate during the wait, and refused at connect there and again on the primary. The call
-/// is possibly applied, and the write is kept: the primary may have applied it.
+/// alternate during the wait, and refused at connect there and again on the primary (both
+/// servers are killed). The call is possibly applied, and the write is kept: the primary may
+/// have applied it.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten() {
-    let (handle, result, calls) = put_through_error_throttling(|n, _, handle| {
-        if n == 0 {
-            // The primary takes the PUT and answers with a throttling error; meanwhile calls
-            // move to the alternate (another call found the primary down, say).
-            handle.switch_to(Side::Alternate);
-            Err(std::io::Error::other("throttled"))
-        } else {
-            Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
-        }
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.kill().await;
+        pair.alternate.kill().await;
+        let (handle, result, calls) = put_through_error_throttling(&pair, |n, _, handle| {
+            if n == 0 {
+                // The primary takes the PUT and answers with a throttling error; meanwhile
+                // calls move to the alternate (another call found the primary down, say).
+                handle.switch_to(Side::Alternate);
+                Some(std::io::Error::other("throttled"))
+            } else {
+                None
+            }
+        })
+        .await;
+        let error = result.unwrap_err();
+        assert_eq!(calls, 3, "{error}");
+        // Calls are on the primary now; the primary may hold the PUT.
+        handle.switch_to(Side::Alternate);
+        let report = handle.last_report().unwrap();
+        let at_risk: Vec<_> = report.at_risk().map(|w| w.path.clone()).collect();
+        assert!(
+            error.possibly_applied() && at_risk == ["/api/data/v9.2/accounts(1)"],
+            "possibly_applied {} and at risk {at_risk:?}; error: {error}",
+            error.possibly_applied()
+        );
     })
-    .await;
-    let error = result.unwrap_err();
-    assert_eq!(calls, 3, "{error}");
-    // Calls are on the primary now; the primary may hold the PUT.
-    handle.switch_to(Side::Alternate);
-    let report = handle.last_report().unwrap();
-    let at_risk: Vec<_> = report.at_risk().map(|w| w.path.clone()).collect();
-    assert!(
-        error.possibly_applied() && at_risk == ["/api/data/v9.2/accounts(1)"],
-        "possibly_applied {} and at risk {at_risk:?}; error: {error}",
-        error.possibly_applied()
-    );
+    .await
 }
 
 /// A PUT answered with a throttling *error* by the primary (so it may have been received) is
@@ -805,28 +812,34 @@ async fn a_write_throttled_by_an_error_then_refused_at_connect_is_not_forgotten(
 /// and the PUT is re-sent and acknowledged there. The switch off the primary lists the PUT.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_refused_at_connect_is_in_the_switch_report() {
-    let (handle, result, calls) = put_through_error_throttling(|n, host, _| match n {
-        // The primary takes the PUT, then answers with a throttling error.
-        0 => Err(std::io::Error::other("throttled")),
-        // The retry finds the primary gone.
-        1 => Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused)),
-        _ => {
-            assert_eq!(host, ALTERNATE_HOST);
-            Ok(reply(201, &[], ""))
-        }
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary.kill().await;
+        pair.alternate.set(Behavior::Status(201, ""));
+        let (handle, result, calls) = put_through_error_throttling(&pair, |n, host, _| match n {
+            // The primary takes the PUT, then answers with a throttling error.
+            0 => Some(std::io::Error::other("throttled")),
+            // The retry finds the primary gone.
+            1 => None,
+            _ => {
+                assert_eq!(host, ALTERNATE_HOST);
+                None
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap().status(), 201);
+        assert_eq!(calls, 3);
+        assert_eq!(handle.active(), Side::Alternate);
+        let off_primary = handle.last_report().unwrap();
+        assert_eq!(off_primary.from.host(), PRIMARY_HOST);
+        let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
+        assert_eq!(
+            at_risk,
+            ["/api/data/v9.2/accounts(1)"],
+            "the primary may hold the PUT (its first attempt got a throttling error): {off_primary}"
+        );
     })
-    .await;
-    assert_eq!(result.unwrap().status(), 201);
-    assert_eq!(calls, 3);
-    assert_eq!(handle.active(), Side::Alternate);
-    let off_primary = handle.last_report().unwrap();
-    assert_eq!(off_primary.from.host(), PRIMARY_HOST);
-    let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
-    assert_eq!(
-        at_risk,
-        ["/api/data/v9.2/accounts(1)"],
-        "the primary may hold the PUT (its first attempt got a throttling error): {off_primary}"
-    );
+    .await
 }
 
 /// As the test above, but the retry on the primary is turned away with a 429 and calls move to
@@ -835,53 +848,59 @@ async fn a_write_throttled_by_an_error_then_refused_at_connect_is_in_the_switch_
 /// and off the alternate it is listed as re-sent there.
 #[tokio::test]
 async fn a_write_throttled_by_an_error_then_a_429_and_moved_stays_at_risk_on_the_primary() {
-    let (handle, result, calls) = put_through_error_throttling(|n, host, handle| match n {
-        0 => Err(std::io::Error::other("throttled")),
-        1 => {
-            // Calls move to the alternate (another call found the primary down).
-            handle.switch_to(Side::Alternate);
-            Ok(reply(429, &[("retry-after", "0")], ""))
-        }
-        _ => {
-            assert_eq!(host, ALTERNATE_HOST);
-            Ok(reply(201, &[], ""))
-        }
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.primary
+            .set(custom(|_| async { reply(429, &[("retry-after", "0")], "") }));
+        pair.alternate.set(Behavior::Status(201, ""));
+        let (handle, result, calls) = put_through_error_throttling(&pair, |n, host, handle| match n {
+            0 => Some(std::io::Error::other("throttled")),
+            1 => {
+                // Calls move to the alternate (another call found the primary down) while the
+                // primary turns the retry away with a 429.
+                handle.switch_to(Side::Alternate);
+                None
+            }
+            _ => {
+                assert_eq!(host, ALTERNATE_HOST);
+                None
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap().status(), 201);
+        assert_eq!(calls, 3);
+        // Back to the primary, then off it again: the primary may hold the PUT.
+        handle.switch_to(Side::Primary);
+        let off_alternate = handle.last_report().unwrap();
+        let outcomes: Vec<_> = off_alternate.at_risk().map(|w| w.outcome).collect();
+        handle.switch_to(Side::Alternate);
+        let off_primary = handle.last_report().unwrap();
+        let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
+        assert!(
+            outcomes == [WriteOutcome::ResentOnAlternate] && at_risk == ["/api/data/v9.2/accounts(1)"],
+            "off the alternate {outcomes:?}; off the primary {at_risk:?}"
+        );
     })
-    .await;
-    assert_eq!(result.unwrap().status(), 201);
-    assert_eq!(calls, 3);
-    // Back to the primary, then off it again: the primary may hold the PUT.
-    handle.switch_to(Side::Primary);
-    let off_alternate = handle.last_report().unwrap();
-    let outcomes: Vec<_> = off_alternate.at_risk().map(|w| w.outcome).collect();
-    handle.switch_to(Side::Alternate);
-    let off_primary = handle.last_report().unwrap();
-    let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
-    assert!(
-        outcomes == [WriteOutcome::ResentOnAlternate] && at_risk == ["/api/data/v9.2/accounts(1)"],
-        "off the alternate {outcomes:?}; off the primary {at_risk:?}"
-    );
+    .await
 }
 
 /// Sends one PUT through a layer whose classifier takes an inner error reading "throttled" for
-/// throttling (see `throttled_by_an_error`), to an inner service whose call number `n`, to
-/// `host`, answers `answer(n, host, handle)`. In process: the throttling error is a classifier's
-/// reading of an inner error, which no real server sends. Returns the layer's handle, the
-/// call's result and how many calls the inner service got.
+/// throttling (see `throttled_by_an_error`). Attempt number `n`, to `host`, first calls
+/// `answer(n, host, handle)`: `Some(error)` fails the attempt with that error in process;
+/// `None` sends it on to the pair's real servers (a killed one refuses the connect). In
+/// process only for the throttling error: it is the classifier's reading of an inner error
+/// that says "throttled", which no response a server sends can be, and a server cannot make
+/// the client fail with an error of its choosing. Returns the layer's handle, the call's
+/// result and how many attempts went to the inner service.
 async fn put_through_error_throttling(
-    answer: impl Fn(usize, &str, &FailoverHandle) -> Result<http::Response<Full<Bytes>>, std::io::Error>
-        + Send
-        + Sync
-        + 'static,
-) -> (
-    FailoverHandle,
-    Result<http::Response<tower_failover::ResponseBody<Full<Bytes>>>, tower_failover::FailoverError>,
-    usize,
-) {
+    pair: &Pair,
+    answer: impl Fn(usize, &str, &FailoverHandle) -> Option<std::io::Error> + Send + Sync + 'static,
+) -> (FailoverHandle, FailoverResult, usize) {
     use std::sync::atomic::{AtomicUsize, Ordering};
     use tower::ServiceExt;
     use tower_failover::ReplayBody;
 
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
     let layer = builder()
         .classifier(throttled_by_an_error(Duration::from_millis(20)))
         .build()
@@ -889,10 +908,20 @@ async fn put_through_error_throttling(
     let handle = layer.handle();
     let calls = Arc::new(AtomicUsize::new(0));
     let (seen, inner_handle, answer) = (calls.clone(), handle.clone(), Arc::new(answer));
+    let client = pair.client::<ReplayBody<Full<Bytes>>>();
     let inner = tower::service_fn(move |request: Request<ReplayBody<Full<Bytes>>>| {
         let n = seen.fetch_add(1, Ordering::SeqCst);
-        let answer = answer(n, request.uri().host().unwrap_or_default(), &inner_handle);
-        async move { answer }
+        let in_process = answer(n, request.uri().host().unwrap_or_default(), &inner_handle);
+        let sent = match in_process {
+            Some(error) => Err(error),
+            None => Ok(client.request(request)),
+        };
+        async move {
+            match sent {
+                Err(error) => Err(BoxError::from(error)),
+                Ok(sent) => sent.await.map_err(BoxError::from),
+            }
+        }
     });
     let service = ServiceBuilder::new().layer(layer).service(inner);
     let result = service
@@ -1143,34 +1172,41 @@ async fn a_re_send_that_never_went_out_is_not_listed_off_the_side_it_was_for() {
 /// off the alternate does not list it; the primary still does.
 #[tokio::test]
 async fn a_write_that_followed_calls_and_was_refused_at_connect_there_is_not_listed_off_that_side() {
-    let (handle, result, calls) = put_through_error_throttling(|n, host, handle| match n {
-        0 => {
-            // Calls move to the alternate (another call found the primary down, say).
-            handle.switch_to(Side::Alternate);
-            Err(std::io::Error::other("throttled"))
-        }
-        1 => {
-            assert_eq!(host, ALTERNATE_HOST);
-            Err(std::io::Error::from(std::io::ErrorKind::ConnectionRefused))
-        }
-        _ => {
-            assert_eq!(host, PRIMARY_HOST);
-            Ok(reply(201, &[], ""))
-        }
+    within(10, async {
+        let pair = Pair::start().await;
+        pair.alternate.kill().await;
+        pair.primary.set(Behavior::Status(201, ""));
+        let (handle, result, calls) = put_through_error_throttling(&pair, |n, host, handle| match n {
+            0 => {
+                // Calls move to the alternate (another call found the primary down, say).
+                handle.switch_to(Side::Alternate);
+                Some(std::io::Error::other("throttled"))
+            }
+            1 => {
+                // The killed alternate refuses the connect.
+                assert_eq!(host, ALTERNATE_HOST);
+                None
+            }
+            _ => {
+                assert_eq!(host, PRIMARY_HOST);
+                None
+            }
+        })
+        .await;
+        assert_eq!(result.unwrap().status(), 201);
+        assert_eq!(calls, 3);
+        assert_eq!(handle.active(), Side::Primary);
+        let off_alternate = handle.last_report().unwrap();
+        assert_eq!(off_alternate.from.host(), ALTERNATE_HOST);
+        assert!(
+            off_alternate.is_empty(),
+            "{off_alternate}: {:?}",
+            off_alternate.unknown
+        );
+        handle.switch_to(Side::Alternate);
+        let off_primary = handle.last_report().unwrap();
+        let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
+        assert_eq!(at_risk, ["/api/data/v9.2/accounts(1)"], "{off_primary}");
     })
-    .await;
-    assert_eq!(result.unwrap().status(), 201);
-    assert_eq!(calls, 3);
-    assert_eq!(handle.active(), Side::Primary);
-    let off_alternate = handle.last_report().unwrap();
-    assert_eq!(off_alternate.from.host(), ALTERNATE_HOST);
-    assert!(
-        off_alternate.is_empty(),
-        "{off_alternate}: {:?}",
-        off_alternate.unknown
-    );
-    handle.switch_to(Side::Alternate);
-    let off_primary = handle.last_report().unwrap();
-    let at_risk: Vec<_> = off_primary.at_risk().map(|w| w.path.clone()).collect();
-    assert_eq!(at_risk, ["/api/data/v9.2/accounts(1)"], "{off_primary}");
+    .await
 }
