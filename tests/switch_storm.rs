@@ -129,7 +129,7 @@ fn data_behavior(name: &'static str, index: usize, db: Arc<Db>, seed: u64) -> Be
 }
 
 /// What the callbacks saw of one event.
-struct Seen {
+struct Observed {
     event: SwitchEvent,
     /// `tick()` when it was raised.
     at: u64,
@@ -140,6 +140,22 @@ struct Seen {
     state_report: Option<Arc<DataLossReport>>,
     /// `handle.state().since` inside the callback.
     since: std::time::SystemTime,
+}
+
+impl Observed {
+    /// What a callback sees of `event`, now.
+    fn now(event: &SwitchEvent, handle: &FailoverHandle) -> Observed {
+        let state = handle.state();
+        Observed {
+            event: event.clone(),
+            at: tick(),
+            state_generation: state.generation,
+            state_active: state.active,
+            generation: handle.generation(),
+            state_report: state.last_report.clone(),
+            since: state.since,
+        }
+    }
 }
 
 enum Outcome {
@@ -382,25 +398,16 @@ async fn storm(seed: u64, auto_switch: bool, transport: Transport) {
     .await;
     let base = format!("http://{PRIMARY_HOST}:{port}");
 
-    let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+    let seen: Arc<Mutex<Vec<Observed>>> = Arc::default();
     // The callbacks' way to the handle, taken away at the end so that everything can drop.
     let me: Arc<Mutex<Option<FailoverHandle>>> = Arc::default();
     let inner_switches = Arc::new(AtomicUsize::new(0));
-    let record = |seen: Arc<Mutex<Vec<Seen>>>, me: Arc<Mutex<Option<FailoverHandle>>>| {
+    let record = |seen: Arc<Mutex<Vec<Observed>>>, me: Arc<Mutex<Option<FailoverHandle>>>| {
         move |event: &SwitchEvent| {
             let Some(handle) = me.lock().unwrap().clone() else {
                 return;
             };
-            let state = handle.state();
-            seen.lock().unwrap().push(Seen {
-                event: event.clone(),
-                at: tick(),
-                state_generation: state.generation,
-                state_active: state.active,
-                generation: handle.generation(),
-                state_report: state.last_report.clone(),
-                since: state.since,
-            });
+            seen.lock().unwrap().push(Observed::now(event, &handle));
         }
     };
     let asks = inner_switches.clone();
@@ -732,12 +739,12 @@ async fn storm(seed: u64, auto_switch: bool, transport: Transport) {
 /// the side, with the handle already showing the switch inside `on_switched`.
 /// With `lone_required` (automatic switching off), a failing call's `SwitchRequired` may come
 /// alone, once per generation.
-fn check_events(seen: &[Seen], final_generation: u64, lone_required: bool, problems: &mut Vec<String>) {
+fn check_events(seen: &[Observed], final_generation: u64, lone_required: bool, problems: &mut Vec<String>) {
     let mut generation = 0;
     let mut stay_began: Option<std::time::SystemTime> = None;
-    let mut required: Option<&Seen> = None;
+    let mut required: Option<&Observed> = None;
     let mut lone_in: Option<u64> = None;
-    let mut lone = |earlier: &Seen, generation: u64, problems: &mut Vec<String>| {
+    let mut lone = |earlier: &Observed, generation: u64, problems: &mut Vec<String>| {
         let outage = matches!(earlier.event.cause(), SwitchCause::EndpointDown(_));
         if !(lone_required && outage) {
             problems.push(format!("SwitchRequired without Switched: {}", earlier.event));
@@ -829,7 +836,12 @@ fn check_events(seen: &[Seen], final_generation: u64, lone_required: bool, probl
 }
 
 /// The broadcast stream gave the callbacks' events, in order, skipping only what it said.
-fn check_stream(seen: &[Seen], streamed: &[(SwitchEvent, u64)], trailing: u64, problems: &mut Vec<String>) {
+fn check_stream(
+    seen: &[Observed],
+    streamed: &[(SwitchEvent, u64)],
+    trailing: u64,
+    problems: &mut Vec<String>,
+) {
     let mut index = 0usize;
     for (event, skipped) in streamed {
         index += *skipped as usize;
@@ -856,7 +868,7 @@ fn check_stream(seen: &[Seen], streamed: &[(SwitchEvent, u64)], trailing: u64, p
 
 /// Every write a server applied before a switch off that server began is in its report.
 fn check_reports(
-    seen: &[Seen],
+    seen: &[Observed],
     applied: &HashMap<u64, Vec<(&'static str, u64)>>,
     problems: &mut Vec<String>,
 ) {
@@ -977,21 +989,12 @@ fn two_layers_switching_each_other_from_callbacks_on_many_threads() {
         let mut logs = Vec::new();
         let mut layers = Vec::new();
         for me in 0..2usize {
-            let seen: Arc<Mutex<Vec<Seen>>> = Arc::default();
+            let seen: Arc<Mutex<Vec<Observed>>> = Arc::default();
             logs.push(seen.clone());
-            let log = |seen: Arc<Mutex<Vec<Seen>>>, handles: Arc<Mutex<Vec<FailoverHandle>>>| {
+            let log = |seen: Arc<Mutex<Vec<Observed>>>, handles: Arc<Mutex<Vec<FailoverHandle>>>| {
                 move |event: &SwitchEvent| {
                     let handle = handles.lock().unwrap()[me].clone();
-                    let state = handle.state();
-                    seen.lock().unwrap().push(Seen {
-                        event: event.clone(),
-                        at: tick(),
-                        state_generation: state.generation,
-                        state_active: state.active,
-                        generation: handle.generation(),
-                        state_report: state.last_report.clone(),
-                        since: state.since,
-                    });
+                    seen.lock().unwrap().push(Observed::now(event, &handle));
                 }
             };
             let (others, quiet) = (handles.clone(), calm.clone());
