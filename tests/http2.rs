@@ -252,10 +252,8 @@ async fn refused_streams_over_max_concurrent_streams_are_resent_and_applied_once
             })
             .await
         };
-        let pair = Pair::start().await;
-        pair.resolver.map(PRIMARY_HOST, addr);
-        alternate_recording(&pair, &applied);
-        let mut s = setup(pair);
+        let mut s = setup_with_the_primary_at(addr).await;
+        alternate_recording(&s.pair, &applied);
 
         const CALLS: usize = 8;
         let calls: Vec<_> = (0..CALLS)
@@ -559,15 +557,12 @@ async fn gracefully_closing_primary(
                 let connection = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
                     .serve_connection(TokioIo::new(stream), service);
                 tokio::pin!(connection);
-                let already = *shutdown.borrow_and_update();
-                if already {
-                    connection.as_mut().graceful_shutdown();
-                    let _ = connection.await;
-                    return;
-                }
+                // The shutdown first: `wait_for` is ready at once if it is already down, so
+                // such a connection is shut down before it serves anything.
                 tokio::select! {
-                    _ = connection.as_mut() => return,
+                    biased;
                     _ = shutdown.wait_for(|down| *down) => {}
+                    _ = connection.as_mut() => return,
                 }
                 connection.as_mut().graceful_shutdown();
                 let _ = connection.await;
@@ -621,10 +616,8 @@ async fn graceful_shutdown_with_calls_in_flight(keep_listening: bool, delay: Dur
         keep_listening,
     )
     .await;
-    let pair = Pair::start().await;
-    pair.resolver.map(PRIMARY_HOST, addr);
-    alternate_recording(&pair, &applied);
-    let s = setup(pair);
+    let s = setup_with_the_primary_at(addr).await;
+    alternate_recording(&s.pair, &applied);
 
     const BEFORE: usize = 4;
     const AFTER: usize = 4;
@@ -733,7 +726,7 @@ async fn a_streamed_body_throttled_over_http2_after_it_was_read_is_retried() {
             }
         }
         eprintln!(
-            "handed back {handed_back} of 50; counters {:?}",
+            "handed back {handed_back} of 10; counters {:?}",
             handle.counters()
         );
         assert_eq!(handed_back, 0);
