@@ -414,9 +414,7 @@ async fn the_binarys_connector_reaches_https_endpoints_behind_a_private_ca() {
         let pki = TestPki::new();
         let primary = TlsServer::start(&pki, PRIMARY_HOST).await;
         let alternate = TlsServer::start(&pki, ALTERNATE_HOST).await;
-        let resolver = Resolver::new();
-        resolver.map(PRIMARY_HOST, primary.addr);
-        resolver.map(ALTERNATE_HOST, alternate.addr);
+        let resolver = Resolver::pair(primary.addr, alternate.addr);
         let dir = std::env::temp_dir().join(format!("failover-proxy-ca-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();
         let ca_file = dir.join("root.pem");

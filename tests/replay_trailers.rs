@@ -12,7 +12,8 @@ use bytes::Bytes;
 use http::{HeaderMap, HeaderValue, Request, Response};
 use http_body_util::{BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
-use hyper_util::rt::TokioIo;
+use hyper_util::client::legacy::Client;
+use hyper_util::rt::{TokioExecutor, TokioIo};
 use support::*;
 use tokio::net::TcpListener;
 use tower::{ServiceBuilder, ServiceExt};
@@ -33,7 +34,9 @@ async fn recording_server(drop_after_reading: bool) -> (SocketAddr, Arc<Mutex<Ve
     let record = seen.clone();
     tokio::spawn(async move {
         loop {
-            let (socket, _) = listener.accept().await.unwrap();
+            let Ok((socket, _)) = listener.accept().await else {
+                return;
+            };
             let record = record.clone();
             tokio::spawn(async move {
                 let service = hyper::service::service_fn(move |request: Request<Incoming>| {
@@ -70,12 +73,12 @@ async fn a_streamed_body_re_sent_after_it_was_read_whole_keeps_its_trailers() {
     within(10, async {
         let (primary, on_primary) = recording_server(true).await;
         let (alternate, on_alternate) = recording_server(false).await;
-        let pair = Pair::start().await;
-        pair.resolver.map(PRIMARY_HOST, primary);
-        pair.resolver.map(ALTERNATE_HOST, alternate);
+        let resolver = Resolver::pair(primary, alternate);
+        let client: Client<_, ReplayBody<StreamBody<Frames>>> =
+            Client::builder(TokioExecutor::new()).build(resolver.connector());
         let service = ServiceBuilder::new()
             .layer(FailoverLayer::new(Endpoints::dynamics(PRIMARY_URL).unwrap()))
-            .service(pair.client::<ReplayBody<StreamBody<Frames>>>());
+            .service(client);
 
         let mut trailers = HeaderMap::new();
         trailers.insert("x-checksum", HeaderValue::from_static("abc123"));

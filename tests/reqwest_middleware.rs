@@ -117,9 +117,7 @@ async fn a_tower_stack_and_a_reqwest_client_share_one_switch() {
     within(10, async {
         let s = setup(|b| b).await;
         // A hyper-util client through the same layer, resolving by the same names.
-        let resolver = Resolver::new();
-        resolver.map(PRIMARY_HOST, s.primary.addr);
-        resolver.map(ALTERNATE_HOST, s.alternate.addr);
+        let resolver = Resolver::pair(s.primary.addr, s.alternate.addr);
         let hyper_client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
             .build::<_, ReplayBody<Full<Bytes>>>(resolver.connector());
         let mut tower_stack = ServiceBuilder::new().layer(s.layer.clone()).service(hyper_client);

@@ -466,9 +466,7 @@ async fn storm(seed: u64, auto_switch: bool, transport: Transport) {
             )
         }
         _ => {
-            let resolver = Resolver::new();
-            resolver.map(PRIMARY_HOST, primary.addr);
-            resolver.map(ALTERNATE_HOST, alternate.addr);
+            let resolver = Resolver::pair(primary.addr, alternate.addr);
             let mut builder =
                 hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new());
             builder.http2_only(transport == Transport::Http2);

@@ -48,9 +48,7 @@ async fn after_the_switch_the_client_verifies_the_alternate_by_its_own_name() {
         let pki = TestPki::new();
         let primary = TlsServer::start(&pki, PRIMARY_HOST).await;
         let alternate = TlsServer::start(&pki, ALTERNATE_HOST).await;
-        let resolver = Resolver::new();
-        resolver.map(PRIMARY_HOST, primary.addr);
-        resolver.map(ALTERNATE_HOST, alternate.addr);
+        let resolver = Resolver::pair(primary.addr, alternate.addr);
 
         let layer = FailoverLayer::new(Endpoints::dynamics(&format!("https://{PRIMARY_HOST}")).unwrap());
         let handle = layer.handle();
@@ -94,9 +92,7 @@ async fn an_alternate_with_the_wrong_certificate_is_refused() {
         let pki = TestPki::new();
         let primary = TlsServer::start(&pki, PRIMARY_HOST).await;
         let impostor = TlsServer::start(&pki, PRIMARY_HOST).await;
-        let resolver = Resolver::new();
-        resolver.map(PRIMARY_HOST, primary.addr);
-        resolver.map(ALTERNATE_HOST, impostor.addr);
+        let resolver = Resolver::pair(primary.addr, impostor.addr);
 
         let layer = FailoverLayer::new(Endpoints::dynamics(&format!("https://{PRIMARY_HOST}")).unwrap());
         let mut service = ServiceBuilder::new()

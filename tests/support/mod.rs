@@ -254,6 +254,14 @@ impl Resolver {
         self.names.lock().unwrap().insert(name.to_string(), addr);
     }
 
+    /// The primary's and the alternate's names resolved to these addresses.
+    pub fn pair(primary: SocketAddr, alternate: SocketAddr) -> Self {
+        let resolver = Self::new();
+        resolver.map(PRIMARY_HOST, primary);
+        resolver.map(ALTERNATE_HOST, alternate);
+        resolver
+    }
+
     pub fn connector(&self) -> HttpConnector<Resolver> {
         let mut connector = HttpConnector::new_with_resolver(self.clone());
         connector.set_connect_timeout(Some(Duration::from_secs(2)));
@@ -293,9 +301,7 @@ impl Pair {
     pub async fn start() -> Pair {
         let primary = Server::start(PRIMARY_HOST).await;
         let alternate = Server::start(ALTERNATE_HOST).await;
-        let resolver = Resolver::new();
-        resolver.map(PRIMARY_HOST, primary.addr);
-        resolver.map(ALTERNATE_HOST, alternate.addr);
+        let resolver = Resolver::pair(primary.addr, alternate.addr);
         Pair {
             primary,
             alternate,
