@@ -9,11 +9,7 @@ use std::time::Duration;
 use http::Method;
 use support::*;
 use tower::{Service, ServiceExt};
-use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, RetryPolicy};
-
-fn builder() -> tower_failover::FailoverLayerBuilder {
-    FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
-}
+use tower_failover::{FailoverErrorKind, RetryPolicy};
 
 /// The throttling wait ends (its timer fires) before the deadline, but the runtime is busy and
 /// polls the call only after the deadline, before its timer driver has seen the deadline pass.
@@ -24,7 +20,7 @@ async fn a_throttling_retry_whose_wait_ends_late_does_not_go_out_after_the_deadl
     within(10, async {
         let pair = Pair::start().await;
         pair.primary.set(throttled_once_per_query());
-        let layer = builder()
+        let layer = layer_builder()
             .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(1300)))
             .build()
             .unwrap();
@@ -70,7 +66,7 @@ async fn a_throttling_retry_whose_wait_ends_late_does_not_go_out_after_the_deadl
 async fn a_call_whose_inner_call_panics_does_not_stay_in_flight_in_the_ledger() {
     within(10, async {
         let pair = Pair::start().await;
-        let layer = builder()
+        let layer = layer_builder()
             .replication_window(Duration::from_millis(100))
             .build()
             .unwrap();
@@ -106,7 +102,7 @@ async fn a_throttling_error_that_is_not_retried_is_counted_as_throttled() {
         let pair = Pair::start().await;
         pair.primary.kill().await;
         let default = DefaultClassifier::default();
-        let layer = builder()
+        let layer = layer_builder()
             .classifier(move |outcome: Outcome<'_>| match outcome {
                 // The primary's refused connect, read as "slow down".
                 Outcome::Error(_) => Verdict::Throttled {

@@ -14,13 +14,9 @@ use http_body_util::Full;
 use support::*;
 use tower::ServiceBuilder;
 use tower_failover::{
-    DataLossReport, Endpoints, FailoverErrorKind, FailoverHandle, FailoverLayer, FailoverLayerBuilder,
-    NotResent, RetryPolicy, Side, SwitchEvent, WriteKey, WriteOutcome, WriteRecord,
+    DataLossReport, FailoverErrorKind, FailoverHandle, FailoverLayerBuilder, NotResent, RetryPolicy, Side,
+    SwitchEvent, WriteKey, WriteOutcome, WriteRecord,
 };
-
-fn builder() -> FailoverLayerBuilder {
-    FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
-}
 
 fn with_header(mut request: Request<Full<Bytes>>, name: &str, value: &str) -> Request<Full<Bytes>> {
     request.headers_mut().insert(
@@ -58,7 +54,7 @@ type PairService = tower_failover::Failover<
 /// so that a write may have been received there and is re-sent on the alternate.
 async fn start_with_the_primary_answering_503() -> (Pair, FailoverHandle, PairService) {
     let pair = Pair::start().await;
-    let layer = builder().build().unwrap();
+    let layer = layer_builder().build().unwrap();
     let handle = layer.handle();
     let service = pair.through(layer);
     pair.primary.set(Behavior::Status(503, ""));
@@ -115,7 +111,7 @@ async fn report_lists_acknowledged_and_in_flight_writes_and_nothing_else() {
     within(15, async {
         let pair = Pair::start().await;
         let log = EventLog::new();
-        let layer = builder().on_switched(log.recorder()).build().unwrap();
+        let layer = layer_builder().on_switched(log.recorder()).build().unwrap();
         let handle = layer.handle();
         let mut events = handle.events();
         let service = pair.through(layer);
@@ -249,7 +245,7 @@ async fn report_lists_acknowledged_and_in_flight_writes_and_nothing_else() {
 async fn acknowledged_writes_older_than_the_window_are_left_out() {
     within(10, async {
         let pair = Pair::start().await;
-        let layer = builder()
+        let layer = layer_builder()
             .replication_window(Duration::from_millis(300))
             .build()
             .unwrap();
@@ -293,7 +289,7 @@ async fn the_ledger_keeps_the_newest_writes_up_to_its_capacity_and_counts_the_re
                 )
             })
             .collect();
-        let report = report_after(builder().ledger_capacity(5), requests).await;
+        let report = report_after(layer_builder().ledger_capacity(5), requests).await;
         assert_eq!(report.acknowledged.len(), 5);
         assert_eq!(report.dropped, 7);
         let keys: Vec<_> = report
@@ -313,14 +309,18 @@ async fn query_strings_are_left_out_unless_asked_for() {
     within(10, async {
         let path = "/api/data/v9.2/accounts?$select=name&token=secret";
 
-        let report = report_after(builder(), vec![request(Method::POST, path)]).await;
+        let report = report_after(layer_builder(), vec![request(Method::POST, path)]).await;
         assert_eq!(
             summary(&report.acknowledged),
             vec![entry(Method::POST, "/api/data/v9.2/accounts", None)]
         );
         assert!(!format!("{report:?}").contains("secret"));
 
-        let report = report_after(builder().record_query(true), vec![request(Method::POST, path)]).await;
+        let report = report_after(
+            layer_builder().record_query(true),
+            vec![request(Method::POST, path)],
+        )
+        .await;
         assert_eq!(
             summary(&report.acknowledged),
             vec![entry(Method::POST, path, None)]
@@ -334,7 +334,7 @@ async fn keys_come_from_the_configured_header_or_a_write_key() {
     within(10, async {
         // Default: the Idempotency-Key header; a WriteKey when the header is absent.
         let report = report_after(
-            builder(),
+            layer_builder(),
             vec![
                 with_header(
                     request(Method::POST, "/api/data/v9.2/accounts"),
@@ -367,7 +367,7 @@ async fn keys_come_from_the_configured_header_or_a_write_key() {
         // Another header; a WriteKey still fills in when it is absent.
         let header = "x-ms-client-request-id";
         let report = report_after(
-            builder().write_key_header(HeaderName::from_static("x-ms-client-request-id")),
+            layer_builder().write_key_header(HeaderName::from_static("x-ms-client-request-id")),
             vec![
                 with_header(
                     request(Method::PATCH, "/api/data/v9.2/accounts(1)"),
@@ -403,7 +403,7 @@ async fn no_report_when_turned_off() {
     within(10, async {
         let pair = Pair::start().await;
         let log = EventLog::new();
-        let layer = builder()
+        let layer = layer_builder()
             .data_loss_report(false)
             .on_switched(log.recorder())
             .build()
@@ -427,7 +427,7 @@ async fn a_write_that_timed_out_on_the_primary_is_reported_as_unknown() {
     within(10, async {
         let pair = Pair::start().await;
         let log = EventLog::new();
-        let layer = builder().on_switched(log.recorder()).build().unwrap();
+        let layer = layer_builder().on_switched(log.recorder()).build().unwrap();
         let handle = layer.handle();
         let service = ServiceBuilder::new()
             .layer(layer)
@@ -470,7 +470,7 @@ async fn a_write_that_never_reached_the_primary_is_not_at_risk() {
     within(10, async {
         let pair = Pair::start().await;
         let log = EventLog::new();
-        let layer = builder().on_switched(log.recorder()).build().unwrap();
+        let layer = layer_builder().on_switched(log.recorder()).build().unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
 
@@ -514,7 +514,7 @@ async fn a_write_that_never_reached_the_primary_is_not_at_risk() {
 async fn the_policy_decides_what_counts_as_a_write() {
     within(10, async {
         let report = report_after(
-            builder()
+            layer_builder()
                 // A query sent as a POST changes nothing.
                 .route(
                     Method::POST,
@@ -562,7 +562,7 @@ async fn a_write_that_failed_after_longer_than_the_window_is_in_its_own_switchs_
             tokio::time::sleep(Duration::from_millis(1000)).await;
             reply(503, &[], "")
         }));
-        let layer = builder()
+        let layer = layer_builder()
             .replication_window(Duration::from_millis(300))
             .build()
             .unwrap();
@@ -647,7 +647,7 @@ async fn writes_racing_a_switch_are_all_in_its_report() {
 
     within(60, async {
         for trial in 0..8 {
-            let mut layer = builder();
+            let mut layer = layer_builder();
             for i in 0..3000 {
                 layer = layer.route_any_method(&format!("/elsewhere/{i}/*"), RetryPolicy::by_method());
             }
@@ -720,7 +720,7 @@ async fn writes_racing_a_switch_are_all_in_its_report() {
 async fn a_re_send_still_in_flight_on_the_alternate_is_in_the_report_off_the_alternate() {
     within(15, async {
         let pair = Pair::start().await;
-        let layer = builder()
+        let layer = layer_builder()
             .replication_window(Duration::from_millis(200))
             .build()
             .unwrap();
@@ -901,7 +901,7 @@ async fn put_through_error_throttling(
     use tower_failover::ReplayBody;
 
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
-    let layer = builder()
+    let layer = layer_builder()
         .classifier(throttled_by_an_error(Duration::from_millis(20)))
         .build()
         .unwrap();
@@ -952,7 +952,7 @@ fn throttled_by_an_error(
 async fn a_write_whose_caller_gives_up_during_the_wait_after_a_429_is_not_at_risk() {
     within(15, async {
         let pair = Pair::start().await;
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
         pair.primary
@@ -969,7 +969,7 @@ async fn a_write_whose_caller_gives_up_during_the_wait_after_a_429_is_not_at_ris
     .await;
 
     // The same wait after a throttling *error*: the attempt may have been received.
-    let layer = builder()
+    let layer = layer_builder()
         .classifier(throttled_by_an_error(Duration::from_secs(5)))
         .build()
         .unwrap();
@@ -1002,7 +1002,7 @@ async fn a_re_send_to_a_side_calls_just_left_is_in_that_switchs_report() {
         let switched_back = Arc::new(AtomicBool::new(false));
         let handle_slot: Arc<std::sync::OnceLock<FailoverHandle>> = Arc::default();
         let (flag, slot) = (switched_back.clone(), handle_slot.clone());
-        let layer = builder()
+        let layer = layer_builder()
             .on_switched(move |event| {
                 if let SwitchEvent::Switched { new, .. } = event {
                     if new.host() == ALTERNATE_HOST && !flag.swap(true, Ordering::SeqCst) {
@@ -1137,7 +1137,7 @@ impl tower::Service<Request<tower_failover::ReplayBody<Full<Bytes>>>> for Unavai
 async fn a_re_send_that_never_went_out_is_not_listed_off_the_side_it_was_for() {
     for stuck in [false, true] {
         let calls = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let handle = layer.handle();
         let service = ServiceBuilder::new()
             .layer(layer)

@@ -11,14 +11,7 @@ use http::{Method, Request};
 use http_body_util::Full;
 use support::*;
 use tower::ServiceBuilder;
-use tower_failover::{
-    Endpoints, FailoverError, FailoverErrorKind, FailoverLayer, FailoverLayerBuilder, NotResent, RetryPolicy,
-    Side,
-};
-
-fn builder() -> FailoverLayerBuilder {
-    FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
-}
+use tower_failover::{FailoverError, FailoverErrorKind, NotResent, RetryPolicy, Side};
 
 fn with_policy(mut request: Request<Full<Bytes>>, policy: RetryPolicy) -> Request<Full<Bytes>> {
     request.extensions_mut().insert(policy);
@@ -44,7 +37,7 @@ async fn extensions_beat_the_route_table_which_beats_the_default() {
         // Each case gets a fresh layer (its own switch state, starting on the primary) over
         // the same servers.
         let service = || {
-            let layer = builder()
+            let layer = layer_builder()
                 .route(Method::POST, "/api/orders*", RetryPolicy::idempotent())
                 .build()
                 .unwrap();
@@ -121,7 +114,7 @@ async fn the_route_table_takes_the_first_matching_route_by_method_and_path() {
         pair.primary.kill().await;
         // Connect refused: only the policy can stop a re-send. The exact route comes first.
         let layer = || {
-            builder()
+            layer_builder()
                 .route(Method::GET, "/api/data/v9.2/WhoAmI", RetryPolicy::never())
                 .route(Method::GET, "/api/data/v9.2/*", RetryPolicy::reads_only())
                 .route_any_method("/api/data/v9.2/accounts*", RetryPolicy::never())
@@ -172,7 +165,7 @@ async fn never_does_not_resend_even_a_refused_get_but_still_switches() {
     within(10, async {
         let pair = Pair::start().await;
         let log = EventLog::new();
-        let layer = builder()
+        let layer = layer_builder()
             .default_policy(RetryPolicy::never())
             .on_switched(log.recorder())
             .build()
@@ -213,7 +206,7 @@ async fn reads_only_resends_reads_after_a_timeout_but_never_a_write() {
 
         // A GET that timed out on the primary is re-sent.
         pair.primary.set(Behavior::Delay(PRIMARY_DELAY));
-        let layer = builder()
+        let layer = layer_builder()
             .default_policy(RetryPolicy::reads_only())
             .build()
             .unwrap();
@@ -229,7 +222,7 @@ async fn reads_only_resends_reads_after_a_timeout_but_never_a_write() {
 
         // A PUT is not, even refused at connect (where by_method would re-send it).
         pair.primary.kill().await;
-        let layer = builder()
+        let layer = layer_builder()
             .default_policy(RetryPolicy::reads_only())
             .build()
             .unwrap();
@@ -246,7 +239,7 @@ async fn reads_only_resends_reads_after_a_timeout_but_never_a_write() {
         assert_eq!(pair.alternate.count(), 1, "the PUT was not re-sent");
 
         // The control: the same PUT under the default policy is re-sent.
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let service = pair.through(layer);
         send_ok(&service, request(Method::PUT, "/api/data/v9.2/accounts(1)/name")).await;
         assert_eq!(pair.alternate.count(), 2);
@@ -257,7 +250,7 @@ async fn reads_only_resends_reads_after_a_timeout_but_never_a_write() {
 #[tokio::test]
 async fn bad_route_patterns_make_build_fail_with_what_to_fix() {
     within(5, async {
-        let error = builder()
+        let error = layer_builder()
             .route(Method::POST, "api", RetryPolicy::never())
             .build()
             .unwrap_err()
@@ -265,7 +258,7 @@ async fn bad_route_patterns_make_build_fail_with_what_to_fix() {
         assert!(error.contains("`api`"), "names the pattern: {error}");
         assert!(error.contains("must start with `/`"), "says what to fix: {error}");
 
-        let error = builder()
+        let error = layer_builder()
             .route_any_method("/a*b", RetryPolicy::never())
             .build()
             .unwrap_err()
@@ -274,7 +267,7 @@ async fn bad_route_patterns_make_build_fail_with_what_to_fix() {
         assert!(error.contains("only a trailing `*`"), "says what to fix: {error}");
 
         // A good route after a bad one does not hide the mistake.
-        let error = builder()
+        let error = layer_builder()
             .route(Method::GET, "api/*", RetryPolicy::never())
             .route(Method::GET, "/api/*", RetryPolicy::never())
             .build()
@@ -283,7 +276,7 @@ async fn bad_route_patterns_make_build_fail_with_what_to_fix() {
         assert!(error.contains("`api/*`"), "{error}");
 
         // The good forms build.
-        builder()
+        layer_builder()
             .route(Method::GET, "/api/data/v9.2/WhoAmI", RetryPolicy::never())
             .route_any_method("/api/*", RetryPolicy::idempotent())
             .build()
@@ -303,7 +296,7 @@ async fn a_policy_replay_cap_replaces_the_layers() {
             request
         };
         let service = |policy: RetryPolicy| {
-            let layer = builder()
+            let layer = layer_builder()
                 .route(Method::POST, "/api/uploads", policy)
                 .build()
                 .unwrap();
@@ -339,10 +332,9 @@ async fn a_policy_replay_cap_replaces_the_layers() {
 #[test]
 fn a_policy_replay_cap_above_the_limit_is_refused_at_build_time() {
     use tower_failover::MAX_REPLAY_CAP;
-    let builder = || FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap());
     let too_large = RetryPolicy::by_method().replay_cap(MAX_REPLAY_CAP * 2);
 
-    let error = builder()
+    let error = layer_builder()
         .default_policy(too_large)
         .build()
         .unwrap_err()
@@ -351,7 +343,7 @@ fn a_policy_replay_cap_above_the_limit_is_refused_at_build_time() {
         error.starts_with("default_policy: replay_cap(134217728) is above the limit"),
         "{error}"
     );
-    let error = builder()
+    let error = layer_builder()
         .route(http::Method::PUT, "/api/data/v9.2/annotations*", too_large)
         .build()
         .unwrap_err()
@@ -360,14 +352,14 @@ fn a_policy_replay_cap_above_the_limit_is_refused_at_build_time() {
         error.starts_with("route `/api/data/v9.2/annotations*`: replay_cap(134217728) is above the limit"),
         "{error}"
     );
-    let error = builder()
+    let error = layer_builder()
         .route_any_method("/api/data/v9.2/imports*", too_large)
         .build()
         .unwrap_err()
         .to_string();
     assert!(error.contains("above the limit"), "{error}");
     // At the limit: accepted.
-    builder()
+    layer_builder()
         .default_policy(RetryPolicy::by_method().replay_cap(MAX_REPLAY_CAP))
         .build()
         .unwrap();
@@ -384,7 +376,7 @@ fn a_route_pattern_with_a_query_or_fragment_is_refused_at_build_time() {
         "/api/payments?*",
         "/api/payments#receipt",
     ] {
-        let error = builder()
+        let error = layer_builder()
             .route(Method::POST, pattern, RetryPolicy::never())
             .build()
             .map(|_| ())
@@ -395,7 +387,7 @@ fn a_route_pattern_with_a_query_or_fragment_is_refused_at_build_time() {
             "names the pattern: {error}"
         );
         assert!(error.contains("path only"), "says what to fix: {error}");
-        let error = builder()
+        let error = layer_builder()
             .route_any_method(pattern, RetryPolicy::never())
             .build()
             .map(|_| ())

@@ -11,11 +11,7 @@ use std::time::Duration;
 
 use http::Method;
 use support::*;
-use tower_failover::{Endpoints, FailoverLayer, RetryBudget, Side};
-
-fn builder() -> tower_failover::FailoverLayerBuilder {
-    FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
-}
+use tower_failover::{FailoverLayer, RetryBudget, Side};
 
 /// A failover re-send that is then throttled and retried counts one of each.
 #[tokio::test]
@@ -25,7 +21,7 @@ async fn a_resend_throttled_and_retried_counts_one_of_each() {
         pair.primary.set(Behavior::Status(503, "{}"));
         let (behavior, _) = first_n_then_ok(1, || reply(429, &[("retry-after", "0")], ""));
         pair.alternate.set(behavior);
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
         send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
@@ -45,7 +41,7 @@ async fn a_call_dropped_during_its_throttling_wait_does_not_spend_the_budget() {
     within(10, async {
         let pair = Pair::start().await;
         pair.primary.set(throttled_once_per_query());
-        let layer = builder()
+        let layer = layer_builder()
             .throttle_budget(RetryBudget::new(0.0).floor_per_second(1))
             .build()
             .unwrap();
@@ -161,7 +157,7 @@ async fn a_not_ready_retry_after_a_re_send_says_the_re_send_went_out() {
             }
         },
     );
-    let layer = builder().build().unwrap();
+    let layer = layer_builder().build().unwrap();
     let handle = layer.handle();
     let error = fails(layer, inner.clone()).await;
     assert_eq!(inner.calls(), 2, "primary, then the alternate");
@@ -181,7 +177,7 @@ async fn a_deadline_passing_while_the_resend_waits_to_go_out_says_what_went_out(
         |calls| if calls == 0 { Ready::Yes } else { Ready::Never },
         |_, _| refused(),
     );
-    let layer = builder()
+    let layer = layer_builder()
         .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(200)))
         .build()
         .unwrap();
@@ -206,7 +202,7 @@ async fn a_not_ready_throttling_retry_without_an_outage_names_no_failover_reason
         |calls| if calls < 1 { Ready::Yes } else { Ready::Fails },
         |_, _| throttled(),
     );
-    let layer = builder().build().unwrap();
+    let layer = layer_builder().build().unwrap();
     let handle = layer.handle();
     let error = fails(layer, inner.clone()).await;
     assert_eq!(inner.calls(), 1);

@@ -9,13 +9,7 @@ use std::time::{Duration, Instant, SystemTime};
 
 use http::Method;
 use support::*;
-use tower_failover::{
-    Endpoints, FailoverErrorKind, FailoverLayer, FailoverLayerBuilder, RetryBudget, RetryPolicy, Side,
-};
-
-fn builder() -> FailoverLayerBuilder {
-    FailoverLayer::builder(Endpoints::dynamics(PRIMARY_URL).unwrap())
-}
+use tower_failover::{FailoverErrorKind, RetryBudget, RetryPolicy, Side};
 
 fn too_many_requests(
     retry_after: &'static str,
@@ -35,7 +29,7 @@ async fn a_429_is_retried_on_the_same_host_after_retry_after() {
         let (behavior, answered) = first_n_then_ok(1, too_many_requests("1"));
         pair.primary.set(behavior);
         let log = EventLog::new();
-        let layer = builder()
+        let layer = layer_builder()
             .on_switch_required(log.recorder())
             .on_switched(log.recorder())
             .build()
@@ -92,7 +86,7 @@ async fn an_http_date_retry_after_is_waited_for() {
             reply(429, &[("retry-after", &date)], "")
         });
         pair.primary.set(behavior);
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
 
@@ -116,7 +110,7 @@ async fn an_http_date_retry_after_is_waited_for() {
 async fn a_retry_after_beyond_the_policy_maximum_is_handed_straight_back() {
     within(10, async {
         let pair = Pair::start().await;
-        let layer = builder()
+        let layer = layer_builder()
             .route(
                 Method::GET,
                 "/api/short*",
@@ -174,7 +168,7 @@ async fn the_deadline_stops_a_throttling_wait_that_would_pass_it() {
     within(10, async {
         let pair = Pair::start().await;
         pair.primary.set(always_429("2"));
-        let layer = builder()
+        let layer = layer_builder()
             .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(500)))
             .build()
             .unwrap();
@@ -204,7 +198,7 @@ async fn the_deadline_stops_an_attempt_in_flight() {
     within(10, async {
         let pair = Pair::start().await;
         pair.primary.set(Behavior::Delay(Duration::from_secs(3)));
-        let layer = builder()
+        let layer = layer_builder()
             .default_policy(RetryPolicy::by_method().deadline(Duration::from_millis(300)))
             .build()
             .unwrap();
@@ -242,7 +236,7 @@ async fn service_protection_codes_in_hex_and_decimal_are_throttling() {
     within(10, async {
         let pair = Pair::start().await;
         let log = EventLog::new();
-        let layer = builder()
+        let layer = layer_builder()
             .throttle_budget(RetryBudget::unlimited())
             .on_switch_required(log.recorder())
             .build()
@@ -305,7 +299,7 @@ async fn a_503_with_retry_after_is_throttling_and_without_it_failover() {
     within(10, async {
         let pair = Pair::start().await;
         let log = EventLog::new();
-        let layer = builder()
+        let layer = layer_builder()
             .on_switch_required(log.recorder())
             .on_switched(log.recorder())
             .build()
@@ -342,7 +336,7 @@ async fn throttling_retries_are_limited_by_the_policy_and_replay_the_body() {
     within(10, async {
         let pair = Pair::start().await;
         pair.primary.set(always_429("0"));
-        let layer = builder()
+        let layer = layer_builder()
             .throttle_budget(RetryBudget::unlimited())
             .default_policy(RetryPolicy::by_method().throttle_retries(2))
             .build()
@@ -394,7 +388,7 @@ async fn without_retry_after_a_short_backoff_is_used() {
         let pair = Pair::start().await;
         let (behavior, answered) = first_n_then_ok(1, || reply(429, &[], ""));
         pair.primary.set(behavior);
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let service = pair.through(layer);
 
         let started = Instant::now();
@@ -417,7 +411,7 @@ async fn a_throttling_storm_stays_within_the_budget_and_failover_still_works() {
         // The failover budget has the same shape as the throttling one: it still has room after
         // the storm only because the two are separate.
         let budget = RetryBudget::new(0.2).floor_per_second(0);
-        let layer = builder()
+        let layer = layer_builder()
             .throttle_budget(budget)
             .failover_budget(budget)
             .default_policy(RetryPolicy::by_method().throttle_retries(3))
@@ -525,7 +519,7 @@ where
 async fn a_throttling_retry_goes_where_calls_went_during_the_wait() {
     within(15, async {
         let pair = Pair::start().await;
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
         let post = request(Method::POST, "/api/data/v9.2/tasks");
@@ -561,7 +555,7 @@ async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_
     use tower_failover::ReplayBody;
     within(15, async {
         let pair = Pair::start().await;
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let handle = layer.handle();
         let service = tower::Layer::layer(&layer, pair.client::<ReplayBody<String>>());
         pair.primary.set(always_429("1"));
@@ -600,7 +594,7 @@ async fn a_throttling_retry_of_a_streamed_body_goes_where_calls_went_during_the_
 async fn reads_only_never_sends_a_write_to_the_other_endpoint_even_after_a_throttling_wait() {
     within(15, async {
         let pair = Pair::start().await;
-        let layer = builder()
+        let layer = layer_builder()
             .default_policy(RetryPolicy::reads_only())
             .build()
             .unwrap();
@@ -627,7 +621,7 @@ async fn reads_only_never_sends_a_write_to_the_other_endpoint_even_after_a_throt
 async fn a_re_sent_call_throttled_on_the_alternate_never_goes_back_to_the_endpoint_it_failed_on() {
     within(15, async {
         let pair = Pair::start().await;
-        let layer = builder().build().unwrap();
+        let layer = layer_builder().build().unwrap();
         let handle = layer.handle();
         let service = pair.through(layer);
         pair.primary.set(Behavior::Status(503, ""));
@@ -682,7 +676,7 @@ async fn a_throttled_streamed_body_over_the_replay_cap_hands_the_429_back() {
     within(10, async {
         let pair = Pair::start().await;
         pair.primary.set(always_429("0"));
-        let layer = builder().replay_cap(16).build().unwrap();
+        let layer = layer_builder().replay_cap(16).build().unwrap();
         let handle = layer.handle();
         let service = tower::Layer::layer(&layer, pair.client::<ReplayBody<String>>());
         let request = http::Request::post(format!("{PRIMARY_URL}/api/data/v9.2/tasks"))
@@ -707,7 +701,7 @@ async fn a_re_send_throttled_on_the_alternate_is_retried_there() {
     within(10, async {
         for throttle in [429u16, 503] {
             let pair = Pair::start().await;
-            let layer = builder().build().unwrap();
+            let layer = layer_builder().build().unwrap();
             let handle = layer.handle();
             let service = pair.through(layer);
             pair.primary.set(Behavior::Status(502, ""));
@@ -740,7 +734,7 @@ async fn a_retry_after_date_in_the_past_is_retried_at_once() {
             reply(429, &[("retry-after", &date)], "")
         });
         pair.primary.set(behavior);
-        let service = pair.through(builder().build().unwrap());
+        let service = pair.through(layer_builder().build().unwrap());
         let started = Instant::now();
         send_ok(&service, request(Method::GET, "/api/data/v9.2/accounts")).await;
         assert!(

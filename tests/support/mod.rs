@@ -348,6 +348,11 @@ pub async fn within<F: Future>(seconds: u64, future: F) -> F::Output {
 /// The body type the failover layer hands to the inner client in these tests.
 pub type TestBody = tower_failover::ReplayBody<Full<Bytes>>;
 
+/// A layer builder for the pair's endpoints, as most tests configure it.
+pub fn layer_builder() -> tower_failover::FailoverLayerBuilder {
+    tower_failover::FailoverLayer::builder(tower_failover::Endpoints::dynamics(PRIMARY_URL).unwrap())
+}
+
 /// A request to the primary's name with a small JSON body (empty for GET and DELETE).
 pub fn request(method: http::Method, path_and_query: &str) -> Request<Full<Bytes>> {
     let body = if method == http::Method::GET || method == http::Method::DELETE {
