@@ -106,7 +106,9 @@ impl Endpoint {
                 "`{named}` has no host; give the endpoint as an absolute URI such as `https://contoso.api.crm.dynamics.com`"
             ))
         })?;
-        if authority.as_str().contains('@') || has_user_information(&text) {
+        // From where the authority starts in the text as given, not the parsed authority alone:
+        // a password holding `/`, `?` or `#` ends the parsed one early.
+        if has_user_information(&text) {
             return Err(user_information_error(&text));
         }
         if let Some(pq) = uri.path_and_query() {

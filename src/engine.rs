@@ -603,11 +603,11 @@ impl CallState {
             error.type = FailoverErrorKind::from_down(&kind).name(),
             "failover: endpoint down"
         );
-        if self.first.is_some() && !kind.request_may_have_been_sent() {
-            // The re-send was refused at connect, say.
-            shared.not_applied_on(&self.plan, self.side);
-        }
         if let Some((first_kind, first)) = self.first.take().map(|first| *first) {
+            if !kind.request_may_have_been_sent() {
+                // The re-send was refused at connect, say.
+                shared.not_applied_on(&self.plan, self.side);
+            }
             return Err(self.fail(
                 shared,
                 second_failure_error(&first_kind, first, Some(&kind), cause),

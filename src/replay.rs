@@ -101,6 +101,11 @@ struct Recording<B> {
 }
 
 impl<B> Recording<B> {
+    /// The caller's body gave trailers that this attempt has not yielded yet.
+    fn trailers_to_come(&self) -> bool {
+        self.trailers.is_some() && !self.trailers_yielded
+    }
+
     fn rewind(&mut self) {
         self.cursor = 0;
         self.yielded_len = 0;
@@ -459,7 +464,7 @@ where
                 Some(r) => {
                     r.cursor >= r.chunks.len()
                         && if r.finished {
-                            r.trailers.is_none() || r.trailers_yielded
+                            !r.trailers_to_come()
                         } else {
                             r.rest.is_end_stream()
                         }
@@ -480,8 +485,7 @@ where
                     // With trailers still to come, the length is what the caller's body says
                     // (an exact one only if it says so): an HTTP/1 client sends a body of
                     // exact length with `Content-Length`, and then drops its trailers.
-                    let trailers_to_come = r.trailers.is_some() && !r.trailers_yielded;
-                    if r.finished && !trailers_to_come {
+                    if r.finished && !r.trailers_to_come() {
                         SizeHint::with_exact(kept)
                     } else {
                         let rest = r.rest.size_hint();
