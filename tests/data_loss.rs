@@ -42,17 +42,9 @@ fn keyed_accounts_post(key: &str) -> Request<Full<Bytes>> {
 }
 
 /// The service [`Pair::through`] makes of the default layer.
-type PairService = tower_failover::Failover<
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector<Resolver>,
-        tower_failover::ReplayBody<Full<Bytes>>,
-    >,
-    tower_failover::DefaultClassifier,
->;
-
 /// The re-send tests start alike: a pair behind the default layer, the primary answering 503
 /// so that a write may have been received there and is re-sent on the alternate.
-async fn start_with_the_primary_answering_503() -> (Pair, FailoverHandle, PairService) {
+async fn start_with_the_primary_answering_503() -> (Pair, FailoverHandle, Through) {
     let pair = Pair::start().await;
     let layer = layer_builder().build().unwrap();
     let handle = layer.handle();

@@ -11,19 +11,15 @@ use std::time::{Duration, Instant, SystemTime};
 use bytes::Bytes;
 use http::{Method, StatusCode};
 use http_body_util::{BodyExt, Full};
-use hyper_util::client::legacy::connect::HttpConnector;
 use support::*;
 use tokio::sync::broadcast;
 use tokio::sync::broadcast::error::TryRecvError;
 use tower::{Service, ServiceExt};
 use tower_failover::{
-    DefaultClassifier, Endpoints, Failback, Failover, FailoverError, FailoverLayer, FailoverLayerBuilder,
-    ReplayBody, Side, SwitchCause, SwitchEvent,
+    Endpoints, Failback, FailoverError, FailoverLayer, FailoverLayerBuilder, Side, SwitchCause, SwitchEvent,
 };
 
 type ReqBody = Full<Bytes>;
-type HttpClient = hyper_util::client::legacy::Client<HttpConnector<Resolver>, ReplayBody<ReqBody>>;
-type Svc = Failover<HttpClient, DefaultClassifier>;
 
 const INTERVAL: Duration = Duration::from_millis(50);
 const JITTER: u8 = 20;
@@ -53,7 +49,7 @@ fn endpoints() -> Endpoints {
     Endpoints::dynamics(PRIMARY_URL).unwrap()
 }
 
-fn service(pair: &Pair, layer: FailoverLayer) -> Svc {
+fn service(pair: &Pair, layer: FailoverLayer) -> Through {
     pair.through(layer)
 }
 
@@ -62,14 +58,14 @@ fn service(pair: &Pair, layer: FailoverLayer) -> Svc {
 async fn logged_service_that_lent_the_prober(
     pair: &Pair,
     failback: Failback,
-) -> (Svc, tower_failover::FailoverHandle, Log) {
+) -> (Through, tower_failover::FailoverHandle, Log) {
     let (mut svc, handle, log) = logged_service(pair, failback);
     assert_eq!(call_ok(&mut svc, API).await, Side::Primary);
     (svc, handle, log)
 }
 
 /// A service over `pair` with `failback`, its handle, and the log of its switches.
-fn logged_service(pair: &Pair, failback: Failback) -> (Svc, tower_failover::FailoverHandle, Log) {
+fn logged_service(pair: &Pair, failback: Failback) -> (Through, tower_failover::FailoverHandle, Log) {
     let log = Log::default();
     let layer = log
         .attach(FailoverLayer::builder(endpoints()).failback(failback))
@@ -80,7 +76,7 @@ fn logged_service(pair: &Pair, failback: Failback) -> (Svc, tower_failover::Fail
 }
 
 /// A service over `pair` with the default layer (no failback), and its handle.
-fn plain_service(pair: &Pair) -> (Svc, tower_failover::FailoverHandle) {
+fn plain_service(pair: &Pair) -> (Through, tower_failover::FailoverHandle) {
     let layer = FailoverLayer::builder(endpoints()).build().unwrap();
     let handle = layer.handle();
     (service(pair, layer), handle)
@@ -88,14 +84,14 @@ fn plain_service(pair: &Pair) -> (Svc, tower_failover::FailoverHandle) {
 
 /// One call answered by the primary, then the primary killed: the next call is answered by
 /// the alternate.
-async fn fail_over_by_killing_the_primary(pair: &Pair, svc: &mut Svc) {
+async fn fail_over_by_killing_the_primary(pair: &Pair, svc: &mut Through) {
     assert_eq!(call_ok(svc, API).await, Side::Primary);
     pair.primary.kill().await;
     assert_eq!(call_ok(svc, API).await, Side::Alternate);
 }
 
 /// One GET through the service: the status and the body text.
-async fn call(svc: &mut Svc, path: &str) -> Result<(StatusCode, String), FailoverError> {
+async fn call(svc: &mut Through, path: &str) -> Result<(StatusCode, String), FailoverError> {
     let request = http::Request::get(format!("{PRIMARY_URL}{path}"))
         .body(Full::new(Bytes::new()))
         .unwrap();
@@ -122,7 +118,7 @@ fn served_by(body: &str) -> Option<Side> {
 }
 
 /// A call that must succeed; returns the side that answered it.
-async fn call_ok(svc: &mut Svc, path: &str) -> Side {
+async fn call_ok(svc: &mut Through, path: &str) -> Side {
     match call(svc, path).await {
         Ok((StatusCode::OK, body)) => served_by(&body).unwrap_or_else(|| panic!("unknown server: {body}")),
         Ok((status, body)) => panic!("call answered {status}: {body}"),
@@ -883,7 +879,13 @@ async fn startup_check_stays_on_primary_when_both_are_down() {
 /// service.
 async fn fail_over_and_start_probing(
     failback: Failback,
-) -> (Pair, usize, FailoverLayer, tower_failover::FailoverHandle, Svc) {
+) -> (
+    Pair,
+    usize,
+    FailoverLayer,
+    tower_failover::FailoverHandle,
+    Through,
+) {
     let pair = Pair::start().await;
     pair.primary.kill().await;
     let baseline = tokio::runtime::Handle::current().metrics().num_alive_tasks();

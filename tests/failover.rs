@@ -34,9 +34,6 @@ use support::*;
 // Helpers
 // ---------------------------------------------------------------------------------------------
 
-/// The failover service over the real client, for a caller body type `B`.
-type Svc<B> = Failover<Client<HttpConnector<Resolver>, ReplayBody<B>>, DefaultClassifier>;
-
 /// A caller body of unknown length: a boxed stream of frames.
 type Frames = Pin<Box<dyn Stream<Item = Result<Frame<Bytes>, Infallible>> + Send>>;
 type Streamed = StreamBody<Frames>;
@@ -78,7 +75,7 @@ fn counted_layer(
 }
 
 /// The failover layer straight over the pair's client.
-fn service<B>(pair: &Pair, layer: FailoverLayer) -> Svc<B>
+fn service<B>(pair: &Pair, layer: FailoverLayer) -> Through<B>
 where
     B: http_body::Body + Send + Unpin + 'static,
     B::Error: Into<BoxError>,
@@ -247,7 +244,7 @@ async fn connect_refused_on_primary_fails_over_to_alternate_with_its_host() {
         let pair = Pair::start().await;
         pair.primary.kill().await;
         let (layer, handle, counts) = counted_layer(|b| b);
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let response = ok(svc.oneshot(get("/api/data/v9.2/WhoAmI")).await);
         assert_eq!(response.status(), StatusCode::OK);
@@ -271,7 +268,7 @@ async fn status_503_from_primary_fails_over() {
         pair.primary.set(Behavior::Status(503, "down for maintenance"));
         let (layer, handle, counts) = counted_layer(|b| b);
         let mut events = handle.events();
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let response = ok(svc.oneshot(get("/api/data/v9.2/accounts")).await);
         assert_eq!(response.status(), StatusCode::OK);
@@ -307,7 +304,7 @@ async fn failover_fault_code_in_a_500_body_fails_over_hex_and_decimal() {
             pair.primary.set(Behavior::Status(500, fault));
             let (layer, handle, counts) = counted_layer(|b| b);
             let mut events = handle.events();
-            let svc: Svc<Full<Bytes>> = service(&pair, layer);
+            let svc: Through<Full<Bytes>> = service(&pair, layer);
 
             let response = ok(svc.oneshot(get("/api/data/v9.2/contacts")).await);
             assert_eq!(response.status(), StatusCode::OK, "{fault}");
@@ -340,7 +337,7 @@ async fn a_500_with_another_fault_code_is_returned_with_its_body_intact() {
         pair.primary.set(Behavior::Status(500, BODY));
         let (layer, handle, counts) = counted_layer(|b| b);
         let mut events = handle.events();
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let response = ok(svc.oneshot(get("/api/data/v9.2/accounts(42)")).await);
         assert_eq!(response.status(), StatusCode::INTERNAL_SERVER_ERROR);
@@ -392,7 +389,7 @@ async fn statuses_200_404_429_are_returned_as_is_without_a_switch() {
         let (layer, handle, counts) =
             counted_layer(|b| b.default_policy(tower_failover::RetryPolicy::by_method().throttle_retries(0)));
         let mut events = handle.events();
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let cases = [
             (Behavior::Ok, 200, answer_of(PRIMARY_HOST)),
@@ -436,7 +433,7 @@ async fn explicit_primary_host_header_is_rewritten_for_the_alternate() {
         let pair = Pair::start().await;
         pair.primary.set(Behavior::Status(503, ""));
         let (layer, handle, _) = counted_layer(|b| b);
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let mut req = get("/api/data/v9.2/WhoAmI");
         req.headers_mut()
@@ -463,7 +460,7 @@ async fn streamed_200k_body_is_replayed_byte_for_byte_after_connect_refused() {
         let pair = Pair::start().await;
         pair.primary.kill().await;
         let (layer, handle, _) = counted_layer(|b| b.replay_cap(1 << 20));
-        let svc: Svc<Streamed> = service(&pair, layer);
+        let svc: Through<Streamed> = service(&pair, layer);
         let body = chunks(50, 4096);
         let expected = concat(&body);
         assert_eq!(expected.len(), 200 * 1024);
@@ -486,7 +483,7 @@ async fn streamed_200k_body_is_replayed_byte_for_byte_after_503_that_read_it_all
         let pair = Pair::start().await;
         pair.primary.set(Behavior::Status(503, ""));
         let (layer, handle, _) = counted_layer(|b| b.replay_cap(1 << 20));
-        let svc: Svc<Streamed> = service(&pair, layer);
+        let svc: Through<Streamed> = service(&pair, layer);
         let body = chunks(50, 4096);
         let expected = concat(&body);
 
@@ -512,7 +509,7 @@ async fn body_over_the_cap_is_not_replayed_and_keeps_the_original_cause() {
         let pair = Pair::start().await;
         pair.primary.set(Behavior::Status(503, ""));
         let (layer, handle, counts) = counted_layer(|b| b.replay_cap(16 * 1024));
-        let svc: Svc<Streamed> = service(&pair, layer);
+        let svc: Through<Streamed> = service(&pair, layer);
         let body = chunks(50, 4096);
         let expected = concat(&body);
 
@@ -565,7 +562,7 @@ async fn early_503_while_streaming(hold_body: bool, pause: Duration) -> EarlyOut
     let early = EarlyServer::start(hold_body).await;
     pair.resolver.map(PRIMARY_HOST, early.addr);
     let (layer, handle, counts) = counted_layer(|b| b.replay_cap(1 << 20));
-    let svc: Svc<Streamed> = service(&pair, layer);
+    let svc: Through<Streamed> = service(&pair, layer);
     let body = chunks(100, 2048);
     let expected = concat(&body);
 
@@ -756,7 +753,7 @@ async fn post_refused_at_connect_is_resent_once() {
         let pair = Pair::start().await;
         pair.primary.kill().await;
         let (layer, handle, _) = counted_layer(|b| b);
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let payload = Bytes::from_static(br#"{"subject":"Call back"}"#);
         let req = request(http::Method::POST, "/api/data/v9.2/tasks", payload.clone());
@@ -812,7 +809,7 @@ async fn thousand_concurrent_failing_calls_switch_exactly_once() {
         let (layer, handle, counts) =
             counted_layer(|b| b.on_switch_required(|_| std::thread::sleep(Duration::from_millis(30))));
         let mut events = handle.events();
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let start = Arc::new(tokio::sync::Barrier::new(calls));
         let handles: Vec<_> = (0..calls)
@@ -853,7 +850,7 @@ async fn calls_stay_on_the_alternate_after_the_primary_recovers() {
         let pair = Pair::start().await;
         pair.primary.set(Behavior::Status(503, ""));
         let (layer, handle, counts) = counted_layer(|b| b);
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         ok(svc.clone().oneshot(get("/api/data/v9.2/WhoAmI")).await);
         assert_eq!(handle.active(), Side::Alternate);
@@ -879,7 +876,7 @@ async fn auto_switch_off_raises_switch_required_only_and_waits_for_the_applicati
         pair.primary.set(Behavior::Status(503, ""));
         let (layer, handle, counts) = counted_layer(|b| b.auto_switch(false));
         let mut events = handle.events();
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
         assert!(!handle.auto_switch_enabled());
 
         let err = failed(svc.clone().oneshot(get("/api/data/v9.2/WhoAmI")).await);
@@ -944,7 +941,7 @@ async fn other_hosts_pass_through_untouched_and_never_switch() {
         pair.resolver.map(OTHER_HOST, other.addr);
         let (layer, handle, counts) = counted_layer(|b| b);
         let mut events = handle.events();
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
         let req = || {
             Request::post(format!("http://{OTHER_HOST}/v1/things"))
                 .body(Full::new(Bytes::from_static(b"thing")))
@@ -983,7 +980,7 @@ async fn both_endpoints_down_gives_endpoint_not_found_naming_both() {
         pair.primary.kill().await;
         pair.alternate.kill().await;
         let (layer, handle, _) = counted_layer(|b| b);
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         let err = failed(svc.oneshot(get("/api/data/v9.2/WhoAmI")).await);
         assert_eq!(err.kind(), &FailoverErrorKind::EndpointNotFound, "{err}");
@@ -1014,7 +1011,7 @@ async fn events_and_watched_state_report_the_switch_in_order() {
         let state = handle.subscribe();
         assert_eq!(state.borrow().generation, 0);
         assert_eq!(state.borrow().active, Side::Primary);
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
 
         ok(svc.oneshot(get("/api/data/v9.2/WhoAmI")).await);
 
@@ -1064,7 +1061,7 @@ async fn connection_cut_mid_request_resends_a_get_but_not_a_post() {
             let pair = Pair::start().await;
             pair.primary.set(Behavior::Delay(Duration::from_secs(5)));
             let (layer, handle, _) = counted_layer(|b| b);
-            let svc: Svc<Full<Bytes>> = service(&pair, layer);
+            let svc: Through<Full<Bytes>> = service(&pair, layer);
 
             let req = request(
                 method.clone(),
@@ -1106,7 +1103,7 @@ async fn declared_body_over_the_cap_is_resent_when_the_primary_refused_the_conne
         let pair = Pair::start().await;
         pair.primary.kill().await;
         let (layer, _, _) = counted_layer(|b| b.replay_cap(16 * 1024));
-        let svc: Svc<Streamed> = service(&pair, layer);
+        let svc: Through<Streamed> = service(&pair, layer);
         let response = ok(svc.oneshot(streamed_put(streamed(chunks(50, 4096), None))).await);
         assert_eq!(response.status(), StatusCode::OK);
         assert_eq!(pair.alternate.seen()[0].body_sha256, digest(&payload));
@@ -1115,7 +1112,7 @@ async fn declared_body_over_the_cap_is_resent_when_the_primary_refused_the_conne
         let pair = Pair::start().await;
         pair.primary.kill().await;
         let (layer, handle, _) = counted_layer(|b| b.replay_cap(16 * 1024));
-        let svc: Svc<Full<Bytes>> = service(&pair, layer);
+        let svc: Through<Full<Bytes>> = service(&pair, layer);
         let req = request(http::Method::POST, "/api/data/v9.2/annotations", payload.clone());
         let result = svc.oneshot(req).await;
         assert_eq!(handle.active(), Side::Alternate);

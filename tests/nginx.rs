@@ -24,8 +24,8 @@ use http::{Method, Request, StatusCode};
 use http_body_util::Full;
 use support::*;
 use tower_failover::{
-    DownKind, Endpoints, Failover, FailoverErrorKind, FailoverHandle, FailoverLayer, NotResent, Side,
-    SwitchCause, SwitchEvent,
+    DownKind, Endpoints, FailoverErrorKind, FailoverHandle, FailoverLayer, NotResent, Side, SwitchCause,
+    SwitchEvent,
 };
 
 const NOT_INSTALLED: &str = "nginx is not installed: run .ci/run (it installs it) or apt-get install nginx";
@@ -216,14 +216,6 @@ http {{
     conf
 }
 
-type Svc = Failover<
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector<Resolver>,
-        TestBody,
-    >,
-    tower_failover::DefaultClassifier,
->;
-
 /// Backends, nginx in front of them, and the names resolving to nginx.
 struct Setup {
     pair: Pair,
@@ -231,7 +223,7 @@ struct Setup {
     nginx: Vec<Nginx>,
     handle: FailoverHandle,
     events: tokio::sync::broadcast::Receiver<SwitchEvent>,
-    service: Svc,
+    service: Through,
 }
 
 async fn setup(one_nginx_per_side: bool) -> Setup {

@@ -181,18 +181,10 @@ enum Transport {
     Reqwest,
 }
 
-type TowerStack<B> = tower_failover::Failover<
-    hyper_util::client::legacy::Client<
-        hyper_util::client::legacy::connect::HttpConnector<Resolver>,
-        tower_failover::ReplayBody<B>,
-    >,
-    tower_failover::DefaultClassifier,
->;
-
 #[derive(Clone)]
 enum Caller {
     /// The same layer over two clients: bodies whole in memory, and streamed ones.
-    Tower(Box<(TowerStack<Full<Bytes>>, TowerStack<Trickle>)>),
+    Tower(Box<(Through<Full<Bytes>>, Through<Trickle>)>),
     #[cfg(feature = "reqwest")]
     Reqwest(reqwest_middleware::ClientWithMiddleware),
 }

@@ -320,11 +320,7 @@ impl Pair {
     }
 
     /// The failover layer straight over this pair's client, the stack most tests drive.
-    pub fn through<C: Clone>(
-        &self,
-        layer: tower_failover::FailoverLayer<C>,
-    ) -> tower_failover::Failover<Client<HttpConnector<Resolver>, tower_failover::ReplayBody<Full<Bytes>>>, C>
-    {
+    pub fn through<C: Clone>(&self, layer: tower_failover::FailoverLayer<C>) -> Through<Full<Bytes>, C> {
         tower::Layer::layer(&layer, self.client())
     }
 
@@ -347,6 +343,11 @@ pub async fn within<F: Future>(seconds: u64, future: F) -> F::Output {
 
 /// The body type the failover layer hands to the inner client in these tests.
 pub type TestBody = tower_failover::ReplayBody<Full<Bytes>>;
+
+/// The failover layer over a client of the pair's names (`Pair::through`), for request bodies
+/// `B`.
+pub type Through<B = Full<Bytes>, C = tower_failover::DefaultClassifier> =
+    tower_failover::Failover<Client<HttpConnector<Resolver>, tower_failover::ReplayBody<B>>, C>;
 
 /// A layer builder for the pair's endpoints, as most tests configure it.
 pub fn layer_builder() -> tower_failover::FailoverLayerBuilder {
