@@ -11,9 +11,7 @@ use http_body_util::{Full, StreamBody};
 use hyper::body::Frame;
 use support::*;
 use tower::{Service, ServiceBuilder, ServiceExt};
-use tower_failover::{
-    Endpoints, FailoverError, FailoverErrorKind, FailoverLayer, NotResent, ReplayBody, Side,
-};
+use tower_failover::{Endpoints, FailoverErrorKind, FailoverLayer, NotResent, ReplayBody, Side};
 
 /// reqwest's own resolver overrides ignore ports, so the two servers share one port on two
 /// loopback addresses and the URL names the port.
@@ -40,15 +38,6 @@ async fn setup(
         port,
         layer,
         client,
-    }
-}
-
-fn failover_error(error: &reqwest_middleware::Error) -> &FailoverError {
-    match error {
-        reqwest_middleware::Error::Middleware(e) => {
-            e.downcast_ref::<FailoverError>().expect("a FailoverError")
-        }
-        other => panic!("expected a FailoverError, got {other:?}"),
     }
 }
 

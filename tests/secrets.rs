@@ -224,7 +224,7 @@ async fn a_re_send_keeps_every_sensitive_flag() {
 #[cfg(feature = "reqwest")]
 #[tokio::test]
 async fn a_reqwest_error_shows_the_url_without_its_query() {
-    use tower_failover::FailoverError;
+    use support::failover_error;
 
     // Two loopback ports nothing listens on: every attempt is refused at connect.
     let free_port = || {
@@ -254,10 +254,7 @@ async fn a_reqwest_error_shows_the_url_without_its_query() {
             .send()
             .await
             .unwrap_err();
-        let reqwest_middleware::Error::Middleware(error) = &error else {
-            panic!("{error}")
-        };
-        let error = error.downcast_ref::<FailoverError>().expect("a failover error");
+        let error = failover_error(&error);
         assert!(error.was_resent());
         for shown in [error.to_string(), format!("{error:?}")] {
             assert_eq!(shown.contains(SECRET), record_query, "{shown}");

@@ -537,10 +537,7 @@ mod through_reqwest {
                     .send()
                     .await
                     .expect_err("the primary read it and failed");
-                let reqwest_middleware::Error::Middleware(error) = error else {
-                    panic!("{fault:?}: {error:?}");
-                };
-                let error = error.downcast::<tower_failover::FailoverError>().unwrap();
+                let error = failover_error(&error);
                 assert_eq!(s.raw.read_whole.load(Ordering::SeqCst), 1, "{fault:?}");
                 assert!(
                     error.possibly_applied() && !error.was_resent(),

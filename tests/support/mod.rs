@@ -556,6 +556,18 @@ pub fn reqwest_through(
         .build()
 }
 
+/// The `FailoverError` a call through the failover middleware failed with; panics on any
+/// other error.
+#[cfg(feature = "reqwest")]
+pub fn failover_error(error: &reqwest_middleware::Error) -> &tower_failover::FailoverError {
+    match error {
+        reqwest_middleware::Error::Middleware(e) => e
+            .downcast_ref::<tower_failover::FailoverError>()
+            .expect("a FailoverError"),
+        other => panic!("expected a FailoverError, got {other:?}"),
+    }
+}
+
 /// Below the failover middleware: hands reqwest's own errors on as middleware errors, as a
 /// middleware that reports through `anyhow` does.
 #[cfg(feature = "reqwest")]
